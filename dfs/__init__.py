@@ -1,0 +1,3 @@
+"""dfs: a compute-storage-separated distributed filesystem."""
+
+__version__ = "0.1.0"

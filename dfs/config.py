@@ -1,0 +1,88 @@
+"""Where a command finds its cluster: the metaserver address and the secret.
+
+Either `--meta HOST:PORT` with the secret from `--secret-file`, `$DFS_SECRET`
+or `$DFS_SECRET_FILE`; or `--data-dir DIR` of a local cluster started by
+`dfs up`, which holds `cluster.json` (the addresses) and `secret`.
+"""
+
+import argparse
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+CLUSTER_FILE = "cluster.json"
+SECRET_FILE = "secret"
+
+
+class ConfigError(Exception):
+    """The command line or environment does not say how to reach the cluster."""
+
+
+def load_secret(secret_file: str | None) -> bytes:
+    if secret_file:
+        path = Path(secret_file)
+    elif os.environ.get("DFS_SECRET"):
+        return os.environ["DFS_SECRET"].encode()
+    elif os.environ.get("DFS_SECRET_FILE"):
+        path = Path(os.environ["DFS_SECRET_FILE"])
+    else:
+        raise ConfigError("no cluster secret: pass --secret-file, or set DFS_SECRET "
+                          "or DFS_SECRET_FILE")
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the secret file {path}: {exc.strerror}") from None
+    if len(secret) < 16:
+        raise ConfigError(f"the secret in {path} is shorter than 16 bytes")
+    return secret
+
+
+def make_secret(path: Path) -> bytes:
+    """Create a random secret file readable by root only, or return the existing one."""
+    if path.exists():
+        return path.read_bytes().strip()
+    secret = secrets.token_hex(32).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret + b"\n")
+    return secret
+
+
+@dataclass
+class ClusterRef:
+    meta: str
+    secret: bytes
+    secret_file: str | None = None
+
+
+def add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster (either --meta or --data-dir)")
+    group.add_argument("--meta", metavar="HOST:PORT",
+                       help="address of the metaserver")
+    group.add_argument("--secret-file", metavar="PATH",
+                       help="file holding the cluster secret (default: $DFS_SECRET or "
+                            "$DFS_SECRET_FILE)")
+    group.add_argument("--data-dir", metavar="DIR",
+                       help="folder of a local cluster started with 'dfs up'")
+
+
+def read_cluster_file(data_dir: Path) -> dict:
+    try:
+        return json.loads((data_dir / CLUSTER_FILE).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{data_dir} holds no local cluster (no {CLUSTER_FILE}); "
+                          f"start one with 'dfs up --data-dir {data_dir}'") from None
+
+
+def cluster_from_args(args: argparse.Namespace) -> ClusterRef:
+    if args.meta:
+        return ClusterRef(args.meta, load_secret(args.secret_file), args.secret_file)
+    data_dir = Path(args.data_dir or os.environ.get("DFS_DATA_DIR", ""))
+    if not args.data_dir and not os.environ.get("DFS_DATA_DIR"):
+        raise ConfigError("say which cluster: --meta HOST:PORT (with the secret) or "
+                          "--data-dir DIR of a local cluster")
+    info = read_cluster_file(data_dir)
+    secret_path = data_dir / SECRET_FILE
+    return ClusterRef(info["meta"], load_secret(str(secret_path)), str(secret_path))

@@ -1,0 +1,178 @@
+"""Every operation on the wire: its name, its fields and their types.
+
+This module is the protocol's single source of truth. Servers register a
+handler per operation name and the RPC layer checks each request against the
+schema below before the handler runs, so a handler can trust its arguments'
+types. Replies are documented beside each operation; attribute records are
+`dfs.records.Attr` dictionaries.
+
+A field type of `Opt(T)` may be absent (the handler receives None).
+`idempotent` operations may be retried by a client after a lost connection;
+the rest carry a request token so the metaserver can answer a retry from its
+memory instead of applying it twice.
+"""
+
+import errno
+from dataclasses import dataclass, field
+
+from .errors import DfsError
+
+
+@dataclass(frozen=True)
+class Opt:
+    kind: type | tuple
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    fields: dict = field(default_factory=dict)
+    idempotent: bool = False
+
+
+_TYPE_NAMES = {int: "an integer", bytes: "bytes", str: "a string", bool: "a boolean",
+               list: "a list", dict: "a map", float: "a number"}
+
+
+def _matches(value, kind) -> bool:
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_fields(op: Op, args) -> dict:
+    """Return the arguments with absent optional fields set to None, or raise EINVAL."""
+    if not isinstance(args, dict):
+        raise DfsError(errno.EINVAL, f"{op.name}: arguments must be a map")
+    unknown = set(args) - set(op.fields)
+    if unknown:
+        raise DfsError(errno.EINVAL, f"{op.name}: unknown field(s) {sorted(map(str, unknown))}")
+    checked = {}
+    for name, kind in op.fields.items():
+        optional = isinstance(kind, Opt)
+        if optional:
+            kind = kind.kind
+        value = args.get(name)
+        if value is None:
+            if not optional:
+                raise DfsError(errno.EINVAL, f"{op.name}: missing field {name!r}")
+        elif not _matches(value, kind):
+            raise DfsError(errno.EINVAL,
+                           f"{op.name}: field {name!r} must be {_TYPE_NAMES.get(kind, kind)}")
+        checked[name] = value
+    return checked
+
+
+def _ops(*ops: Op) -> dict:
+    return {op.name: op for op in ops}
+
+
+# ---------------------------------------------------------------------------
+# Metaserver, as seen by clients (FUSE mounts, the dfs command, the CSI plugin).
+# `uid`/`gid` are the caller's credentials, used as owner of new inodes.
+# `session` is the id returned by session_open.
+META = _ops(
+    # -> {session, chunk_size, block_size, session_ttl}
+    Op("session_open", {"host": str, "mountpoint": str, "pid": int}),
+    # -> {}; ESTALE if the session expired (the client opens a new one)
+    Op("session_renew", {"session": int}, idempotent=True),
+    Op("session_close", {"session": int}, idempotent=True),
+
+    # -> Attr of the child
+    Op("lookup", {"parent": int, "name": bytes}, idempotent=True),
+    # -> Attr; walks `path` (absolute, '/'-separated) from the root
+    Op("resolve", {"path": bytes}, idempotent=True),
+    Op("getattr", {"ino": int}, idempotent=True),
+    # changes: any of mode, uid, gid, size, atime, mtime (ns) and atime_now,
+    # mtime_now (bool). -> Attr
+    Op("setattr", {"ino": int, "changes": dict, "token": Opt(bytes)}),
+    # mode carries the file type bits (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK).
+    # With `session`, the new file is recorded open by that session. -> Attr
+    Op("mknod", {"parent": int, "name": bytes, "mode": int, "rdev": int, "uid": int,
+                 "gid": int, "session": Opt(int), "token": Opt(bytes)}),
+    Op("mkdir", {"parent": int, "name": bytes, "mode": int, "uid": int, "gid": int,
+                 "token": Opt(bytes)}),
+    Op("symlink", {"parent": int, "name": bytes, "target": bytes, "uid": int, "gid": int,
+                   "token": Opt(bytes)}),
+    Op("link", {"ino": int, "parent": int, "name": bytes, "token": Opt(bytes)}),
+    Op("unlink", {"parent": int, "name": bytes, "token": Opt(bytes)}),
+    Op("rmdir", {"parent": int, "name": bytes, "token": Opt(bytes)}),
+    # flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2), as in renameat2(2)
+    Op("rename", {"parent": int, "name": bytes, "newparent": int, "newname": bytes,
+                  "flags": int, "token": Opt(bytes)}),
+    # -> {"target": bytes}
+    Op("readlink", {"ino": int}, idempotent=True),
+    # Entries after `offset` (0 = from the start), at most `limit`.
+    # -> {"entries": [[name, Attr, next_offset], ...], "eof": bool}
+    # Offsets are stable: an entry keeps its offset while it exists.
+    Op("readdir", {"ino": int, "offset": int, "limit": int}, idempotent=True),
+    # Records that `session` has the inode open, so an unlink keeps its data.
+    # -> Attr
+    Op("open", {"ino": int, "session": int}),
+    Op("release", {"ino": int, "session": int}, idempotent=True),
+    # flags: XATTR_CREATE (1), XATTR_REPLACE (2)
+    Op("setxattr", {"ino": int, "name": bytes, "value": bytes, "flags": int}),
+    Op("getxattr", {"ino": int, "name": bytes}, idempotent=True),   # -> {"value"}
+    Op("listxattr", {"ino": int}, idempotent=True),                 # -> {"names"}
+    Op("removexattr", {"ino": int, "name": bytes}),
+    # Quota-aware: inside a quota directory the quota is the filesystem size.
+    # -> {bsize, blocks, bfree, bavail, files, ffree, namemax}
+    Op("statfs", {"ino": int}, idempotent=True),
+
+    # Data path. A chunk is (id, version) on a list of chunk servers.
+    # -> {"chunk": id or 0 for a hole, "version", "servers": [[csid, "host:port"], ...]}
+    Op("chunk_read", {"ino": int, "index": int}, idempotent=True),
+    # Allocates the chunk if needed and grants a write lease; live replicas are
+    # brought to the returned version first. -> same shape as chunk_read, plus
+    # "lease_until" (metaserver clock, seconds).
+    Op("chunk_write", {"ino": int, "index": int, "session": int}, idempotent=True),
+    # Reserve quota for the file to grow to at least `end` bytes.
+    # -> {"granted": end the client may write up to without asking again}; EDQUOT.
+    Op("reserve", {"ino": int, "session": int, "end": int}, idempotent=True),
+    # After data is on every replica: the file is at least `size` bytes long
+    # and was modified at `mtime` (ns). -> Attr
+    Op("commit", {"ino": int, "session": int, "size": int, "mtime": int}, idempotent=True),
+
+    # Quotas on directories: 0 means unlimited. -> QuotaInfo dict
+    Op("quota_set", {"ino": int, "bytes": int, "inodes": int}, idempotent=True),
+    Op("quota_get", {"ino": int}, idempotent=True),
+    Op("quota_list", {}, idempotent=True),   # -> {"quotas": [QuotaInfo + "path"]}
+
+    # -> {chunkservers: [...], files, directories, chunks, under_replicated, ...}
+    Op("status", {}, idempotent=True),
+)
+
+# Metaserver, as seen by chunk servers.
+META_CS = _ops(
+    # chunks: [[chunk_id, version], ...] held on disk.
+    # -> {"csid": id (kept across restarts), "delete": [chunk ids to drop]}
+    Op("cs_register", {"csid": Opt(int), "addr": str, "capacity": int, "used": int,
+                       "chunks": list}),
+    # -> {"delete": [chunk ids], "replicate": [[chunk, version, "host:port"], ...]}
+    Op("cs_heartbeat", {"csid": int, "capacity": int, "used": int}),
+    # A replica failed its checksum; the metaserver drops and repairs it.
+    Op("cs_bad_chunk", {"csid": int, "chunk": int, "version": int}),
+)
+
+# Chunk servers, as seen by clients, the metaserver and other chunk servers.
+# `version` guards every access: a replica whose version differs is stale
+# (ESTALE) and is neither read nor written.
+CHUNK = _ops(
+    # Make an empty replica at `version`, or move an existing one to it.
+    Op("create", {"chunk": int, "version": int}, idempotent=True),
+    Op("set_version", {"chunk": int, "old": int, "new": int}, idempotent=True),
+    Op("write", {"chunk": int, "version": int, "offset": int, "data": bytes}, idempotent=True),
+    # -> {"data": bytes}, zeros beyond what was written, EIO on checksum failure
+    Op("read", {"chunk": int, "version": int, "offset": int, "length": int}, idempotent=True),
+    # Durable on disk before the reply.
+    Op("sync", {"chunk": int, "version": int}, idempotent=True),
+    # Cut the replica to `length` bytes (what lies beyond reads as zeros).
+    Op("truncate", {"chunk": int, "version": int, "length": int}, idempotent=True),
+    Op("delete", {"chunk": int}, idempotent=True),
+    # Fetch the whole chunk at `version` from another chunk server.
+    Op("replicate", {"chunk": int, "version": int, "source": str}, idempotent=True),
+    # -> {"length": bytes stored, "version"}
+    Op("chunk_info", {"chunk": int}, idempotent=True),
+)

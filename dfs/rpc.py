@@ -1,0 +1,279 @@
+"""Authenticated request/reply RPC over framed msgpack, on trio.
+
+One connection carries many requests at once: each has an id and its reply may
+come back in any order. The server runs every request as its own task and
+answers errors as errno values, so one bad request never disturbs the others;
+a peer that breaks the framing or fails the handshake loses its connection and
+nothing else.
+"""
+
+import errno
+import itertools
+import socket
+from typing import Awaitable, Callable
+
+import trio
+
+from . import logs
+from .auth import HANDSHAKE_TIMEOUT, client_handshake, server_handshake
+from .errors import DfsError, ProtocolError
+from .framing import MAX_FRAME, REPLY, REQUEST, FramedStream
+from .ops import Op, check_fields
+
+log = logs.get_logger("rpc")
+
+Handler = Callable[[dict], Awaitable[object]]
+
+# How many requests one connection may have running on the server at once;
+# beyond it the server stops reading, which pushes back on the sender.
+MAX_IN_FLIGHT = 256
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"address must be HOST:PORT, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+def _tune(stream: trio.SocketStream) -> None:
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        stream.socket.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+
+
+class Server:
+    """Serves `handlers` (op name -> async fn(args)) for the operations in `schema`."""
+
+    def __init__(self, name: str, schema: dict[str, Op], handlers: dict[str, Handler],
+                 secret: bytes):
+        missing = set(schema) - set(handlers)
+        if missing:
+            raise ValueError(f"no handler for {sorted(missing)}")
+        self.name = name
+        self.schema = schema
+        self.handlers = handlers
+        self.secret = secret
+        self.listeners: list = []
+
+    async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        self.listeners = listeners
+        task_status.started(listeners[0].socket.getsockname()[:2])
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        _tune(stream)
+        framed = FramedStream(stream)
+        try:
+            peer = "%s:%d" % stream.socket.getpeername()[:2]
+        except OSError:
+            peer = "?"
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                await server_handshake(framed, self.secret)
+        except (DfsError, ProtocolError, EOFError, trio.TooSlowError,
+                trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.warning("connection refused", server=self.name, peer=peer, reason=str(exc))
+            await framed.aclose()
+            return
+        limiter = trio.Semaphore(MAX_IN_FLIGHT)
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    message = await framed.receive()
+                    await limiter.acquire()
+                    nursery.start_soon(self._request, framed, message, limiter)
+        except EOFError:
+            pass
+        except ProtocolError as exc:
+            log.warning("closing connection", server=self.name, peer=peer, reason=str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await framed.aclose()
+
+    async def _request(self, framed: FramedStream, message, limiter: trio.Semaphore) -> None:
+        try:
+            if (not isinstance(message, list) or len(message) != 4 or message[0] != REQUEST
+                    or not isinstance(message[1], int)):
+                raise ProtocolError("not a request")
+            _, request_id, op_name, args = message
+            try:
+                reply = [REPLY, request_id, 0, await self._dispatch(op_name, args)]
+            except DfsError as exc:
+                reply = [REPLY, request_id, exc.errno, exc.message]
+            try:
+                await framed.send(reply)
+            except ProtocolError as exc:
+                await framed.send([REPLY, request_id, errno.EFBIG, str(exc)])
+        except ProtocolError as exc:
+            log.warning("malformed request", server=self.name, reason=str(exc))
+            await framed.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            limiter.release()
+
+    async def _dispatch(self, op_name, args):
+        op = self.schema.get(op_name) if isinstance(op_name, str) else None
+        if op is None:
+            raise DfsError(errno.ENOSYS, f"unknown operation {op_name!r}")
+        checked = check_fields(op, args)
+        try:
+            return await self.handlers[op_name](**checked)
+        except DfsError:
+            raise
+        except Exception:
+            log.error("operation failed", exc_info=True, server=self.name, op=op_name)
+            raise DfsError(errno.EIO, f"{op_name}: internal error on {self.name}") from None
+
+
+class _Pending:
+    __slots__ = ("event", "errno", "result")
+
+    def __init__(self):
+        self.event = trio.Event()
+        self.errno = errno.ECONNRESET
+        self.result = "connection lost before the reply"
+
+
+class Client:
+    """A connection to one server, opened lazily and reopened after a failure.
+
+    `call` raises DfsError with the server's errno, or with ECONNREFUSED /
+    ECONNRESET / ETIMEDOUT when the server cannot be reached. Idempotent
+    operations are retried across reconnects until `retry_for` seconds pass.
+    """
+
+    def __init__(self, addr: str, secret: bytes, schema: dict[str, Op], *,
+                 connect_timeout: float = 5.0, retry_for: float = 0.0):
+        self.addr = addr
+        self.secret = secret
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self._framed: FramedStream | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._connect_lock = trio.Lock()
+        self._closed = False
+
+    async def _connect(self) -> FramedStream:
+        async with self._connect_lock:
+            if self._framed is not None:
+                return self._framed
+            if self._closed:
+                raise DfsError(errno.ESHUTDOWN, f"client for {self.addr} is closed")
+            host, port = parse_addr(self.addr)
+            try:
+                with trio.fail_after(self.connect_timeout):
+                    stream = await trio.open_tcp_stream(host, port)
+                    _tune(stream)
+                    framed = FramedStream(stream)
+                    await client_handshake(framed, self.secret)
+            except trio.TooSlowError:
+                raise DfsError(errno.ETIMEDOUT, f"timed out connecting to {self.addr}") from None
+            except (OSError, EOFError, ProtocolError, trio.BrokenResourceError) as exc:
+                raise DfsError(errno.ECONNREFUSED, f"cannot connect to {self.addr}: {exc}") from None
+            self._framed = framed
+            trio.lowlevel.spawn_system_task(self._reader, framed)
+            return framed
+
+    async def _reader(self, framed: FramedStream) -> None:
+        try:
+            while True:
+                message = await framed.receive()
+                if (not isinstance(message, list) or len(message) != 4
+                        or message[0] != REPLY):
+                    raise ProtocolError("not a reply")
+                pending = self._pending.pop(message[1], None)
+                if pending is not None:
+                    pending.errno, pending.result = message[2], message[3]
+                    pending.event.set()
+        except (EOFError, ProtocolError, trio.BrokenResourceError,
+                trio.ClosedResourceError, OSError):
+            pass
+        except Exception:
+            log.error("reply reader failed", exc_info=True, peer=self.addr)
+        finally:
+            await self._drop(framed)
+
+    async def _drop(self, framed: FramedStream) -> None:
+        if self._framed is framed:
+            self._framed = None
+            for pending in self._pending.values():
+                pending.event.set()
+            self._pending.clear()
+        with trio.CancelScope(shield=True):
+            await framed.aclose()
+
+    async def _call_once(self, op: str, args: dict, timeout: float | None):
+        framed = await self._connect()
+        request_id = next(self._ids)
+        pending = _Pending()
+        self._pending[request_id] = pending
+        try:
+            try:
+                await framed.send([REQUEST, request_id, op, args])
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                await self._drop(framed)
+                raise DfsError(errno.ECONNRESET, f"connection to {self.addr} lost") from None
+            if timeout is None:
+                await pending.event.wait()
+            else:
+                with trio.move_on_after(timeout) as scope:
+                    await pending.event.wait()
+                if scope.cancelled_caught:
+                    raise DfsError(errno.ETIMEDOUT, f"{op} on {self.addr} timed out")
+        finally:
+            self._pending.pop(request_id, None)
+        if pending.errno:
+            raise DfsError(pending.errno, str(pending.result))
+        return pending.result
+
+    async def call(self, op: str, timeout: float | None = None, **args):
+        spec = self.schema.get(op)
+        if spec is None:
+            raise ValueError(f"unknown operation {op!r}")
+        deadline = trio.current_time() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await self._call_once(op, args, timeout)
+            except DfsError as exc:
+                transient = exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
+                may_retry = spec.idempotent or "token" in args
+                if not (transient and may_retry) or trio.current_time() + delay > deadline:
+                    raise
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._framed is not None:
+            await self._drop(self._framed)
+
+
+class ClientPool:
+    """One lazily opened Client per address (used for chunk servers)."""
+
+    def __init__(self, secret: bytes, schema: dict[str, Op], **client_options):
+        self.secret = secret
+        self.schema = schema
+        self.options = client_options
+        self._clients: dict[str, Client] = {}
+
+    def get(self, addr: str) -> Client:
+        client = self._clients.get(addr)
+        if client is None:
+            client = self._clients[addr] = Client(addr, self.secret, self.schema, **self.options)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+
+
+__all__ = ["Server", "Client", "ClientPool", "parse_addr", "MAX_FRAME"]
