@@ -39,6 +39,17 @@ def decode(payload) -> object:
         raise ProtocolError(f"malformed msgpack frame: {exc}") from None
 
 
+def encode_args(args: dict) -> bytes:
+    """Pack a request's fields once, to send the same request to several peers."""
+    return encode(args)
+
+
+def _request_head(request_id: int, op: str, packed_args_size: int) -> bytes:
+    # A msgpack array of four whose last element is the already packed fields.
+    prefix = b"\x94" + encode(REQUEST) + encode(request_id) + encode(op)
+    return _HEADER.pack(len(prefix) + packed_args_size) + prefix
+
+
 class FramedStream:
     """Reads and writes whole frames; sends are serialised, receives are not shared."""
 
@@ -48,24 +59,43 @@ class FramedStream:
         self._send_lock = trio.Lock()
         self._buffer = bytearray()
 
-    async def _receive_exactly(self, n: int) -> bytearray:
+    async def _fill(self, n: int) -> None:
+        """Buffer at least n bytes (n is small: a header or a small frame)."""
         while len(self._buffer) < n:
-            chunk = await self.stream.receive_some(max(n - len(self._buffer), 65536))
+            chunk = await self.stream.receive_some(65536)
             if not chunk:
                 if self._buffer:
                     raise ProtocolError("connection closed in the middle of a frame")
                 raise EOFError
             self._buffer += chunk
-        data = self._buffer[:n]
-        del self._buffer[:n]
-        return data
+
+    async def _receive_body(self, length: int):
+        if len(self._buffer) >= length:
+            body = self._buffer[:length]
+            del self._buffer[:length]
+            return body
+        # Large frames are read straight into their own buffer: no copying
+        # through the small read buffer, no growing allocations.
+        body = bytearray(length)
+        have = len(self._buffer)
+        body[:have] = self._buffer
+        self._buffer.clear()
+        view = memoryview(body)
+        while have < length:
+            got = await self.stream.socket.recv_into(view[have:], length - have)
+            if not got:
+                raise ProtocolError("connection closed in the middle of a frame")
+            have += got
+        return body
 
     async def receive(self) -> object:
         """Return the next message; EOFError on a clean close between frames."""
-        (length,) = _HEADER.unpack(await self._receive_exactly(_HEADER.size))
+        await self._fill(_HEADER.size)
+        (length,) = _HEADER.unpack_from(self._buffer)
+        del self._buffer[:_HEADER.size]
         if length > self.max_frame:
             raise ProtocolError(f"frame of {length} bytes exceeds the limit of {self.max_frame}")
-        return decode(await self._receive_exactly(length))
+        return decode(await self._receive_body(length))
 
     async def send(self, message) -> None:
         payload = encode(message)
@@ -78,6 +108,14 @@ class FramedStream:
             else:
                 await self.stream.send_all(header)
                 await self.stream.send_all(payload)
+
+    async def send_request(self, request_id: int, op: str, packed_args: bytes) -> None:
+        if len(packed_args) > self.max_frame - 64:
+            raise ProtocolError(f"refusing to send a frame of {len(packed_args)} bytes")
+        head = _request_head(request_id, op, len(packed_args))
+        async with self._send_lock:
+            await self.stream.send_all(head)
+            await self.stream.send_all(packed_args)
 
     async def aclose(self) -> None:
         await self.stream.aclose()

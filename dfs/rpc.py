@@ -72,7 +72,12 @@ class Server:
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await server_handshake(framed, self.secret)
-        except (DfsError, ProtocolError, EOFError, trio.TooSlowError,
+        except EOFError:
+            # A port probe (load balancer, kubelet tcpSocket) connects and leaves.
+            log.debug("connection closed before the handshake", server=self.name, peer=peer)
+            await framed.aclose()
+            return
+        except (DfsError, ProtocolError, trio.TooSlowError,
                 trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.warning("connection refused", server=self.name, peer=peer, reason=str(exc))
             await framed.aclose()
@@ -208,14 +213,17 @@ class Client:
         with trio.CancelScope(shield=True):
             await framed.aclose()
 
-    async def _call_once(self, op: str, args: dict, timeout: float | None):
+    async def _call_once(self, op: str, args: dict | bytes, timeout: float | None):
         framed = await self._connect()
         request_id = next(self._ids)
         pending = _Pending()
         self._pending[request_id] = pending
         try:
             try:
-                await framed.send([REQUEST, request_id, op, args])
+                if isinstance(args, dict):
+                    await framed.send([REQUEST, request_id, op, args])
+                else:
+                    await framed.send_request(request_id, op, args)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self._drop(framed)
                 raise DfsError(errno.ECONNRESET, f"connection to {self.addr} lost") from None
@@ -233,6 +241,13 @@ class Client:
         return pending.result
 
     async def call(self, op: str, timeout: float | None = None, **args):
+        return await self._call(op, args, timeout)
+
+    async def call_packed(self, op: str, packed_args: bytes, timeout: float | None = None):
+        """Like call, with fields packed by framing.encode_args (shared by several calls)."""
+        return await self._call(op, packed_args, timeout)
+
+    async def _call(self, op: str, args: dict | bytes, timeout: float | None):
         spec = self.schema.get(op)
         if spec is None:
             raise ValueError(f"unknown operation {op!r}")
@@ -243,7 +258,7 @@ class Client:
                 return await self._call_once(op, args, timeout)
             except DfsError as exc:
                 transient = exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
-                may_retry = spec.idempotent or "token" in args
+                may_retry = spec.idempotent or (isinstance(args, dict) and "token" in args)
                 if not (transient and may_retry) or trio.current_time() + delay > deadline:
                     raise
             await trio.sleep(delay)

@@ -1,0 +1,72 @@
+"""python -m benchmarks: measure dfs and its baselines in one interleaved run."""
+
+import argparse
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks import procs, runner
+from benchmarks.scale import FULL, SMOKE
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmarks dfs side by side with baselines on this machine. Run as root "
+                    "(it mounts FUSE filesystems, drops the page cache and, for MooseFS, "
+                    "creates a network namespace). See benchmarks/README.md.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run", help="run suites on the subject and each baseline and write the results",
+        description="Bring up the subject filesystem and each baseline, run every case of "
+                    "each suite on all of them in turn (A B A B ...), and write results.json "
+                    "and results.md (with ratios subject/baseline) into a new timestamped "
+                    "folder under --results.")
+    run.add_argument("--suite", default="fio,meta,sysbench,mysql",
+                     help="comma-separated suites: fio, meta, sysbench, mysql "
+                          "(default: all)")
+    run.add_argument("--compare", default="local,fusepass,moosefs",
+                     help="comma-separated baselines: local (a plain folder), fusepass "
+                          "(bindfs), moosefs (MooseFS, goal 2 on three chunk servers); "
+                          "default: all three")
+    run.add_argument("--subject", default="dfs",
+                     help="the filesystem measured against the baselines (default: dfs, a "
+                          "local cluster from 'dfs up' with three chunk servers at "
+                          "replication 2)")
+    run.add_argument("--rounds", type=int, default=2,
+                     help="interleaved rounds of every case; figures are medians (default 2)")
+    run.add_argument("--smoke", action="store_true",
+                     help="tiny sizes and seconds-long runs, to check the runner works")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                     help="override one size or duration, e.g. --set seq_size=256m or "
+                          "--set mysql_seconds=120 (repeatable; names in benchmarks/scale.py)")
+    run.add_argument("--results", type=Path, default=RESULTS,
+                     help=f"where result folders go (default: {RESULTS})")
+    run.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),
+                     help="where mounts and cluster data live during the run, removed "
+                          "afterwards (default: the temp folder)")
+    return parser
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        if args.rounds < 1:
+            raise procs.BenchError("--rounds must be at least 1")
+        scale = (SMOKE if args.smoke else FULL).with_overrides(args.set)
+        runner.run([s for s in args.suite.split(",") if s], args.subject,
+                   [b for b in args.compare.split(",") if b], args.rounds, scale,
+                   ("smoke" if args.smoke else "full") + (" with overrides" if args.set else ""),
+                   args.results, args.work_dir)
+    except procs.BenchError as exc:
+        sys.exit(f"benchmarks: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("benchmarks: interrupted; everything started was stopped")

@@ -1,0 +1,62 @@
+"""The performance targets of the issue, judged against MooseFS on the same run."""
+
+from dataclasses import dataclass
+
+from benchmarks.results import lower_is_better, ratio
+
+REFERENCE = "moosefs"
+
+
+@dataclass(frozen=True)
+class Goal:
+    suite: str
+    case: str
+    metric: str
+    factor: float       # subject/reference must reach it (or stay under it, for latencies)
+
+    def describe(self) -> str:
+        sign = "<=" if lower_is_better(self.metric) else ">="
+        return f"{self.suite} {self.case} {self.metric} {sign} {self.factor:g}x {REFERENCE}"
+
+    def judge(self, medians: dict, subject: str) -> tuple[str, float | None]:
+        per_target = medians.get((self.suite, self.case, self.metric), {})
+        if REFERENCE not in per_target or subject not in per_target:
+            return "not measured", None
+        got = ratio(per_target[subject], per_target[REFERENCE])
+        if got is None:
+            return "not measured", None
+        met = got <= self.factor if lower_is_better(self.metric) else got >= self.factor
+        return ("met" if met else "NOT MET"), got
+
+
+RATIO_GOALS = [
+    Goal("fio", "seq-write", "MB/s", 1.5),
+    Goal("fio", "par-write", "MB/s", 1.5),
+    Goal("fio", "seq-read", "MB/s", 1.0),
+    Goal("fio", "rand-read", "IOPS", 1.0),
+    Goal("fio", "rand-read", "p99 ms", 1.0),
+    Goal("fio", "rand-write", "IOPS", 1.0),
+    Goal("fio", "rand-write", "p99 ms", 1.0),
+    *(Goal("meta", phase, "ops/s", 1.0) for phase in ("create", "stat", "rename", "unlink",
+                                                       "mkdir")),
+    Goal("mysql", "oltp", "QPS", 1.0),
+    Goal("fio", "seq-write", "CPU s/GiB", 1.0),
+]
+
+MAX_QPS_CHANGE = 0.10
+
+
+def absolute_checks(medians: dict, subject: str) -> list[tuple[str, str, float]]:
+    """The MySQL demo's own promises, on the subject alone: (what, verdict, figure)."""
+    checks = []
+    for (suite, case, metric), per_target in medians.items():
+        if suite != "mysql" or subject not in per_target:
+            continue
+        value = per_target[subject]
+        if metric in ("zero-QPS s", "errors"):
+            checks.append((f"mysql {metric} == 0", "met" if value == 0 else "NOT MET", value))
+        elif metric == "after/before":
+            met = abs(value - 1) <= MAX_QPS_CHANGE
+            checks.append((f"mysql {case}: QPS 10 s after within 10% of before",
+                           "met" if met else "NOT MET", value))
+    return checks

@@ -1,0 +1,184 @@
+"""MooseFS baseline: one master and three chunk servers at goal 2, the shape of dfs's
+local cluster.
+
+MooseFS's master refuses chunk servers on 127.0.0.0/8, so its servers run in a network
+namespace joined to this host by a veth pair on a private /30; the client (mfsmount)
+stays on the host and reaches them through the pair. Nothing leaves the machine.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from benchmarks import procs
+from benchmarks.targets import Target
+
+NETNS = "dfsbench-mfs"
+HOST_IF = "dfsb-mfs-h"
+NS_IF = "dfsb-mfs-n"
+HOST_ADDR = "10.213.77.1"
+NS_ADDR = "10.213.77.2"
+PREFIX = 30
+CLIENT_PORT = 9421
+EMPTY_METADATA = Path("/var/lib/mfs/metadata.mfs.empty")
+GOAL = 2
+CHUNKSERVERS = 3
+LEAVE_SPACE = 1 << 30
+
+
+class Namespace:
+    """The network namespace and veth pair the MooseFS servers live behind."""
+
+    def up(self) -> None:
+        self.down()
+        for cmd in (["ip", "netns", "add", NETNS],
+                    ["ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF],
+                    ["ip", "link", "set", NS_IF, "netns", NETNS],
+                    ["ip", "addr", "add", f"{HOST_ADDR}/{PREFIX}", "dev", HOST_IF],
+                    ["ip", "link", "set", HOST_IF, "up"],
+                    ["ip", "netns", "exec", NETNS, "ip", "addr", "add", f"{NS_ADDR}/{PREFIX}",
+                     "dev", NS_IF],
+                    ["ip", "netns", "exec", NETNS, "ip", "link", "set", NS_IF, "up"],
+                    ["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"]):
+            procs.run(cmd, timeout=10)
+
+    def down(self) -> None:
+        """Remove the pair and the namespace; deleting one end of a veth removes both."""
+        subprocess.run(["ip", "link", "del", HOST_IF], capture_output=True)
+        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+
+    def spawn(self, cmd: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            return subprocess.Popen(["ip", "netns", "exec", NETNS, *cmd],
+                                    stdout=out, stderr=subprocess.STDOUT)
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def _total_space(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_blocks * st.f_frsize
+
+
+def _write_cfg(path: Path, settings: dict) -> Path:
+    path.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
+    return path
+
+
+class MooseFS(Target):
+    name = "moosefs"
+    has_quota = True
+    expands_with = "mfssetquota -L (hard length quota)"
+
+    def __init__(self, work: Path):
+        super().__init__(work)
+        self.netns = Namespace()
+        self.servers: list[subprocess.Popen] = []
+        self.master = None
+        self.mount = None
+
+    def up(self) -> Path:
+        for tool in ("mfsmaster", "mfschunkserver", "mfsmount"):
+            if shutil.which(tool) is None:
+                raise procs.BenchError(
+                    f"{tool} is not installed: apt-get install -y moosefs-master "
+                    "moosefs-chunkserver moosefs-client")
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(exist_ok=True)
+        self.netns.up()
+        self._start_master()
+        for index in range(CHUNKSERVERS):
+            self._start_chunkserver(index)
+        self._mount()
+        procs.run(["mfssetgoal", "-r", str(GOAL), str(self.root)], timeout=30)
+        return self.root
+
+    def _start_master(self) -> None:
+        data = self.work / "master"
+        data.mkdir(exist_ok=True)
+        shutil.copy(EMPTY_METADATA, data / "metadata.mfs")
+        exports = self.work / "mfsexports.cfg"
+        exports.write_text(f"{HOST_ADDR}/32 / rw,alldirs,admin,maproot=0:0\n")
+        topology = self.work / "mfstopology.cfg"
+        topology.write_text("")
+        cfg = _write_cfg(self.work / "mfsmaster.cfg", {
+            "WORKING_USER": "root", "WORKING_GROUP": "root", "DATA_PATH": data,
+            "EXPORTS_FILENAME": exports, "TOPOLOGY_FILENAME": topology,
+            "MATOML_LISTEN_HOST": NS_ADDR, "MATOCS_LISTEN_HOST": NS_ADDR,
+            "MATOCL_LISTEN_HOST": NS_ADDR, "MATOCL_LISTEN_PORT": CLIENT_PORT,
+            # Replicate at once: the default waits 60 s after start before it replicates.
+            "REPLICATIONS_DELAY_INIT": 0})
+        self.master = self.netns.spawn(["mfsmaster", "-f", "-c", str(cfg)],
+                                       self.work / "master.log")
+        self.servers.append(self.master)
+        procs.wait_for(lambda: _accepts(NS_ADDR, CLIENT_PORT) or self.master.poll() is not None,
+                       30, f"mfsmaster to listen on {NS_ADDR}:{CLIENT_PORT}")
+        if self.master.poll() is not None:
+            raise procs.BenchError(f"mfsmaster exited with {self.master.returncode}; see "
+                                   f"{self.work / 'master.log'}")
+
+    def _start_chunkserver(self, index: int) -> None:
+        data = self.work / f"chunkserver{index}"
+        hdd = data / "hdd"
+        hdd.mkdir(parents=True, exist_ok=True)
+        hdd_cfg = data / "mfshdd.cfg"
+        hdd_cfg.write_text(f"{hdd}\n")
+        cfg = _write_cfg(data / "mfschunkserver.cfg", {
+            "WORKING_USER": "root", "WORKING_GROUP": "root", "DATA_PATH": data,
+            "HDD_CONF_FILENAME": hdd_cfg, "MASTER_HOST": NS_ADDR, "BIND_HOST": NS_ADDR,
+            "CSSERV_LISTEN_HOST": NS_ADDR, "CSSERV_LISTEN_PORT": 9422 + index,
+            "HDD_LEAVE_SPACE_DEFAULT": LEAVE_SPACE})
+        self.servers.append(self.netns.spawn(["mfschunkserver", "-f", "-c", str(cfg)],
+                                             self.work / f"chunkserver{index}.log"))
+
+    def _mount(self) -> None:
+        with open(self.work / "mount.log", "ab") as log:
+            self.mount = subprocess.Popen(
+                ["mfsmount", "-f", str(self.root), "-H", NS_ADDR, "-P", str(CLIENT_PORT)],
+                stdout=log, stderr=subprocess.STDOUT)
+        procs.wait_for(lambda: procs.is_mounted(self.root) or self.mount.poll() is not None,
+                       30, f"mfsmount at {self.root}")
+        if self.mount.poll() is not None:
+            raise procs.BenchError(f"mfsmount exited with {self.mount.returncode}; see "
+                                   f"{self.work / 'mount.log'}")
+        # The mount answers before the chunk servers have registered, and each adds its
+        # disk (used plus available, less the space it leaves free) to the total once it has.
+        disk = os.statvfs(self.work)
+        per_server = disk.f_frsize * (disk.f_blocks - disk.f_bfree + disk.f_bavail) - LEAVE_SPACE
+        procs.wait_for(lambda: _total_space(self.root) >= (CHUNKSERVERS - 0.5) * per_server,
+                       60, f"{CHUNKSERVERS} MooseFS chunk servers to register", interval=0.5)
+
+    def down(self) -> None:
+        procs.unmount(self.root)
+        if self.mount:
+            procs.stop_process(self.mount)
+        for proc in reversed(self.servers):
+            procs.stop_process(proc, timeout=30)
+        self.servers.clear()
+        self.netns.down()
+
+    def processes(self) -> dict[str, list[int]]:
+        roles = {}
+        if self.mount:
+            roles["client"] = [self.mount.pid]
+        if self.master:
+            roles["master"] = [self.master.pid]
+            roles["chunkserver"] = [p.pid for p in self.servers if p is not self.master]
+        return roles
+
+    def make_volume(self, name: str, size: int) -> Path:
+        path = super().make_volume(name, size)
+        self.expand_volume(name, size)
+        return path
+
+    def expand_volume(self, name: str, size: int) -> None:
+        procs.run(["mfssetquota", "-L", str(size), str(self.root / "volumes" / name)],
+                  timeout=30)

@@ -1,0 +1,77 @@
+"""Writing a run down: the JSON of every figure, and a Markdown table of medians with the
+ratio of the subject to each baseline, the targets, memory and the MySQL summary."""
+
+import json
+from pathlib import Path
+
+from benchmarks import goals
+from benchmarks.results import Row, lower_is_better, medians, ratio
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def write_json(path: Path, meta: dict, rows: list[Row], extra: dict) -> None:
+    path.write_text(json.dumps({**meta, "rows": [r.to_json() for r in rows], "suites": extra},
+                               indent=1))
+
+
+def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
+    subject, baselines = meta["subject"], meta["baselines"]
+    table = medians(rows)
+    lines = [f"# Benchmark run {meta['stamp']}", "",
+             f"- command: `{meta['command']}`",
+             f"- machine: {meta['machine']}",
+             f"- subject: **{subject}**, baselines: {', '.join(baselines)}; "
+             f"{meta['rounds']} interleaved round(s), figures are medians over rounds",
+             f"- scale: {meta['scale_name']} ({meta['scale']})", ""]
+    lines += [f"- note: {note}" for note in meta["notes"]]
+    lines += [f"- **FAILED**: {failure}" for failure in meta.get("failures", [])]
+    head = ["suite", "case", "metric", subject]
+    for base in baselines:
+        head += [base, f"{subject}/{base}"]
+    lines += ["", "## Figures", "", "| " + " | ".join(head) + " |",
+              "|" + "---|" * len(head)]
+    for (suite, case, metric), per_target in table.items():
+        cells = [suite, case, metric + (" (lower is better)" if lower_is_better(metric) else ""),
+                 _fmt(per_target.get(subject))]
+        for base in baselines:
+            cells += [_fmt(per_target.get(base)),
+                      _fmt(ratio(per_target.get(subject), per_target.get(base)))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"## Targets ({subject} against {goals.REFERENCE}, ratio of medians)", ""]
+    if goals.REFERENCE in baselines:
+        lines += ["| target | ratio | verdict |", "|---|---|---|"]
+        for goal in goals.RATIO_GOALS:
+            if goal.suite in meta["suites"]:
+                verdict, got = goal.judge(table, subject)
+                lines.append(f"| {goal.describe()} | {_fmt(got)} | {verdict} |")
+    else:
+        lines.append(f"Not judged: {goals.REFERENCE} was not among the baselines of this run.")
+        lines.append("")
+    checks = goals.absolute_checks(table, subject)
+    if checks:
+        lines += ["| MySQL demo check | figure | verdict |", "|---|---|---|"]
+        lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in checks]
+    if meta.get("memory"):
+        lines += ["", "## Peak resident memory (VmHWM, MiB) at the end of the run", "",
+                  "| target | role | peak MiB |", "|---|---|---|"]
+        for target, roles in meta["memory"].items():
+            lines += [f"| {target} | {role} | {_fmt(mib)} |" for role, mib in roles.items()]
+    if "mysql" in extra:
+        lines += ["", "## MySQL demo", "", "| target | round | expansions (second: new size, "
+                  "took) | through |", "|---|---|---|---|"]
+        for target, rounds in extra["mysql"]["details"].items():
+            for number, detail in enumerate(rounds, 1):
+                steps = "; ".join(f"{e['second']} s: {e['bytes'] >> 20} MiB, {e['took_s']} s"
+                                  + (f" FAILED {e['error']}" if e["error"] else "")
+                                  for e in detail["expansions"])
+                lines.append(f"| {target} | {number} | {steps} | {detail['expands_with']} |")
+        if extra["mysql"].get("plot"):
+            lines += ["", f"![QPS over time]({extra['mysql']['plot']})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,138 @@
+"""One run: bring up the subject and every baseline, run each suite's cases on all of
+them interleaved (A B A B) so the machine's drift hits all alike, and write it down."""
+
+import contextlib
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import procs, report
+from benchmarks.fileio_suite import FileioSuite
+from benchmarks.fio_suite import FioSuite
+from benchmarks.meta_suite import MetaSuite
+from benchmarks.moosefs import MooseFS
+from benchmarks.mysql_suite import MysqlSuite
+from benchmarks.results import Row
+from benchmarks.scale import Scale
+from benchmarks.suite import Context, Suite
+from benchmarks.targets import Dfs, FusePass, Local, Target
+
+SUITES: dict[str, type[Suite]] = {s.name: s for s in (FioSuite, MetaSuite, FileioSuite, MysqlSuite)}
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (Local, FusePass, MooseFS, Dfs)}
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+                 platform.processor())
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{platform.node()}, {os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, "
+            f"Linux {platform.release()}")
+
+
+def pick(names: list[str], known: dict, what: str) -> list:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise procs.BenchError(f"unknown {what} {', '.join(unknown)}; choose from "
+                               f"{', '.join(known)}")
+    return [known[n] for n in names]
+
+
+LOG_TAIL = 256 * 1024
+
+
+def _keep_logs(target: Target, folder: Path) -> None:
+    """Copy the end of each log of a target into the results, before it is removed."""
+    for log in target.log_files():
+        if log.is_relative_to(target.root):
+            continue
+        kept = folder / target.name / "-".join(log.relative_to(target.work).parts)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "rb") as source:
+            source.seek(max(0, log.stat().st_size - LOG_TAIL))
+            kept.write_bytes(source.read())
+
+
+def _stopper(target: Target, ctx: Context, failures: list[str]):
+    """An exit callback that stops a target, keeping its logs when anything went wrong."""
+    def stop(exc_type, exc, tb) -> bool:
+        if failures or exc_type is not None:
+            _keep_logs(target, ctx.artifacts / "logs")
+        ctx.say(f"stopping {target.name}")
+        try:
+            target.down()
+        except procs.BenchError as error:
+            ctx.say(f"stopping {target.name} failed: {error}")
+        return False
+    return stop
+
+def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int, scale: Scale,
+        scale_name: str, results_dir: Path, work_dir: Path) -> Path:
+    """Run everything; returns the folder the results were written to."""
+    suites = [cls() for cls in pick(suite_names, SUITES, "suite")]
+    target_classes = pick([subject, *baselines], TARGETS, "target")
+    for suite in suites:
+        for tool in suite.tools:
+            if shutil.which(tool) is None:
+                raise procs.BenchError(f"{tool}, needed by the {suite.name} suite, is not "
+                                       "installed (see benchmarks/README.md, set-up)")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    artifacts = results_dir / stamp
+    artifacts.mkdir(parents=True)
+    work = work_dir / f"dfs-bench-{stamp}"
+    ctx = Context(scale=scale, artifacts=artifacts, work=work)
+    rows: list[Row] = []
+    extra: dict = {}
+    memory: dict = {}
+    failures: list[str] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            roots = {}
+            targets = [cls(work) for cls in target_classes]
+            for target in targets:
+                ctx.say(f"bringing up {target.name}")
+                stack.push(_stopper(target, ctx, failures))
+                roots[target.name] = target.up()
+            for suite in suites:
+                details: dict[str, list[dict]] = {}
+                for case in suite.cases():
+                    for round_no in range(1, rounds + 1):
+                        for target in targets:
+                            ctx.say(f"{suite.name} {case}, round {round_no}/{rounds}, "
+                                    f"on {target.name}")
+                            try:
+                                outcome = suite.run(case, target, roots[target.name], ctx)
+                            except procs.BenchError as exc:
+                                # One failed case must not cost the figures of the others;
+                                # it is written down and the run ends with an error status.
+                                failures.append(f"{suite.name} {case} round {round_no} on "
+                                                f"{target.name}: {str(exc)[:600]}")
+                                ctx.say(f"    FAILED: {exc}")
+                                continue
+                            rows += [Row(suite.name, c, m, target.name, round_no, v)
+                                     for c, m, v in outcome.figures]
+                            ctx.say("    " + ", ".join(f"{c} {v:,.1f} {m}"
+                                                       for c, m, v in outcome.figures[:3]))
+                            if outcome.detail is not None:
+                                details.setdefault(target.name, []).append(outcome.detail)
+                extra[suite.name] = {**suite.finish(details, ctx), "details": details}
+            memory = {t.name: {role: max(procs.peak_rss_mib(p) for p in pids)
+                               for role, pids in t.processes().items() if pids}
+                      for t in targets}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta = {"stamp": stamp, "command": shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
+            "machine": machine(), "subject": subject, "baselines": baselines, "rounds": rounds,
+            "suites": suite_names, "scale_name": scale_name, "scale": vars(scale),
+            "notes": ctx.notes, "failures": failures, "memory": {k: v for k, v in memory.items() if v}}
+    report.write_json(artifacts / "results.json", meta, rows, extra)
+    (artifacts / "results.md").write_text(report.render_markdown(meta, rows, extra))
+    ctx.say(f"results written to {artifacts}/results.md and results.json")
+    if failures:
+        raise procs.BenchError(f"{len(failures)} case(s) failed (listed in {artifacts}/"
+                               "results.md):\n" + "\n".join(failures))
+    return artifacts

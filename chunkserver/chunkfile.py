@@ -1,0 +1,268 @@
+"""One replica on disk: a sparse data file and a metadata file beside it.
+
+The metadata file holds a header (magic, format, chunk id, version and the
+header's own CRC) in its first sector and, from CRC_OFFSET on, one CRC32C per
+64 KiB block of data, four bytes little-endian each. A block's CRC covers the
+whole block with the bytes past the end of the data file counted as zeros, so
+holes and the tail of the last block verify without being stored.
+
+Crash consistency: both files are updated in place, data before the metadata
+that describes it, and the header never runs ahead of the data.
+- write: space is reserved first (fallocate), so ENOSPC is reported before a
+  byte changes; then one pwrite of the data, then a pwrite of the touched
+  CRCs. A crash in between leaves new data under old CRCs or the reverse, which
+  fails verification (EIO, the replica is reported and repaired from another):
+  it never passes off wrong data as good.
+- sync: fsync the data, then the metadata.
+- version change: fsync the data, then rewrite the header (one small write
+  inside the first sector, with its own CRC so a torn header is detected) and
+  fsync it. The version on disk therefore never claims more than the data that
+  was written before the change, so a crash cannot leave a replica that says
+  "newer version" while holding older data that verifies.
+- a new replica (create, replicate) is built under temporary names and becomes
+  visible when its metadata file is renamed into place; a data file without a
+  metadata file is an orphan and is removed at startup.
+The header is updated in place rather than by temp file + rename because a
+rename per version change would also need a directory fsync, and a fixed
+sector-sized header gives the same all-or-nothing result for less.
+"""
+
+import os
+import struct
+import sys
+from array import array
+
+from crc32c import crc32c
+
+BLOCK = 64 * 1024
+# A sanity limit, not the cluster's chunk size, which only the metaserver knows.
+MAX_CHUNK = 1 << 30
+CRC_OFFSET = 512
+
+MAGIC = b"DFSC"
+FORMAT = 1
+_HEADER = struct.Struct("<4sIQQ")
+_HEADER_CRC = struct.Struct("<I")
+HEADER_SIZE = _HEADER.size + _HEADER_CRC.size
+
+ZERO_BLOCK = bytes(BLOCK)
+_ZEROS = memoryview(ZERO_BLOCK)
+ZERO_CRC = crc32c(ZERO_BLOCK)
+
+
+class ChecksumError(Exception):
+    """Stored data does not match its block CRC."""
+
+    def __init__(self, block: int):
+        super().__init__(block)
+        self.block = block
+
+
+class HeaderError(Exception):
+    """A metadata file whose header is missing, torn or not ours."""
+
+
+def blocks_for(length: int) -> int:
+    return (length + BLOCK - 1) // BLOCK
+
+
+def block_crc(stored) -> int:
+    """CRC of a block of which `stored` is the part inside the data file."""
+    crc = crc32c(stored)
+    if len(stored) < BLOCK:
+        crc = crc32c(_ZEROS[:BLOCK - len(stored)], crc)
+    return crc
+
+
+def encode_header(chunk: int, version: int) -> bytes:
+    header = _HEADER.pack(MAGIC, FORMAT, chunk, version)
+    return header + _HEADER_CRC.pack(crc32c(header))
+
+
+def decode_header(raw: bytes, chunk: int) -> int:
+    """Return the version stored in a metadata file's header."""
+    if len(raw) < HEADER_SIZE:
+        raise HeaderError("header is truncated")
+    header, (crc,) = raw[:_HEADER.size], _HEADER_CRC.unpack_from(raw, _HEADER.size)
+    if crc32c(header) != crc:
+        raise HeaderError("header fails its checksum")
+    magic, fmt, stored_chunk, version = _HEADER.unpack(header)
+    if magic != MAGIC or fmt != FORMAT:
+        raise HeaderError(f"unknown header format {magic!r}/{fmt}")
+    if stored_chunk != chunk:
+        raise HeaderError(f"header names chunk {stored_chunk}")
+    return version
+
+
+def crcs_to_bytes(crcs: array) -> bytes:
+    if sys.byteorder == "big":
+        crcs = array("I", crcs)
+        crcs.byteswap()
+    return crcs.tobytes()
+
+
+def crcs_from_bytes(raw: bytes) -> array:
+    crcs = array("I")
+    crcs.frombytes(raw[:len(raw) // 4 * 4])
+    if sys.byteorder == "big":
+        crcs.byteswap()
+    return crcs
+
+
+def pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+class ChunkFile:
+    """An open replica. Not thread-safe: the caller serialises access per chunk."""
+
+    def __init__(self, chunk: int, version: int, data_fd: int, meta_fd: int, size: int,
+                 crcs: array):
+        self.chunk = chunk
+        self.version = version
+        self.data_fd = data_fd
+        self.meta_fd = meta_fd
+        self.size = size
+        self.crcs = crcs
+
+    @classmethod
+    def open(cls, chunk: int, data_path: str, meta_path: str) -> "ChunkFile":
+        meta_fd = os.open(meta_path, os.O_RDWR | os.O_CLOEXEC)
+        data_fd = -1
+        try:
+            version = decode_header(os.pread(meta_fd, HEADER_SIZE, 0), chunk)
+            data_fd = os.open(data_path, os.O_RDWR | os.O_CLOEXEC)
+            size = os.fstat(data_fd).st_size
+            nblocks = blocks_for(size)
+            crcs = crcs_from_bytes(os.pread(meta_fd, nblocks * 4, CRC_OFFSET))
+            # CRCs never written (a crash right after the data grew) stand for
+            # zeros: data that did reach those blocks then fails verification.
+            crcs.extend([ZERO_CRC] * (nblocks - len(crcs)))
+        except BaseException:
+            os.close(meta_fd)
+            if data_fd >= 0:
+                os.close(data_fd)
+            raise
+        return cls(chunk, version, data_fd, meta_fd, size, crcs)
+
+    def close(self) -> None:
+        os.close(self.data_fd)
+        os.close(self.meta_fd)
+
+    def _verified(self, block: int) -> bytes:
+        """The stored part of a block, checked against its CRC."""
+        start = block * BLOCK
+        stored = os.pread(self.data_fd, max(0, min(BLOCK, self.size - start)), start)
+        if block_crc(stored) != self.crcs[block]:
+            raise ChecksumError(block)
+        return stored
+
+    def _write_crcs(self, first: int, stop: int) -> None:
+        pwrite_all(self.meta_fd, crcs_to_bytes(self.crcs[first:stop]), CRC_OFFSET + first * 4)
+
+    def _reserve_crcs(self, nblocks: int) -> None:
+        if nblocks > len(self.crcs):
+            os.posix_fallocate(self.meta_fd, CRC_OFFSET + len(self.crcs) * 4,
+                               (nblocks - len(self.crcs)) * 4)
+
+    def read(self, offset: int, length: int):
+        """Return `length` bytes at `offset`, zeros past the end; ChecksumError
+        if any block touched fails its CRC."""
+        end = min(offset + length, MAX_CHUNK)
+        if end <= offset:
+            return b""
+        if offset >= self.size:
+            return bytes(end - offset)
+        first = offset // BLOCK
+        span_start = first * BLOCK
+        span_end = min(blocks_for(end) * BLOCK, self.size)
+        buf = os.pread(self.data_fd, span_end - span_start, span_start)
+        view = memoryview(buf)
+        for i in range(0, span_end - span_start, BLOCK):
+            block = first + i // BLOCK
+            if block_crc(view[i:i + BLOCK]) != self.crcs[block]:
+                raise ChecksumError(block)
+        stored_end = min(end, self.size)
+        if end > stored_end:
+            return b"".join((view[offset - span_start:stored_end - span_start],
+                             bytes(end - stored_end)))
+        if offset == span_start and stored_end == span_end:
+            return buf
+        return view[offset - span_start:stored_end - span_start]
+
+    def write(self, offset: int, data) -> None:
+        """Write `data` at `offset`, keeping every touched block's CRC right.
+
+        Whole blocks are checksummed straight from `data`; a partly covered
+        block that already holds data is read and verified first, so a corrupt
+        block is never blessed with a fresh CRC.
+        """
+        if not data:
+            return
+        view = memoryview(data)
+        end = offset + len(view)
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        new_crcs = array("I")
+        for block in range(first, last + 1):
+            start, stop = max(offset, block * BLOCK), min(end, (block + 1) * BLOCK)
+            piece = view[start - offset:stop - offset]
+            if len(piece) == BLOCK:
+                new_crcs.append(crc32c(piece))
+                continue
+            merged = bytearray(BLOCK)
+            if block * BLOCK < self.size:
+                stored = self._verified(block)
+                merged[:len(stored)] = stored
+            merged[start - block * BLOCK:stop - block * BLOCK] = piece
+            new_crcs.append(crc32c(merged))
+
+        old_blocks = len(self.crcs)
+        try:
+            self._reserve_crcs(last + 1)
+            os.posix_fallocate(self.data_fd, offset, len(view))
+        except OSError:
+            # Whatever the failed reservation added lies past the old end and
+            # held nothing; cut it off so the replica is exactly as before.
+            if os.fstat(self.data_fd).st_size > self.size:
+                os.ftruncate(self.data_fd, self.size)
+            raise
+        pwrite_all(self.data_fd, view, offset)
+        if last + 1 > old_blocks:
+            self.crcs.extend([ZERO_CRC] * (last + 1 - old_blocks))
+        self.crcs[first:last + 1] = new_crcs
+        self._write_crcs(min(first, old_blocks), last + 1)
+        self.size = max(self.size, end)
+
+    def truncate(self, length: int) -> None:
+        """Cut or extend the replica to `length`; what lies beyond reads as zeros."""
+        if length == self.size:
+            return
+        nblocks = blocks_for(length)
+        if length < self.size:
+            block, tail = divmod(length, BLOCK)
+            tail_crc = block_crc(self._verified(block)[:tail]) if tail else None
+            os.ftruncate(self.data_fd, length)
+            del self.crcs[nblocks:]
+            if tail_crc is not None:
+                self.crcs[block] = tail_crc
+                self._write_crcs(block, block + 1)
+        else:
+            old_blocks = len(self.crcs)
+            self._reserve_crcs(nblocks)
+            os.ftruncate(self.data_fd, length)
+            self.crcs.extend([ZERO_CRC] * (nblocks - old_blocks))
+            self._write_crcs(old_blocks, nblocks)
+        self.size = length
+
+    def set_version(self, version: int) -> None:
+        os.fsync(self.data_fd)
+        pwrite_all(self.meta_fd, encode_header(self.chunk, version), 0)
+        os.fsync(self.meta_fd)
+        self.version = version
+
+    def sync(self) -> None:
+        os.fsync(self.data_fd)
+        os.fsync(self.meta_fd)

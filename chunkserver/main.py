@@ -1,0 +1,180 @@
+"""dfs-chunkserver: serve chunk replicas from a local folder."""
+
+import argparse
+import fcntl
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import trio
+
+from dfs import logs, ops
+from dfs.config import ConfigError, load_secret
+from dfs.rpc import Server, parse_addr
+
+from .chunkstore import ChunkStore
+from .metalink import MetaLink
+from .scrubber import Scrubber
+from .service import ChunkService
+
+log = logs.get_logger("chunkserver")
+
+DESCRIPTION = """\
+Serve chunk replicas from a local folder to dfs clients, the metaserver and
+other chunk servers. Every 64 KiB block carries a CRC32C that is checked on
+every read and by a background scrubber; bad replicas are reported to the
+metaserver, which repairs them from other replicas.
+
+example:
+  dfs-chunkserver --listen 0.0.0.0:9500 --advertise node1:9500 \\
+      --meta meta:9400 --data-dir /srv/dfs/chunks --secret-file /etc/dfs/secret
+"""
+
+
+def _address(text: str) -> str:
+    try:
+        parse_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dfs-chunkserver", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT",
+                        help="address to accept connections on; port 0 picks a free port "
+                             "(see --ready-file)")
+    parser.add_argument("--meta", required=True, type=_address, metavar="HOST:PORT",
+                        help="address of the metaserver to register with")
+    parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
+                        help="folder holding the replicas (created if missing; one chunk "
+                             "server per folder)")
+    parser.add_argument("--secret-file", metavar="PATH",
+                        help="file holding the cluster secret (default: $DFS_SECRET or "
+                             "$DFS_SECRET_FILE)")
+    parser.add_argument("--advertise", type=_address, metavar="HOST:PORT",
+                        help="address clients and the metaserver use to reach this server "
+                             "(default: the --listen host with the port actually bound; "
+                             "the host name if listening on all interfaces)")
+    parser.add_argument("--heartbeat-interval", type=_positive, default=1.0,
+                        metavar="SECONDS",
+                        help="seconds between heartbeats to the metaserver (default: 1)")
+    parser.add_argument("--scrub-rate", type=_non_negative, default=4.0, metavar="MB/s",
+                        help="MiB per second the background scrubber may read to verify "
+                             "checksums (default: 4; 0 turns scrubbing off)")
+    parser.add_argument("--ready-file", type=Path, metavar="PATH",
+                        help="once listening, write the bound HOST:PORT to this file "
+                             "(written whole, via a rename)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="least severe log level to print on stderr (default: info)")
+    return parser
+
+
+def _write_ready_file(path: Path, addr: str) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(addr + "\n")
+    os.replace(temp, path)
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold a lock on the folder for the life of the process, so two chunk
+    servers can never share (and corrupt) one set of replicas."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"{data_dir} is in use by another chunk server") from None
+    return fd
+
+
+def _advertised(host: str, port: int) -> str:
+    """The address to give out when --advertise is not set: a wildcard
+    listen address means nothing to peers, the host name does."""
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
+async def serve(args: argparse.Namespace, secret: bytes) -> None:
+    store = ChunkStore(args.data_dir)
+    versions = await trio.to_thread.run_sync(store.scan)
+    log.info("replicas found", data_dir=str(args.data_dir), chunks=len(versions))
+    service = ChunkService(store, versions, secret)
+    server = Server("chunkserver", ops.CHUNK, service.handlers, secret)
+    host, port = parse_addr(args.listen)
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                _, bound_port = await nursery.start(server.serve, host, port)
+                listen = f"{host}:{bound_port}"
+                advertise = args.advertise or _advertised(host, bound_port)
+                log.info("listening", addr=listen, advertise=advertise, meta=args.meta)
+                if args.ready_file:
+                    _write_ready_file(args.ready_file, listen)
+                link = MetaLink(service, args.meta, secret, advertise, args.data_dir,
+                                args.heartbeat_interval)
+                nursery.start_soon(link.run)
+                if args.scrub_rate > 0:
+                    nursery.start_soon(Scrubber(service, args.scrub_rate).run)
+                async for signum in signals:
+                    log.info("stopping", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+    finally:
+        await service.aclose()
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        secret = load_secret(args.secret_file)
+        lock_fd = _lock_data_dir(args.data_dir)
+    except (ConfigError, OSError) as exc:
+        print(f"dfs-chunkserver: {exc}", file=sys.stderr)
+        return 2
+    failures = []
+    try:
+        trio.run(serve, args, secret)
+    except* OSError as group:
+        failures = _leaves(group)
+    finally:
+        os.close(lock_fd)
+    for error in failures:
+        print(f"dfs-chunkserver: {error}", file=sys.stderr)
+    if failures:
+        return 1
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The chunk server's side of the metaserver link: registration, heartbeats,
+the work they bring back (replicas to delete or to copy), and reports of bad
+replicas.
+
+Any failure to reach the metaserver makes the next contact a registration: a
+metaserver that restarted, or that dropped this server meanwhile, needs the
+full list of replicas again. Clients are served all along; only the link waits.
+"""
+
+import errno
+import os
+from pathlib import Path
+
+import trio
+
+from dfs import logs, ops
+from dfs.errors import DfsError
+from dfs.rpc import Client
+
+from .service import ChunkService
+
+log = logs.get_logger("chunkserver")
+
+CSID_FILE = "csid"
+REPLICATIONS_AT_ONCE = 2
+MAX_BACKOFF = 10.0
+CALL_TIMEOUT = 30.0
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _chunk_ids(items) -> list[int]:
+    return [c for c in items or () if _is_int(c)]
+
+
+def _copy_tasks(items) -> list[tuple[int, int, str]]:
+    """The well-formed [chunk, version, "host:port"] entries of a heartbeat reply."""
+    return [tuple(t) for t in items or ()
+            if isinstance(t, list) and len(t) == 3 and _is_int(t[0]) and _is_int(t[1])
+            and isinstance(t[2], str)]
+
+
+class MetaLink:
+    def __init__(self, service: ChunkService, meta: str, secret: bytes, advertise: str,
+                 data_dir: Path, interval: float):
+        self.service = service
+        self.meta = meta
+        self.advertise = advertise
+        self.interval = interval
+        self.client = Client(meta, secret, ops.META_CS)
+        self.csid_path = Path(data_dir) / CSID_FILE
+        self.csid = self._load_csid()
+        self._replicating: set[int] = set()
+        self._limiter = trio.CapacityLimiter(REPLICATIONS_AT_ONCE)
+        self._known = trio.Event()
+
+    def _load_csid(self) -> int | None:
+        try:
+            return int(self.csid_path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            log.warning("ignoring an unreadable csid file; registering as a new server",
+                        path=str(self.csid_path))
+            return None
+
+    def _save_csid(self, csid: int) -> None:
+        temp = self.csid_path.with_suffix(".tmp")
+        with open(temp, "w") as f:
+            f.write(f"{csid}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, self.csid_path)
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report_bad_replicas)
+                await self._heartbeats(nursery)
+        finally:
+            await self.client.aclose()
+
+    async def _usage(self) -> dict:
+        capacity, used = await trio.to_thread.run_sync(self.service.store.usage)
+        return {"capacity": capacity, "used": used}
+
+    async def _heartbeats(self, nursery: trio.Nursery) -> None:
+        registered = False
+        delay = self.interval
+        while True:
+            try:
+                if registered:
+                    reply = await self.client.call("cs_heartbeat", timeout=CALL_TIMEOUT,
+                                                   csid=self.csid, **await self._usage())
+                    await self._apply(reply if isinstance(reply, dict) else {}, nursery)
+                else:
+                    await self._register()
+                    registered = True
+                delay = self.interval
+            except DfsError as exc:
+                if registered and exc.errno in (errno.ENOENT, errno.ESTALE):
+                    log.info("metaserver does not know this server; registering again",
+                             csid=self.csid, meta=self.meta)
+                    registered = False
+                    continue
+                log.warning("metaserver link failed", meta=self.meta, error=str(exc),
+                            retry_in=delay)
+                registered = False
+                await trio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            await trio.sleep(self.interval)
+
+    async def _register(self) -> None:
+        chunks = [[chunk, version] for chunk, version in self.service.versions.items()]
+        reply = await self.client.call("cs_register", timeout=CALL_TIMEOUT, csid=self.csid,
+                                       addr=self.advertise, chunks=chunks,
+                                       **await self._usage())
+        csid = reply.get("csid") if isinstance(reply, dict) else None
+        if not _is_int(csid):
+            raise DfsError(errno.EPROTO, f"metaserver answered cs_register without a csid: "
+                                         f"{reply!r}")
+        if csid != self.csid:
+            await trio.to_thread.run_sync(self._save_csid, csid)
+            self.csid = csid
+        self._known.set()
+        stale = _chunk_ids(reply.get("delete"))
+        log.info("registered with the metaserver", csid=csid, meta=self.meta,
+                 chunks=len(chunks), stale=len(stale))
+        for chunk in stale:
+            await self.service.delete(chunk)
+
+    async def _apply(self, reply: dict, nursery: trio.Nursery) -> None:
+        for chunk in _chunk_ids(reply.get("delete")):
+            await self.service.delete(chunk)
+        for chunk, version, source in _copy_tasks(reply.get("replicate")):
+            if chunk not in self._replicating:
+                self._replicating.add(chunk)
+                nursery.start_soon(self._replicate, chunk, version, source)
+
+    async def _replicate(self, chunk: int, version: int, source: str) -> None:
+        try:
+            async with self._limiter:
+                await self.service.replicate(chunk, version, source)
+        except DfsError as exc:
+            log.warning("replication failed", chunk=chunk, version=version, source=source,
+                        error=str(exc))
+        finally:
+            self._replicating.discard(chunk)
+
+    async def _report_bad_replicas(self) -> None:
+        """Tell the metaserver about every replica that failed a checksum,
+        retrying until it has heard."""
+        async for chunk, version in self.service.bad_replicas:
+            await self._known.wait()
+            delay = self.interval
+            while True:
+                try:
+                    await self.client.call("cs_bad_chunk", timeout=CALL_TIMEOUT,
+                                           csid=self.csid, chunk=chunk, version=version)
+                    break
+                except DfsError as exc:
+                    log.warning("cannot report a bad replica yet", chunk=chunk,
+                                version=version, error=str(exc), retry_in=delay)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF)
+            log.info("bad replica reported", chunk=chunk, version=version, csid=self.csid)

@@ -1,0 +1,273 @@
+"""The CHUNK operations (see dfs.ops.CHUNK), served from a ChunkStore.
+
+Each chunk has a trio.Lock held around everything that touches its replica, so
+a read never sees a block between its data and its CRC update and writes to
+one chunk apply in order. Different chunks proceed in parallel, each in a
+worker thread. Open replicas are cached (a few hundred at most) so a stream of
+small requests does not reopen files.
+"""
+
+import errno
+import math
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+
+import trio
+
+from dfs import logs, ops
+from dfs.errors import DfsError
+from dfs.framing import MAX_DATA
+from dfs.rpc import ClientPool, parse_addr
+
+from .chunkfile import MAX_CHUNK, ChecksumError, ChunkFile, HeaderError
+from .chunkstore import ChunkStore
+
+log = logs.get_logger("chunkserver")
+
+MAX_OPEN = 256
+# How long replication waits on a silent source before giving up on it.
+PEER_TIMEOUT = 60.0
+_U64 = 1 << 64
+
+
+def _check_id(name: str, value: int) -> None:
+    if not 0 <= value < _U64:
+        raise DfsError(errno.EINVAL, f"{name} {value} is out of range")
+
+
+def _check_range(chunk: int, offset: int, length: int) -> None:
+    if offset < 0 or length < 0:
+        raise DfsError(errno.EINVAL, f"chunk {chunk}: negative offset or length")
+    if length > MAX_DATA:
+        raise DfsError(errno.EINVAL,
+                       f"chunk {chunk}: {length} bytes in one request, the limit is {MAX_DATA}")
+
+
+class ChunkService:
+    def __init__(self, store: ChunkStore, versions: dict[int, int], secret: bytes):
+        self.store = store
+        # {chunk: version} of every replica held; the truth for registration.
+        self.versions = versions
+        # When each chunk was last read, written or scrubbed (trio clock).
+        self.last_used: dict[int, float] = {}
+        self.peers = ClientPool(secret, ops.CHUNK, retry_for=10.0)
+        # Bad replicas go to the metaserver link, each (chunk, version) once.
+        self._bad_send, self.bad_replicas = trio.open_memory_channel(math.inf)
+        self._bad_seen: set[tuple[int, int]] = set()
+        self._locks: dict[int, trio.Lock] = {}
+        self._open: OrderedDict[int, ChunkFile] = OrderedDict()
+
+    @property
+    def handlers(self) -> dict:
+        return {name: getattr(self, name) for name in ops.CHUNK}
+
+    async def aclose(self) -> None:
+        await self.peers.aclose()
+        while self._open:
+            self._open.popitem()[1].close()
+
+    # -- plumbing ---------------------------------------------------------
+
+    @asynccontextmanager
+    async def _locked(self, chunk: int):
+        lock = self._locks.setdefault(chunk, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            stats = lock.statistics()
+            if not stats.locked and not stats.tasks_waiting and self._locks.get(chunk) is lock:
+                del self._locks[chunk]
+
+    async def _io(self, chunk: int, fn, *args):
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            if code != errno.ENOENT:
+                log.warning("disk operation failed", chunk=chunk, op=fn.__name__,
+                            error=exc.strerror or str(exc))
+            raise DfsError(code, f"chunk {chunk}: {exc.strerror or exc}") from None
+        except HeaderError as exc:
+            log.error("replica header unreadable", chunk=chunk, reason=str(exc))
+            raise DfsError(errno.EIO, f"chunk {chunk}: {exc}") from None
+
+    async def _replica(self, chunk: int, version: int | None = None) -> ChunkFile:
+        """The open replica (caller holds the chunk's lock); ENOENT if there is
+        none, ESTALE if `version` is given and differs."""
+        if chunk not in self.versions:
+            raise DfsError(errno.ENOENT, f"chunk {chunk}: no replica here")
+        handle = self._open.get(chunk)
+        if handle is None:
+            handle = self._open[chunk] = await self._io(chunk, self.store.open, chunk)
+            self._evict()
+        else:
+            self._open.move_to_end(chunk)
+        self.last_used[chunk] = trio.current_time()
+        if version is not None and handle.version != version:
+            raise DfsError(errno.ESTALE, f"chunk {chunk}: replica is at version "
+                                         f"{handle.version}, not {version}")
+        return handle
+
+    def _evict(self) -> None:
+        for chunk in list(self._open):
+            if len(self._open) <= MAX_OPEN:
+                break
+            if chunk not in self._locks:
+                self._open.pop(chunk).close()
+
+    def _forget(self, chunk: int) -> None:
+        """Close the replica before it is removed or replaced."""
+        handle = self._open.pop(chunk, None)
+        if handle is not None:
+            handle.close()
+        self._bad_seen = {seen for seen in self._bad_seen if seen[0] != chunk}
+
+    async def _verified_io(self, handle: ChunkFile, fn, *args):
+        """Run a replica method that verifies the blocks it touches; a bad block
+        is logged, reported to the metaserver and answered with EIO."""
+        try:
+            return await self._io(handle.chunk, fn, *args)
+        except ChecksumError as exc:
+            log.error("checksum mismatch", chunk=handle.chunk, version=handle.version,
+                      block=exc.block, op=fn.__name__)
+            if (handle.chunk, handle.version) not in self._bad_seen:
+                self._bad_seen.add((handle.chunk, handle.version))
+                self._bad_send.send_nowait((handle.chunk, handle.version))
+            raise DfsError(errno.EIO, f"chunk {handle.chunk}: block {exc.block} failed its "
+                                      f"checksum") from None
+
+    # -- operations -------------------------------------------------------
+
+    async def create(self, chunk: int, version: int):
+        """An existing replica is moved up to `version` (data kept); one that is
+        already newer is left alone and answered with ESTALE, since lowering a
+        version could make stale data look current."""
+        _check_id("chunk", chunk)
+        _check_id("version", version)
+        async with self._locked(chunk):
+            current = self.versions.get(chunk)
+            if current is None:
+                self._open[chunk] = await self._io(chunk, self.store.create, chunk, version)
+                self._evict()
+                log.info("replica created", chunk=chunk, version=version)
+            elif current > version:
+                raise DfsError(errno.ESTALE, f"chunk {chunk}: replica is already at version "
+                                             f"{current}, newer than {version}")
+            elif current < version:
+                handle = await self._replica(chunk)
+                await self._io(chunk, handle.set_version, version)
+                log.info("replica version set", chunk=chunk, old=current, version=version)
+            self.versions[chunk] = version
+        return {}
+
+    async def set_version(self, chunk: int, old: int, new: int):
+        _check_id("version", new)
+        async with self._locked(chunk):
+            handle = await self._replica(chunk)
+            if handle.version == new:
+                return {}
+            if handle.version != old:
+                raise DfsError(errno.ESTALE, f"chunk {chunk}: replica is at version "
+                                             f"{handle.version}, not {old}")
+            await self._io(chunk, handle.set_version, new)
+            self.versions[chunk] = new
+            log.info("replica version set", chunk=chunk, old=old, version=new)
+        return {}
+
+    async def write(self, chunk: int, version: int, offset: int, data: bytes):
+        _check_range(chunk, offset, len(data))
+        if offset + len(data) > MAX_CHUNK:
+            raise DfsError(errno.EFBIG, f"chunk {chunk}: write past {MAX_CHUNK} bytes")
+        async with self._locked(chunk):
+            handle = await self._replica(chunk, version)
+            await self._verified_io(handle, handle.write, offset, data)
+        return {}
+
+    async def read(self, chunk: int, version: int, offset: int, length: int):
+        _check_range(chunk, offset, length)
+        async with self._locked(chunk):
+            handle = await self._replica(chunk, version)
+            return {"data": await self._verified_io(handle, handle.read, offset, length)}
+
+    async def sync(self, chunk: int, version: int):
+        async with self._locked(chunk):
+            handle = await self._replica(chunk, version)
+            await self._io(chunk, handle.sync)
+        return {}
+
+    async def truncate(self, chunk: int, version: int, length: int):
+        if not 0 <= length <= MAX_CHUNK:
+            raise DfsError(errno.EINVAL, f"chunk {chunk}: length {length} is out of range")
+        async with self._locked(chunk):
+            handle = await self._replica(chunk, version)
+            await self._verified_io(handle, handle.truncate, length)
+        return {}
+
+    async def delete(self, chunk: int):
+        async with self._locked(chunk):
+            self._forget(chunk)
+            if await self._io(chunk, self.store.delete, chunk):
+                log.info("replica deleted", chunk=chunk, version=self.versions.get(chunk))
+            self.versions.pop(chunk, None)
+            self.last_used.pop(chunk, None)
+        return {}
+
+    async def chunk_info(self, chunk: int):
+        """A replica known to fail its checksums answers EIO, so nobody counts
+        it as a good copy (the metaserver confirms copies this way)."""
+        async with self._locked(chunk):
+            handle = await self._replica(chunk)
+            if (chunk, handle.version) in self._bad_seen:
+                raise DfsError(errno.EIO, f"chunk {chunk}: replica failed its checksums")
+            return {"length": handle.size, "version": handle.version}
+
+    async def replicate(self, chunk: int, version: int, source: str):
+        """Copy the replica at `version` from `source`; a sound replica already
+        here at that version is kept (the call is idempotent), a newer one
+        refuses, a corrupt one is replaced."""
+        _check_id("chunk", chunk)
+        try:
+            parse_addr(source)
+        except ValueError as exc:
+            raise DfsError(errno.EINVAL, str(exc)) from None
+        current = self.versions.get(chunk)
+        if current is not None and current >= version and (chunk, current) not in self._bad_seen:
+            if current > version:
+                raise DfsError(errno.ESTALE, f"chunk {chunk}: replica here is at version "
+                                             f"{current}, newer than {version}")
+            return await self.chunk_info(chunk)
+        peer = self.peers.get(source)
+        info = await peer.call("chunk_info", timeout=PEER_TIMEOUT, chunk=chunk)
+        if info["version"] != version:
+            raise DfsError(errno.ESTALE, f"chunk {chunk}: source {source} has version "
+                                         f"{info['version']}, not {version}")
+        builder = await self._io(chunk, self.store.builder, chunk)
+        try:
+            offset = 0
+            while offset < info["length"]:
+                length = min(MAX_DATA, info["length"] - offset)
+                piece = await peer.call("read", timeout=PEER_TIMEOUT, chunk=chunk,
+                                        version=version, offset=offset, length=length)
+                await self._io(chunk, builder.put, offset, piece["data"])
+                offset += length
+            await self._io(chunk, builder.complete, version)
+            async with self._locked(chunk):
+                self._forget(chunk)
+                await self._io(chunk, builder.install)
+                self.versions[chunk] = version
+        finally:
+            await self._io(chunk, builder.abort)
+        log.info("replica copied", chunk=chunk, version=version, source=source,
+                 length=builder.length)
+        return {"length": builder.length, "version": version}
+
+    async def scrub(self, chunk: int, offset: int, length: int) -> int | None:
+        """Verify part of a replica; return its length, or None if it is gone.
+        A bad block is logged and reported like any failed read (EIO)."""
+        async with self._locked(chunk):
+            if chunk not in self.versions:
+                return None
+            handle = await self._replica(chunk)
+            await self._verified_io(handle, handle.read, offset, length)
+            return handle.size

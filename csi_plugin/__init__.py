@@ -1,0 +1,1 @@
+"""The dfs CSI plugin: Kubernetes volumes as quota directories under /volumes/."""

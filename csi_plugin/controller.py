@@ -1,0 +1,222 @@
+"""The CSI Controller service: volumes as quota directories on the metaserver."""
+
+from dfs import logs
+
+from . import capabilities as caps
+from . import csi_pb2 as csi
+from . import csi_pb2_grpc
+from . import parameters as params
+from .errors import (CsiError, aborted, already_exists, grpc_method, invalid, not_found,
+                     precondition)
+from .ids import check_node_id, check_volume_id, volume_id_for
+from .volumes import PUBLISH_READONLY, Publication, Volume, VolumeStore
+
+log = logs.get_logger("csi.controller")
+
+RPC = csi.ControllerServiceCapability.RPC
+CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES,
+                RPC.GET_CAPACITY, RPC.PUBLISH_READONLY, RPC.EXPAND_VOLUME,
+                RPC.LIST_VOLUMES_PUBLISHED_NODES, RPC.GET_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER)
+# ListVolumes tokens name the last volume id of the previous page, so a page
+# boundary survives that volume being deleted in between.
+TOKEN_PREFIX = "after:"
+
+
+def volume_message(volume: Volume) -> csi.Volume:
+    context = {"path": volume.path}
+    context.update({key: str(value) for key, value in volume.parameters.items()})
+    return csi.Volume(capacity_bytes=volume.capacity, volume_id=volume.volume_id,
+                      volume_context=context)
+
+
+def page_start(token: str) -> str:
+    """The volume id a ListVolumes page starts after; ABORTED for a foreign token."""
+    if not token:
+        return ""
+    after = token[len(TOKEN_PREFIX):] if token.startswith(TOKEN_PREFIX) else ""
+    try:
+        return check_volume_id(after)
+    except CsiError:
+        raise aborted(f"starting_token {token[:64]!r} was not issued by dfs-csi; "
+                      "list again from the start") from None
+
+
+def check_publish_allowed(volume: Volume, node_id: str, wanted: Publication) -> None:
+    """Raise unless `node_id` may publish `volume` as `wanted` next to the others."""
+    held = volume.published.get(node_id)
+    if held is not None and held != wanted:
+        raise already_exists(
+            f"volume {volume.volume_id} is already published to node {node_id} as "
+            f"{caps.mode_name(held.mode)} readonly={held.readonly}")
+    others = {node: p for node, p in volume.published.items() if node != node_id}
+    if not others:
+        return
+    if wanted.mode in caps.SINGLE_NODE_MODES or any(
+            p.mode in caps.SINGLE_NODE_MODES for p in others.values()):
+        raise precondition(f"volume {volume.volume_id} is single-node and already published "
+                           f"to node {sorted(others)[0]}; unpublish it there first")
+    writers = [node for node, p in others.items()
+               if p.mode == caps.Mode.MULTI_NODE_SINGLE_WRITER and not p.readonly]
+    if wanted.mode == caps.Mode.MULTI_NODE_SINGLE_WRITER and not wanted.readonly and writers:
+        raise precondition(f"volume {volume.volume_id} already has its one writer on node "
+                           f"{writers[0]}")
+
+
+class ControllerService(csi_pb2_grpc.ControllerServicer):
+    def __init__(self, store: VolumeStore):
+        self.store = store
+
+    @grpc_method(log)
+    def CreateVolume(self, request, context):
+        volume_id = volume_id_for(request.name)
+        caps.check_capabilities(request.volume_capabilities)
+        if request.HasField("volume_content_source"):
+            raise invalid("dfs-csi does not create volumes from snapshots or other volumes")
+        settings = params.parse(request.parameters)
+        wanted_range = request.capacity_range if request.HasField("capacity_range") else None
+        size = caps.size_for_create(wanted_range)
+        with self.store.lock(volume_id):
+            volume = self.store.load(volume_id)
+            if volume is None:
+                volume = self.store.create(volume_id, request.name, settings, size,
+                                           settings.get("inodeLimit", 0))
+                log.info("volume created", volume=volume_id, name=request.name,
+                         capacity=size, ino=volume.ino)
+            elif volume.name != request.name:
+                raise already_exists(f"volume id {volume_id} already belongs to another name")
+            elif volume.parameters != settings:
+                raise already_exists(f"volume {request.name!r} exists with parameters "
+                                     f"{volume.parameters}")
+            elif not caps.size_fits(volume.capacity, wanted_range):
+                raise already_exists(f"volume {request.name!r} exists with capacity "
+                                     f"{volume.capacity} bytes, outside the requested range")
+        return csi.CreateVolumeResponse(volume=volume_message(volume))
+
+    @grpc_method(log)
+    def DeleteVolume(self, request, context):
+        volume_id = check_volume_id(request.volume_id)
+        with self.store.lock(volume_id):
+            volume = self.store.load(volume_id)
+            if volume is not None and volume.published:
+                raise precondition(f"volume {volume_id} is still published to nodes "
+                                   f"{sorted(volume.published)}")
+            if self.store.delete(volume_id):
+                log.info("volume deleted", volume=volume_id)
+        return csi.DeleteVolumeResponse()
+
+    @grpc_method(log)
+    def ControllerPublishVolume(self, request, context):
+        volume_id = check_volume_id(request.volume_id)
+        node_id = check_node_id(request.node_id)
+        cap = caps.require_capability(request)
+        wanted = Publication(readonly=request.readonly, mode=cap.access_mode.mode)
+        with self.store.lock(volume_id):
+            volume = self.store.get(volume_id)
+            if not self.store.node_known(node_id):
+                raise not_found(f"node {node_id} is not known: no dfs-csi node plugin "
+                                "has registered it")
+            check_publish_allowed(volume, node_id, wanted)
+            if node_id not in volume.published:
+                self.store.set_published(volume, {**volume.published, node_id: wanted})
+                log.info("volume published", volume=volume_id, node=node_id,
+                         mode=caps.mode_name(wanted.mode), readonly=wanted.readonly)
+        return csi.ControllerPublishVolumeResponse(
+            publish_context={PUBLISH_READONLY: "true" if wanted.readonly else "false"})
+
+    @grpc_method(log)
+    def ControllerUnpublishVolume(self, request, context):
+        volume_id = check_volume_id(request.volume_id)
+        node_id = check_node_id(request.node_id) if request.node_id else ""
+        with self.store.lock(volume_id):
+            volume = self.store.load(volume_id)
+            if volume is None:
+                return csi.ControllerUnpublishVolumeResponse()
+            remaining = {node: p for node, p in volume.published.items()
+                         if node_id and node != node_id}
+            if remaining != volume.published:
+                self.store.set_published(volume, remaining)
+                log.info("volume unpublished", volume=volume_id, node=node_id or "all")
+        return csi.ControllerUnpublishVolumeResponse()
+
+    @grpc_method(log)
+    def ValidateVolumeCapabilities(self, request, context):
+        volume_id = check_volume_id(request.volume_id)
+        if not request.volume_capabilities:
+            raise invalid("volume_capabilities is required")
+        volume = self.store.get(volume_id)
+        try:
+            caps.check_capabilities(request.volume_capabilities)
+            if request.parameters and params.parse(request.parameters) != volume.parameters:
+                raise invalid("parameters differ from those the volume was created with")
+            expected = dict(volume_message(volume).volume_context)
+            if request.volume_context and dict(request.volume_context) != expected:
+                raise invalid("volume_context differs from the one CreateVolume returned")
+        except CsiError as exc:
+            return csi.ValidateVolumeCapabilitiesResponse(message=exc.message)
+        confirmed = csi.ValidateVolumeCapabilitiesResponse.Confirmed(
+            volume_context=request.volume_context,
+            volume_capabilities=request.volume_capabilities,
+            parameters=request.parameters)
+        return csi.ValidateVolumeCapabilitiesResponse(confirmed=confirmed)
+
+    @grpc_method(log)
+    def ListVolumes(self, request, context):
+        if request.max_entries < 0:
+            raise invalid("max_entries must not be negative")
+        after = page_start(request.starting_token)
+        entries, next_token = [], ""
+        for volume_id in (v for v in self.store.list_ids() if v > after):
+            if request.max_entries and len(entries) == request.max_entries:
+                next_token = TOKEN_PREFIX + entries[-1].volume.volume_id
+                break
+            volume = self.store.load(volume_id)
+            if volume is not None:
+                entries.append(csi.ListVolumesResponse.Entry(
+                    volume=volume_message(volume),
+                    status=csi.ListVolumesResponse.VolumeStatus(
+                        published_node_ids=sorted(volume.published))))
+        return csi.ListVolumesResponse(entries=entries, next_token=next_token)
+
+    @grpc_method(log)
+    def ControllerGetVolume(self, request, context):
+        volume = self.store.get(check_volume_id(request.volume_id))
+        return csi.ControllerGetVolumeResponse(
+            volume=volume_message(volume),
+            status=csi.ControllerGetVolumeResponse.VolumeStatus(
+                published_node_ids=sorted(volume.published)))
+
+    @grpc_method(log)
+    def GetCapacity(self, request, context):
+        try:
+            if request.volume_capabilities:
+                caps.check_capabilities(request.volume_capabilities)
+            params.parse(request.parameters)
+        except CsiError:
+            # No volume with these capabilities can be made: none fits.
+            return csi.GetCapacityResponse(available_capacity=0)
+        available, _ = self.store.capacity()
+        return csi.GetCapacityResponse(available_capacity=available)
+
+    @grpc_method(log)
+    def ControllerGetCapabilities(self, request, context):
+        return csi.ControllerGetCapabilitiesResponse(capabilities=[
+            csi.ControllerServiceCapability(rpc=RPC(type=kind)) for kind in CAPABILITIES])
+
+    @grpc_method(log)
+    def ControllerExpandVolume(self, request, context):
+        volume_id = check_volume_id(request.volume_id)
+        if not request.HasField("capacity_range"):
+            raise invalid("capacity_range is required")
+        if request.HasField("volume_capability"):
+            caps.check_capability(request.volume_capability)
+        with self.store.lock(volume_id):
+            volume = self.store.get(volume_id)
+            size = caps.size_for_expand(volume.capacity, request.capacity_range)
+            if size != volume.capacity:
+                old = volume.capacity
+                self.store.resize(volume, size)
+                log.info("volume expanded", volume=volume_id, old=old, capacity=size)
+        # The quota is what statfs reports on every mount, so nodes see the
+        # new size at once: there is nothing for NodeExpandVolume to do.
+        return csi.ControllerExpandVolumeResponse(capacity_bytes=size,
+                                                  node_expansion_required=False)

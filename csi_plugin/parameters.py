@@ -1,0 +1,34 @@
+"""StorageClass parameters that dfs understands."""
+
+from .errors import invalid
+
+# Keys the external-provisioner adds itself (PVC name, namespace, ...) are
+# information for the plugin, not settings; they are accepted and ignored.
+_SIDECAR_PREFIX = "csi.storage.k8s.io/"
+MAX_REPLICAS = 16
+
+
+def _count(key: str, text: str, low: int, high: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise invalid(f"parameter {key}={text!r} must be a whole number from {low} to {high}")
+    return int(text)
+
+
+def parse(parameters) -> dict:
+    """The dfs settings in `parameters`, normalised; INVALID_ARGUMENT on anything else.
+
+    - `replicas`: copies of each chunk of the volume's files (1..16); recorded
+      with the volume and handed to nodes in the volume context.
+    - `inodeLimit`: most files and directories the volume may hold (0 = no limit).
+    """
+    settings = {}
+    for key, value in parameters.items():
+        if key.startswith(_SIDECAR_PREFIX):
+            continue
+        if key == "replicas":
+            settings[key] = _count(key, value, 1, MAX_REPLICAS)
+        elif key == "inodeLimit":
+            settings[key] = _count(key, value, 0, 1 << 62)
+        else:
+            raise invalid(f"unknown parameter {key!r}; dfs knows 'replicas' and 'inodeLimit'")
+    return settings

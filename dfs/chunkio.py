@@ -1,0 +1,105 @@
+"""Talking to chunk servers on behalf of one mount: replica reads with failover,
+writes to every replica in parallel, and syncs.
+
+The metaserver tells where a chunk lives (`Placement`); this module never asks
+it anything, so the data path has no metaserver round trip per block.
+"""
+
+import errno
+from dataclasses import dataclass
+
+import trio
+
+from . import logs
+from .errors import DfsError
+from .framing import encode_args
+from .ops import CHUNK
+from .rpc import ClientPool
+
+log = logs.get_logger("client")
+
+# Errors after which another replica (or a fresh placement) may succeed.
+REPLICA_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
+                            errno.ESTALE, errno.ENOENT, errno.EIO, errno.ESHUTDOWN})
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A chunk id, its current version and the addresses of its live replicas."""
+
+    chunk: int
+    version: int
+    servers: tuple[str, ...]
+    lease_until: float = 0.0
+
+    @classmethod
+    def from_wire(cls, reply: dict) -> "Placement":
+        return cls(reply["chunk"], reply["version"],
+                   tuple(addr for _csid, addr in reply["servers"]),
+                   float(reply.get("lease_until") or 0.0))
+
+    @property
+    def is_hole(self) -> bool:
+        return self.chunk == 0
+
+
+class ChunkIO:
+    def __init__(self, secret: bytes, timeout: float = 30.0):
+        self.pool = ClientPool(secret, CHUNK, connect_timeout=3.0)
+        self.timeout = timeout
+        # Spread reads of different chunks over their replicas.
+        self._turn = 0
+
+    async def read(self, placement: Placement, offset: int, length: int) -> bytes:
+        """Read from the first replica that answers; raise the last error if none does."""
+        servers = placement.servers
+        if not servers:
+            raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
+        self._turn += 1
+        start = (placement.chunk + self._turn) % len(servers)
+        last_error = None
+        for i in range(len(servers)):
+            addr = servers[(start + i) % len(servers)]
+            try:
+                reply = await self.pool.get(addr).call(
+                    "read", timeout=self.timeout, chunk=placement.chunk,
+                    version=placement.version, offset=offset, length=length)
+                return reply["data"]
+            except DfsError as exc:
+                if exc.errno not in REPLICA_ERRORS:
+                    raise
+                log.warning("replica read failed", chunk=placement.chunk, server=addr,
+                            error=str(exc))
+                last_error = exc
+        raise last_error
+
+    async def _on_all(self, placement: Placement, op: str, **args) -> None:
+        if not placement.servers:
+            raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
+        failures: list[DfsError] = []
+        packed = encode_args(dict(args, chunk=placement.chunk, version=placement.version))
+
+        async def one(addr: str) -> None:
+            try:
+                await self.pool.get(addr).call_packed(op, packed, timeout=self.timeout)
+            except DfsError as exc:
+                failures.append(exc)
+                log.warning("replica failed", op=op, chunk=placement.chunk, server=addr,
+                            error=str(exc))
+
+        async with trio.open_nursery() as nursery:
+            for addr in placement.servers:
+                nursery.start_soon(one, addr)
+        if failures:
+            raise failures[0]
+
+    async def write(self, placement: Placement, offset: int, data: bytes) -> None:
+        """Returns once every replica holds the data (not yet synced to disk)."""
+        await self._on_all(placement, "write", offset=offset, data=data)
+
+    async def sync(self, placement: Placement) -> None:
+        """Returns once every replica has the chunk durably on disk."""
+        await self._on_all(placement, "sync")
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()

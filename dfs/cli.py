@@ -1,0 +1,269 @@
+"""The `dfs` command: run a local cluster, mount, and inspect a cluster."""
+
+import argparse
+import json
+import os
+import sys
+
+import trio
+
+from . import logs, mounts
+from .cluster import LocalCluster
+from .config import ConfigError, add_cluster_args, cluster_from_args
+from .errors import DfsError
+from .mount import mount_background, run_foreground
+from .ops import META
+from .records import QuotaInfo
+from .rpc import Client
+
+DESCRIPTION = """\
+dfs: a distributed filesystem.
+
+Start a local cluster and mount it:   dfs up --data-dir /var/lib/dfs --mount /mnt/dfs
+Stop it:                              dfs down --data-dir /var/lib/dfs
+Mount a remote cluster:               dfs mount --meta HOST:PORT --secret-file F /mnt/dfs
+
+Commands that talk to a cluster take either --meta HOST:PORT (with the secret
+from --secret-file, $DFS_SECRET or $DFS_SECRET_FILE) or --data-dir DIR of a
+local cluster. Run 'dfs COMMAND --help' for each command."""
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 1048576, 64M, 10G)")
+    if value < 0:
+        raise argparse.ArgumentTypeError("a size cannot be negative")
+    return value
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _call(args, op: str, **fields):
+    cluster = cluster_from_args(args)
+
+    async def run():
+        client = Client(cluster.meta, cluster.secret, META, retry_for=5.0)
+        try:
+            return await client.call(op, **fields)
+        finally:
+            await client.aclose()
+
+    return trio.run(run)
+
+
+def _resolve(args, path: str) -> int:
+    if not path.startswith("/"):
+        raise DfsError(22, f"{path!r}: give a path inside dfs starting with '/', "
+                           "e.g. /volumes/pvc-1")
+    return _call(args, "resolve", path=path.encode())["ino"]
+
+
+# ---- commands --------------------------------------------------------------
+
+def cmd_up(args) -> int:
+    cluster = LocalCluster(args.data_dir)
+    print(f"dfs: starting a local cluster in {cluster.dir}")
+    layout = cluster.up(args.mount, args.chunkservers, args.replicas, args.chunk_size)
+    print(f"dfs: cluster up: metaserver {layout.meta}, {len(layout.chunkservers)} chunk "
+          f"servers, {layout.replicas} replicas")
+    print(f"dfs: mounted at {layout.mount}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    cluster = LocalCluster(args.data_dir)
+    if cluster.load() is None:
+        print(f"dfs: no cluster in {cluster.dir}; nothing to stop")
+        return 0
+    cluster.down()
+    print(f"dfs: cluster in {cluster.dir} stopped")
+    return 0
+
+
+def cmd_mount(args) -> int:
+    cluster = cluster_from_args(args)
+    mountpoint = os.path.realpath(args.mountpoint)
+    if not os.path.isdir(mountpoint):
+        raise DfsError(20, f"{mountpoint} is not a directory")
+    if mounts.is_mounted(mountpoint):
+        if not mounts.is_broken(mountpoint):
+            print(f"dfs: {mountpoint} is already mounted")
+            return 0
+        mounts.unmount(mountpoint, lazy=True)
+    if args.foreground:
+        logs.setup(args.log_level)
+        return run_foreground(cluster, mountpoint, args.subdir, args.read_only)
+    mount_background(cluster, mountpoint, args.subdir, args.read_only, args.log_file)
+    print(f"dfs: mounted {cluster.meta}:{args.subdir} at {mountpoint}")
+    return 0
+
+
+def cmd_umount(args) -> int:
+    mountpoint = os.path.realpath(args.mountpoint)
+    if not mounts.is_mounted(mountpoint):
+        print(f"dfs: {mountpoint} is not a dfs mount")
+        return 0
+    mounts.unmount(mountpoint, lazy=args.lazy)
+    print(f"dfs: unmounted {mountpoint}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    status = _call(args, "status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    servers = status["chunkservers"]
+    alive = [cs for cs in servers if cs["alive"]]
+    print(f"chunk servers: {len(alive)} alive of {len(servers)}")
+    for cs in servers:
+        state = "alive" if cs["alive"] else "DEAD"
+        print(f"  #{cs['csid']:<3} {cs['addr']:<22} {state:<6} "
+              f"used {_human(cs['used'])} of {_human(cs['capacity'])}, {cs['chunks']} chunks")
+    print(f"capacity: {_human(sum(cs['capacity'] for cs in alive))}, "
+          f"used {_human(sum(cs['used'] for cs in alive))}")
+    print(f"files: {status['files']}, directories: {status['directories']}, "
+          f"data: {_human(status['bytes'])}")
+    print(f"chunks: {status['chunks']}, under-replicated: {status['under_replicated']}")
+    return 0
+
+
+def _print_quota(q: QuotaInfo) -> None:
+    limit = _human(q.bytes_limit) if q.bytes_limit else "unlimited"
+    inodes = str(q.inodes_limit) if q.inodes_limit else "unlimited"
+    print(f"{q.path or q.ino}: bytes {_human(q.bytes_used)} of {limit}, "
+          f"inodes {q.inodes_used} of {inodes}")
+
+
+def cmd_quota_set(args) -> int:
+    ino = _resolve(args, args.path)
+    reply = _call(args, "quota_set", ino=ino, bytes=args.bytes, inodes=args.inodes)
+    info = QuotaInfo.from_wire(reply)
+    info.path = args.path
+    _print_quota(info)
+    return 0
+
+
+def cmd_quota_get(args) -> int:
+    info = QuotaInfo.from_wire(_call(args, "quota_get", ino=_resolve(args, args.path)))
+    info.path = args.path
+    if args.json:
+        print(json.dumps(info.to_wire(), indent=2))
+    else:
+        _print_quota(info)
+    return 0
+
+
+def cmd_quota_ls(args) -> int:
+    quotas = [QuotaInfo.from_wire(q) for q in _call(args, "quota_list")["quotas"]]
+    if args.json:
+        print(json.dumps([q.to_wire() for q in quotas], indent=2))
+        return 0
+    if not quotas:
+        print("no quotas")
+    for q in quotas:
+        _print_quota(q)
+    return 0
+
+
+# ---- argument parsing ------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfs", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="start a local cluster on loopback and mount it",
+                       description="Start one metaserver and N chunk servers on 127.0.0.1 in "
+                                   "the background, with their data under DIR, and mount the "
+                                   "filesystem at MNT. Safe to run again: running parts are "
+                                   "left alone and an existing DIR keeps its data.")
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="folder for all data")
+    p.add_argument("--mount", required=True, metavar="MNT", help="where to mount")
+    p.add_argument("--chunkservers", type=int, default=3, metavar="N",
+                   help="number of chunk servers (default 3)")
+    p.add_argument("--replicas", type=int, default=2, metavar="R",
+                   help="copies of each chunk (default 2)")
+    p.add_argument("--chunk-size", type=_size, default=64 << 20, metavar="BYTES",
+                   help="chunk size for a new cluster (default 64M)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="unmount and stop a local cluster",
+                       description="Unmount the local cluster's mount and stop its "
+                                   "processes. Its data stays in DIR for the next 'dfs up'.")
+    p.add_argument("--data-dir", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("mount", help="mount a cluster (or one folder of it)",
+                       description="Mount a dfs cluster at MOUNTPOINT. Without --foreground "
+                                   "the mount runs as a detached background process and the "
+                                   "command returns once the mount is live.")
+    add_cluster_args(p)
+    p.add_argument("--subdir", default="/", metavar="PATH",
+                   help="mount only this folder of the cluster, e.g. /volumes/pvc-1")
+    p.add_argument("--foreground", action="store_true", help="serve in this process")
+    p.add_argument("--read-only", action="store_true", help="refuse every change")
+    p.add_argument("--log-file", metavar="PATH", help="log of the background mount process")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("mountpoint")
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("umount", help="unmount a dfs mount",
+                       description="Unmount MOUNTPOINT; the mount process then exits.")
+    p.add_argument("--lazy", action="store_true",
+                   help="detach now even if busy (the last resort)")
+    p.add_argument("mountpoint")
+    p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("status", help="chunk servers, capacity, files and chunk health",
+                       description="Show the cluster's chunk servers, capacity, files, "
+                                   "chunks and under-replicated chunks.")
+    add_cluster_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("quota", help="directory quotas",
+                       description="Byte and inode limits on directories. PATH is a path "
+                                   "inside dfs (e.g. /volumes/pvc-1), not a local path.")
+    qsub = p.add_subparsers(dest="quota_command", required=True, metavar="ACTION")
+    q = qsub.add_parser("set", help="set a directory's limits (0 = unlimited)")
+    add_cluster_args(q)
+    q.add_argument("path")
+    q.add_argument("--bytes", type=_size, required=True, help="byte limit, e.g. 10G")
+    q.add_argument("--inodes", type=int, default=0, help="inode limit (default unlimited)")
+    q.set_defaults(func=cmd_quota_set)
+    q = qsub.add_parser("get", help="show a directory's limits and usage")
+    add_cluster_args(q)
+    q.add_argument("path")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quota_get)
+    q = qsub.add_parser("ls", help="list every quota with its usage")
+    add_cluster_args(q)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quota_ls)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DfsError, ConfigError, OSError) as exc:
+        print(f"dfs {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

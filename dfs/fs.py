@@ -1,0 +1,362 @@
+"""The FUSE filesystem: pyfuse3 operations translated to metaserver calls and
+chunk I/O.
+
+Caching follows close-to-open: entries and attributes are cached by the
+kernel for ATTR_TIMEOUT seconds, every open asks the metaserver afresh, and
+the page cache is kept across opens only while the file is unchanged.
+
+A mount of a subdirectory shows that directory as the root: the kernel's
+root inode (1) stands for it, every other inode number is the metaserver's.
+"""
+
+import errno
+import os
+import stat
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+
+import pyfuse3
+import trio
+
+from . import logs
+from .chunkio import ChunkIO
+from .errors import DfsError
+from .openfile import MAX_INFLIGHT_BATCHES, OpenFile
+from .records import Attr
+from .session import MetaLink
+
+log = logs.get_logger("client")
+
+ATTR_TIMEOUT = 1.0
+READDIR_BATCH = 512
+# Offsets 1 and 2 are "." and ".."; the metaserver's offsets follow.
+DOT_OFFSETS = 2
+SEEN_MEMORY = 10000
+CAPABILITY_XATTR = b"security.capability"
+
+
+@asynccontextmanager
+async def _errno():
+    try:
+        yield
+    except DfsError as exc:
+        raise pyfuse3.FUSEError(exc.errno) from None
+
+
+def _entry(attr: Attr, ino: int) -> pyfuse3.EntryAttributes:
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = ino
+    entry.generation = attr.gen
+    entry.entry_timeout = ATTR_TIMEOUT
+    entry.attr_timeout = ATTR_TIMEOUT
+    entry.st_mode = attr.mode
+    entry.st_nlink = attr.nlink
+    entry.st_uid = attr.uid
+    entry.st_gid = attr.gid
+    entry.st_rdev = attr.rdev
+    entry.st_size = attr.size
+    entry.st_blksize = 1024 * 1024
+    entry.st_blocks = attr.blocks
+    entry.st_atime_ns = attr.atime
+    entry.st_mtime_ns = attr.mtime
+    entry.st_ctime_ns = attr.ctime
+    return entry
+
+
+class DfsFS(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, meta: MetaLink, chunkio: ChunkIO, root: int, nursery: trio.Nursery,
+                 read_only: bool = False):
+        super().__init__()
+        self.meta = meta
+        self.chunkio = chunkio
+        self.root = root
+        self.nursery = nursery
+        self.read_only = read_only
+        self.send_limit = trio.CapacityLimiter(MAX_INFLIGHT_BATCHES)
+        self.files: dict[int, OpenFile] = {}
+        # (mtime, size) of recently closed files, to keep their page cache on reopen.
+        self.seen: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        # The kernel asks for security.capability before every write; a recent
+        # "none" is answered here instead of costing a metaserver round trip.
+        self.no_capability: dict[int, float] = {}
+        self.handles: dict[int, tuple[OpenFile, int]] = {}
+        self._next_fh = 1
+
+    # ---- inode numbers ---------------------------------------------------
+
+    def _real(self, ino: int) -> int:
+        return self.root if ino == pyfuse3.ROOT_INODE else ino
+
+    def _kernel(self, ino: int) -> int:
+        return pyfuse3.ROOT_INODE if ino == self.root else ino
+
+    def _entry(self, wire: dict) -> pyfuse3.EntryAttributes:
+        attr = Attr.from_wire(wire)
+        opened = self.files.get(attr.ino)
+        if opened is not None and opened.size > attr.size:
+            # This mount has written past what the metaserver knows yet.
+            attr.size = opened.size
+            attr.mtime = max(attr.mtime, opened.mtime)
+        return _entry(attr, self._kernel(attr.ino))
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _ids(self, ctx) -> dict:
+        return {"uid": ctx.uid, "gid": ctx.gid}
+
+    # ---- names and attributes -------------------------------------------
+
+    async def lookup(self, parent_inode, name, ctx):
+        async with _errno():
+            return self._entry(await self.meta.call("lookup", parent=self._real(parent_inode),
+                                                    name=name))
+
+    async def forget(self, inode_list):
+        """The metaserver keeps inodes alive by open handles, not lookups."""
+
+    async def getattr(self, inode, ctx):
+        async with _errno():
+            return self._entry(await self.meta.call("getattr", ino=self._real(inode)))
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        self._check_writable()
+        ino = self._real(inode)
+        changes = {}
+        if fields.update_mode:
+            changes["mode"] = stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            changes["uid"] = attr.st_uid
+        if fields.update_gid:
+            changes["gid"] = attr.st_gid
+        if fields.update_atime:
+            changes["atime"] = attr.st_atime_ns
+        if fields.update_mtime:
+            changes["mtime"] = attr.st_mtime_ns
+        opened = self.files.get(ino)
+        async with _errno():
+            if fields.update_size:
+                changes["size"] = attr.st_size
+                if opened is not None:
+                    await opened.flush()
+            reply = await self.meta.mutate("setattr", ino=ino, changes=changes)
+        if fields.update_size and opened is not None:
+            opened.truncated(Attr.from_wire(reply))
+        return self._entry(reply)
+
+    async def readlink(self, inode, ctx):
+        async with _errno():
+            return (await self.meta.call("readlink", ino=self._real(inode)))["target"]
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._check_writable()
+        async with _errno():
+            return self._entry(await self.meta.mutate(
+                "mknod", parent=self._real(parent_inode), name=name, mode=mode, rdev=rdev,
+                **self._ids(ctx)))
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        self._check_writable()
+        async with _errno():
+            return self._entry(await self.meta.mutate(
+                "mkdir", parent=self._real(parent_inode), name=name,
+                mode=stat.S_IFDIR | stat.S_IMODE(mode), **self._ids(ctx)))
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        self._check_writable()
+        async with _errno():
+            return self._entry(await self.meta.mutate(
+                "symlink", parent=self._real(parent_inode), name=name, target=target,
+                **self._ids(ctx)))
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._check_writable()
+        async with _errno():
+            return self._entry(await self.meta.mutate(
+                "link", ino=self._real(inode), parent=self._real(new_parent_inode),
+                name=new_name))
+
+    async def unlink(self, parent_inode, name, ctx):
+        self._check_writable()
+        async with _errno():
+            await self.meta.mutate("unlink", parent=self._real(parent_inode), name=name)
+
+    async def rmdir(self, parent_inode, name, ctx):
+        self._check_writable()
+        async with _errno():
+            await self.meta.mutate("rmdir", parent=self._real(parent_inode), name=name)
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self._check_writable()
+        async with _errno():
+            await self.meta.mutate("rename", parent=self._real(parent_inode_old), name=name_old,
+                                   newparent=self._real(parent_inode_new), newname=name_new,
+                                   flags=flags)
+
+    # ---- directories -----------------------------------------------------
+
+    async def opendir(self, inode, ctx):
+        async with _errno():
+            attr = await self.meta.call("getattr", ino=self._real(inode))
+        if not stat.S_ISDIR(attr["mode"]):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh, start_id, token):
+        ino = self._real(fh)
+        if start_id < DOT_OFFSETS:
+            async with _errno():
+                here = self._entry(await self.meta.call("getattr", ino=ino))
+            for offset, name in ((1, b"."), (2, b"..")):
+                if start_id < offset and not pyfuse3.readdir_reply(token, name, here, offset):
+                    return
+        offset = max(start_id - DOT_OFFSETS, 0)
+        while True:
+            async with _errno():
+                reply = await self.meta.call("readdir", ino=ino, offset=offset,
+                                             limit=READDIR_BATCH)
+            for name, attr, next_offset in reply["entries"]:
+                if not pyfuse3.readdir_reply(token, name, self._entry(attr),
+                                             next_offset + DOT_OFFSETS):
+                    return
+                offset = next_offset
+            if reply["eof"] or not reply["entries"]:
+                return
+
+    async def releasedir(self, fh):
+        """Directory handles carry no state."""
+
+    async def fsyncdir(self, fh, datasync):
+        """Every metadata change is durable before its reply."""
+
+    async def statfs(self, ctx):
+        async with _errno():
+            reply = await self.meta.call("statfs", ino=self.root)
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = reply["bsize"]
+        out.f_blocks = reply["blocks"]
+        out.f_bfree = reply["bfree"]
+        out.f_bavail = reply["bavail"]
+        out.f_files = reply["files"]
+        out.f_ffree = out.f_favail = reply["ffree"]
+        out.f_namemax = reply["namemax"]
+        return out
+
+    # ---- extended attributes ---------------------------------------------
+
+    async def setxattr(self, inode, name, value, ctx):
+        self._check_writable()
+        self.no_capability.pop(self._real(inode), None)
+        async with _errno():
+            await self.meta.call("setxattr", ino=self._real(inode), name=name, value=value,
+                                 flags=0)
+
+    async def getxattr(self, inode, name, ctx):
+        ino = self._real(inode)
+        capability = name == CAPABILITY_XATTR
+        if capability and trio.current_time() < self.no_capability.get(ino, 0.0):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        try:
+            return (await self.meta.call("getxattr", ino=ino, name=name))["value"]
+        except DfsError as exc:
+            if exc.errno != errno.ENODATA:
+                raise pyfuse3.FUSEError(exc.errno) from None
+            if capability:
+                self.no_capability[ino] = trio.current_time() + ATTR_TIMEOUT
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+
+    async def listxattr(self, inode, ctx):
+        async with _errno():
+            return (await self.meta.call("listxattr", ino=self._real(inode)))["names"]
+
+    async def removexattr(self, inode, name, ctx):
+        self._check_writable()
+        try:
+            await self.meta.call("removexattr", ino=self._real(inode), name=name)
+        except DfsError as exc:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if exc.errno == errno.ENODATA
+                                    else exc.errno) from None
+
+    # ---- files -----------------------------------------------------------
+
+    def _handle(self, opened: OpenFile, flags: int) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = (opened, flags)
+        opened.handles += 1
+        self.meta.open_inodes[opened.ino] = self.meta.open_inodes.get(opened.ino, 0) + 1
+        return fh
+
+    def _open_file(self, attr: Attr) -> tuple[OpenFile, bool]:
+        opened = self.files.get(attr.ino)
+        if opened is None:
+            opened = self.files[attr.ino] = OpenFile(attr.ino, attr, self.meta, self.chunkio,
+                                                     self.nursery, self.send_limit)
+            return opened, self.seen.pop(attr.ino, None) == (attr.mtime, attr.size)
+        return opened, opened.refresh(attr)
+
+    async def open(self, inode, flags, ctx):
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            self._check_writable()
+        ino = self._real(inode)
+        async with _errno():
+            attr = Attr.from_wire(await self.meta.call("open", ino=ino,
+                                                       session=self.meta.session))
+        opened, unchanged = self._open_file(attr)
+        return pyfuse3.FileInfo(fh=self._handle(opened, flags), keep_cache=unchanged)
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        self._check_writable()
+        async with _errno():
+            reply = await self.meta.mutate(
+                "mknod", parent=self._real(parent_inode), name=name,
+                mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0, session=self.meta.session,
+                **self._ids(ctx))
+        opened, _ = self._open_file(Attr.from_wire(reply))
+        return pyfuse3.FileInfo(fh=self._handle(opened, flags)), self._entry(reply)
+
+    async def read(self, fh, off, size):
+        opened, _ = self.handles[fh]
+        async with _errno():
+            return await opened.read(off, size)
+
+    async def write(self, fh, off, buf):
+        opened, _ = self.handles[fh]
+        async with _errno():
+            return await opened.write(off, buf)
+
+    async def flush(self, fh):
+        opened, _ = self.handles[fh]
+        async with _errno():
+            await opened.flush()
+
+    async def fsync(self, fh, datasync):
+        await self.flush(fh)
+
+    async def release(self, fh):
+        opened, _ = self.handles.pop(fh)
+        opened.handles -= 1
+        try:
+            async with _errno():
+                await opened.flush()
+        finally:
+            remaining = self.meta.open_inodes.pop(opened.ino, 1) - 1
+            if remaining:
+                self.meta.open_inodes[opened.ino] = remaining
+            if opened.handles == 0 and not opened.busy:
+                self._forget_file(opened)
+            try:
+                await self.meta.call("release", ino=opened.ino, session=self.meta.session)
+            except DfsError as exc:
+                log.warning("release failed", ino=opened.ino, error=str(exc))
+
+    def _forget_file(self, opened: OpenFile) -> None:
+        del self.files[opened.ino]
+        self.no_capability.pop(opened.ino, None)
+        self.seen[opened.ino] = opened.seen
+        while len(self.seen) > SEEN_MEMORY:
+            self.seen.popitem(last=False)

@@ -1,0 +1,353 @@
+"""The client's state for one open inode: buffered writes, read-ahead, chunk
+placements and the size this mount has written.
+
+Writes are gathered per chunk into contiguous batches of up to MAX_DATA bytes
+and sent to every replica in the background, many batches in flight; a batch
+waits only for earlier batches that overlap it, so the order of overlapping
+writes is kept. Errors surface at the next write, flush or fsync. `flush`
+(close) and `fsync` return once every replica has synced and the metaserver
+has recorded the new size.
+
+Memory: at most MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) are
+being sent across the whole mount,
+plus one open batch per chunk being written, plus READ_CACHE_SEGMENTS
+segments of read-ahead per open inode.
+"""
+
+import errno
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import trio
+
+from . import logs
+from .chunkio import REPLICA_ERRORS, ChunkIO, Placement
+from .errors import DfsError
+from .framing import MAX_DATA
+from .records import Attr
+from .session import MetaLink
+
+log = logs.get_logger("client")
+
+SEGMENT = 1024 * 1024
+READ_AHEAD_SEGMENTS = 8
+READ_CACHE_SEGMENTS = 24
+MAX_INFLIGHT_BATCHES = 16
+# A cached write lease is renewed well before the metaserver lets it lapse.
+LEASE_REUSE_SECONDS = 15.0
+WRITE_RETRY_SECONDS = 60.0
+READ_RETRIES = 3
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    start: int
+    data: bytearray
+
+
+@dataclass(slots=True, eq=False)
+class _InFlight:
+    index: int
+    start: int
+    end: int
+    done: trio.Event
+
+
+class OpenFile:
+    def __init__(self, ino: int, attr: Attr, meta: MetaLink, chunkio: ChunkIO,
+                 nursery: trio.Nursery, send_limit: trio.CapacityLimiter):
+        self.ino = ino
+        self.meta = meta
+        self.chunkio = chunkio
+        self.nursery = nursery
+        self.send_limit = send_limit
+        self.chunk_size = meta.chunk_size
+        self.segment = min(SEGMENT, self.chunk_size)
+        self.handles = 0
+        self.size = attr.size
+        self.seen = (attr.mtime, attr.size)
+        self.dirty = False
+        self.mtime = attr.mtime
+        self.granted_end = 0
+        self._placements: dict[int, Placement] = {}
+        self._leases: dict[int, tuple[Placement, float]] = {}
+        self._lease_locks: dict[int, trio.Lock] = {}
+        self._batches: dict[int, _Batch] = {}
+        self._inflight: list[_InFlight] = []
+        self._idle = trio.Event()
+        self._idle.set()
+        self._error: DfsError | None = None
+        self._to_sync: dict[int, Placement] = {}
+        self._segments: OrderedDict[int, bytes] = OrderedDict()
+        self._fetching: dict[int, trio.Event] = {}
+        self._last_read_end = -1
+        self._generation = 0
+
+    # ---- state shared with the metaserver -------------------------------
+
+    def refresh(self, attr: Attr) -> bool:
+        """Take the metaserver's view at open; True if the file is unchanged
+        since this mount last saw it (so the page cache may be kept)."""
+        unchanged = (attr.mtime, attr.size) == self.seen
+        if not unchanged:
+            self.forget_data()
+        if not self.dirty and not self._inflight:
+            self.size = attr.size
+        self.seen = (attr.mtime, attr.size)
+        return unchanged
+
+    def forget_data(self) -> None:
+        """Drop cached placements and read-ahead (after a truncate or a change elsewhere)."""
+        self._placements.clear()
+        self._leases.clear()
+        self._segments.clear()
+        self._generation += 1
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._batches or self._inflight)
+
+    # ---- writes ---------------------------------------------------------
+
+    async def write(self, offset: int, data: bytes) -> int:
+        if self._error is not None:
+            self._raise_error()
+        end = offset + len(data)
+        if end > self.granted_end and end > self.size:
+            reply = await self.meta.call("reserve", ino=self.ino, session=self.meta.session,
+                                         end=end)
+            self.granted_end = reply["granted"]
+        self._drop_segments(offset, end)
+        view = memoryview(data)
+        pos = offset
+        while view:
+            index, within = divmod(pos, self.chunk_size)
+            n = min(len(view), self.chunk_size - within)
+            await self._add(index, pos, view[:n])
+            pos += n
+            view = view[n:]
+        self.size = max(self.size, end)
+        self.dirty = True
+        self.mtime = time.time_ns()
+        return len(data)
+
+    async def _add(self, index: int, pos: int, piece: memoryview) -> None:
+        batch = self._batches.get(index)
+        if batch is not None and batch.start + len(batch.data) == pos \
+                and len(batch.data) + len(piece) <= MAX_DATA:
+            batch.data += piece
+        else:
+            if batch is not None:
+                await self._launch(index)
+            self._batches[index] = _Batch(pos, bytearray(piece))
+        if len(self._batches[index].data) >= MAX_DATA:
+            await self._launch(index)
+
+    async def _launch(self, index: int) -> None:
+        batch = self._batches.pop(index)
+        await self.send_limit.acquire_on_behalf_of(batch)
+        earlier = [f for f in self._inflight if f.index == index
+                   and f.start < batch.start + len(batch.data) and batch.start < f.end]
+        flight = _InFlight(index, batch.start, batch.start + len(batch.data), trio.Event())
+        self._inflight.append(flight)
+        self._idle = trio.Event()
+        self.nursery.start_soon(self._send, batch, flight, earlier)
+
+    async def _send(self, batch: _Batch, flight: _InFlight, earlier: list[_InFlight]) -> None:
+        try:
+            for other in earlier:
+                await other.done.wait()
+            within = batch.start - flight.index * self.chunk_size
+            deadline = trio.current_time() + WRITE_RETRY_SECONDS
+            delay = 0.1
+            while True:
+                placement = await self._lease(flight.index)
+                try:
+                    await self.chunkio.write(placement, within, batch.data)
+                    self._to_sync[flight.index] = placement
+                    break
+                except DfsError as exc:
+                    # A replica died or the version moved on: a fresh lease
+                    # names the live replicas once the metaserver has noticed.
+                    if exc.errno not in REPLICA_ERRORS or trio.current_time() > deadline:
+                        raise
+                    self._leases.pop(flight.index, None)
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+        except DfsError as exc:
+            log.error("write failed", ino=self.ino, chunk_index=flight.index, error=str(exc))
+            if self._error is None:
+                self._error = exc
+        except Exception:
+            # A bug must fail this file's writes, not take the whole mount down.
+            log.error("write failed", exc_info=True, ino=self.ino, chunk_index=flight.index)
+            if self._error is None:
+                self._error = DfsError(errno.EIO, "internal error in the client")
+        finally:
+            flight.done.set()
+            self._inflight.remove(flight)
+            self.send_limit.release_on_behalf_of(batch)
+            if not self._inflight:
+                self._idle.set()
+
+    async def _lease(self, index: int) -> Placement:
+        lock = self._lease_locks.setdefault(index, trio.Lock())
+        async with lock:
+            cached = self._leases.get(index)
+            if cached is not None and trio.current_time() - cached[1] < LEASE_REUSE_SECONDS:
+                return cached[0]
+            reply = await self.meta.call("chunk_write", ino=self.ino, index=index,
+                                         session=self.meta.session)
+            placement = Placement.from_wire(reply)
+            self._leases[index] = (placement, trio.current_time())
+            self._placements[index] = placement
+            return placement
+
+    def _raise_error(self):
+        exc, self._error = self._error, None
+        raise DfsError(exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO,
+                       f"writing inode {self.ino} failed: {exc.message}")
+
+    async def drain(self) -> None:
+        """Send every buffered batch and wait for all sends; raise a pending error."""
+        for index in list(self._batches):
+            await self._launch(index)
+        await self._idle.wait()
+        if self._error is not None:
+            self._raise_error()
+
+    async def flush(self) -> Attr | None:
+        """Make everything written so far durable on every replica and record
+        size and mtime on the metaserver. Returns the new attributes, if any."""
+        await self.drain()
+        if self._to_sync:
+            placements, self._to_sync = list(self._to_sync.values()), {}
+            try:
+                async with trio.open_nursery() as nursery:
+                    for placement in placements:
+                        nursery.start_soon(self.chunkio.sync, placement)
+            except* DfsError as group:
+                exc = group.exceptions[0]
+                raise DfsError(errno.EIO, f"sync of inode {self.ino} failed: {exc}") from None
+        if not self.dirty:
+            return None
+        reply = await self.meta.call("commit", ino=self.ino, session=self.meta.session,
+                                     size=self.size, mtime=self.mtime)
+        attr = Attr.from_wire(reply)
+        self.dirty = False
+        self.seen = (attr.mtime, attr.size)
+        return attr
+
+    def truncated(self, attr: Attr) -> None:
+        self.forget_data()
+        self.size = attr.size
+        self.granted_end = 0
+        self.seen = (attr.mtime, attr.size)
+
+    # ---- reads ----------------------------------------------------------
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self.busy:
+            await self.drain()
+        end = min(offset + length, self.size)
+        if offset >= end:
+            return b""
+        sequential = offset == self._last_read_end
+        self._last_read_end = end
+        first, last = offset // self.segment, (end - 1) // self.segment
+        if not sequential and not all(s in self._segments for s in range(first, last + 1)):
+            return await self._read_range(offset, end)
+        parts = []
+        for s in range(first, last + 1):
+            data = await self._segment(s)
+            base = s * self.segment
+            parts.append(data[max(offset - base, 0):end - base])
+        if sequential:
+            self._read_ahead(last + 1)
+        return b"".join(parts)
+
+    async def _segment(self, s: int) -> bytes:
+        while s not in self._segments:
+            pending = self._fetching.get(s)
+            if pending is None:
+                await self._fetch_segment(s, self._begin_fetch(s))
+            else:
+                await pending.wait()
+        self._segments.move_to_end(s)
+        return self._segments[s]
+
+    def _begin_fetch(self, s: int) -> trio.Event:
+        done = self._fetching[s] = trio.Event()
+        return done
+
+    async def _fetch_segment(self, s: int, done: trio.Event) -> None:
+        generation = self._generation
+        try:
+            start = s * self.segment
+            data = await self._read_range(start, min(start + self.segment, self.size))
+            if generation == self._generation:
+                self._segments[s] = data
+                while len(self._segments) > READ_CACHE_SEGMENTS:
+                    self._segments.popitem(last=False)
+        finally:
+            if self._fetching.get(s) is done:
+                del self._fetching[s]
+            done.set()
+
+    def _read_ahead(self, s: int) -> None:
+        for ahead in range(s, s + READ_AHEAD_SEGMENTS):
+            if ahead * self.segment >= self.size:
+                break
+            if ahead not in self._segments and ahead not in self._fetching:
+                self.nursery.start_soon(self._prefetch, ahead, self._begin_fetch(ahead))
+
+    async def _prefetch(self, s: int, done: trio.Event) -> None:
+        try:
+            await self._fetch_segment(s, done)
+        except Exception as exc:
+            # Read-ahead is a guess; the read that needs the data retries it.
+            log.debug("read-ahead failed", ino=self.ino, segment=s, error=str(exc))
+
+    def _drop_segments(self, start: int, end: int) -> None:
+        if self._segments or self._fetching:
+            for s in range(start // self.segment, (end - 1) // self.segment + 1):
+                self._segments.pop(s, None)
+            if self._fetching:
+                self._generation += 1
+
+    async def _read_range(self, start: int, end: int) -> bytes:
+        parts = []
+        pos = start
+        while pos < end:
+            index, within = divmod(pos, self.chunk_size)
+            n = min(end - pos, self.chunk_size - within)
+            parts.append(await self._read_chunk(index, within, n))
+            pos += n
+        return b"".join(parts)
+
+    async def _read_chunk(self, index: int, within: int, length: int) -> bytes:
+        attempt = 0
+        while True:
+            placement = await self._locate(index)
+            if placement.is_hole:
+                return bytes(length)
+            try:
+                data = await self.chunkio.read(placement, within, length)
+                return data if len(data) == length else data.ljust(length, b"\0")
+            except DfsError as exc:
+                attempt += 1
+                if exc.errno not in REPLICA_ERRORS or attempt == READ_RETRIES:
+                    raise DfsError(errno.EIO, f"reading inode {self.ino} chunk {placement.chunk}"
+                                              f" failed: {exc.message}") from None
+            # A placement may be stale (a replica died or the version moved on).
+            self._placements.pop(index, None)
+            self._leases.pop(index, None)
+            await trio.sleep(0.2 * attempt)
+
+    async def _locate(self, index: int) -> Placement:
+        placement = self._placements.get(index)
+        if placement is None:
+            reply = await self.meta.call("chunk_read", ino=self.ino, index=index)
+            placement = self._placements[index] = Placement.from_wire(reply)
+        return placement

@@ -1,0 +1,1 @@
+"""The dfs metaserver: namespace, chunk maps, quotas and sessions in LMDB."""

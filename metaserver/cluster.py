@@ -1,0 +1,208 @@
+"""Chunk servers talking to the metaserver: registration, heartbeats, bad
+replicas, and re-replication of chunks that have fewer live replicas than R.
+"""
+
+import errno
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import trio
+
+from dfs import logs
+from dfs.errors import DfsError
+from dfs.rpc import parse_addr
+
+from . import chunktable
+from .context import Context
+from .records import ChunkServerRecord
+from .store import Tx
+
+log = logs.get_logger("metaserver")
+
+# Garbage handed to one server per heartbeat.
+GC_PER_HEARTBEAT = 1000
+# Copies one server is asked to make at a time.
+REPLICATIONS_PER_SERVER = 4
+# A copy not confirmed within this long is planned again.
+REPLICATION_DEADLINE = 60.0
+REPLICATION_INTERVAL = 1.0
+
+
+@dataclass
+class Copy:
+    """A replica being made: `target` fetches `chunk` at `version` from `source`."""
+    chunk: int
+    version: int
+    target: int
+    source: str
+    handed_at: float = 0.0
+
+
+class Cluster:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.copies: dict[int, Copy] = {}
+
+    def load(self) -> None:
+        for csid, record in self.ctx.store.read(lambda tx: list(tx.all_chunkservers())):
+            self.ctx.registry.known(csid, record.addr)
+
+    # --- handlers -------------------------------------------------------------
+    async def cs_register(self, csid, addr: str, capacity: int, used: int,
+                          chunks: list) -> dict:
+        try:
+            parse_addr(addr)
+        except ValueError as exc:
+            raise DfsError(errno.EINVAL, str(exc)) from None
+        reported = {}
+        for item in chunks:
+            if (not isinstance(item, list) or len(item) != 2
+                    or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
+                raise DfsError(errno.EINVAL, "cs_register: chunks must be [[chunk, version], ...]")
+            reported[item[0]] = item[1]
+
+        def register(tx: Tx):
+            known = csid is not None and tx.chunkserver(csid) is not None
+            sid = csid if known else tx.next_id("chunkserver")
+            tx.put_chunkserver(sid, ChunkServerRecord(addr))
+            return sid, self._reconcile(tx, sid, reported)
+
+        sid, delete = await self.ctx.store.write(register)
+        self.ctx.registry.heard(sid, addr, capacity, used)
+        log.info("chunk server registered", csid=sid, addr=addr, chunks=len(reported),
+                 stale=len(delete))
+        return {"csid": sid, "delete": delete}
+
+    @staticmethod
+    def _reconcile(tx: Tx, csid: int, reported: dict[int, int]) -> list[int]:
+        """Match what a server holds with the chunk table; return what it must delete."""
+        delete = []
+        changed = {}
+        for chunk_id, version in reported.items():
+            chunk = tx.chunk(chunk_id)
+            doomed = tx.has_garbage(csid, chunk_id)
+            if chunk is None or version < chunk.version or doomed:
+                delete.append(chunk_id)
+                continue
+            if version > chunk.version:
+                # A version bump reached this replica but was never recorded:
+                # it is the newest copy, the others are stale.
+                for other in list(chunk.locations):
+                    if other != csid:
+                        chunktable.drop_location(tx, chunk_id, chunk, other)
+                chunk.version = version
+            if csid not in chunk.locations:
+                chunk.locations.append(csid)
+            changed[chunk_id] = chunk
+        for chunk_id, chunk in list(tx.all_chunks()):
+            if csid in chunk.locations and chunk_id not in reported:
+                chunk.locations.remove(csid)
+                changed[chunk_id] = chunk
+        for chunk_id, chunk in changed.items():
+            tx.put_chunk(chunk_id, chunk)
+        for chunk_id in delete:
+            tx.clear_garbage(csid, chunk_id)
+        return delete
+
+    async def cs_heartbeat(self, csid: int, capacity: int, used: int) -> dict:
+        record = self.ctx.store.read(lambda tx: tx.chunkserver(csid))
+        if record is None:
+            raise DfsError(errno.ENOENT, f"unknown chunk server {csid}: register first")
+        self.ctx.registry.heard(csid, record.addr, capacity, used)
+        delete = self.ctx.store.read(lambda tx: tx.garbage_of(csid, GC_PER_HEARTBEAT))
+        if delete:
+            await self.ctx.store.write(
+                lambda tx: [tx.clear_garbage(csid, chunk_id) for chunk_id in delete])
+        return {"delete": delete, "replicate": self._hand_out(csid)}
+
+    async def cs_bad_chunk(self, csid: int, chunk: int, version: int) -> dict:
+        def drop(tx: Tx) -> None:
+            record = tx.chunk(chunk)
+            if record is not None and csid in record.locations:
+                chunktable.drop_location(tx, chunk, record, csid)
+                tx.put_chunk(chunk, record)
+
+        await self.ctx.store.write(drop)
+        log.warning("bad replica reported", chunk=chunk, version=version, csid=csid)
+        return {}
+
+    # --- status ---------------------------------------------------------------
+    def live_count(self, locations: list[int]) -> int:
+        return sum(1 for csid in locations if self.ctx.registry.alive(csid))
+
+    def servers_status(self, chunks_per_server: dict[int, int]) -> list[dict]:
+        return [{"csid": s.csid, "addr": s.addr, "alive": self.ctx.registry.alive(s.csid),
+                 "capacity": s.capacity, "used": s.used,
+                 "chunks": chunks_per_server.get(s.csid, 0)}
+                for s in sorted(self.ctx.registry.servers.values(), key=lambda s: s.csid)]
+
+    # --- re-replication -------------------------------------------------------
+    async def run_replication(self) -> None:
+        while True:
+            await trio.sleep(REPLICATION_INTERVAL)
+            await self._plan()
+            await self._confirm()
+
+    async def _plan(self) -> None:
+        registry, settings = self.ctx.registry, self.ctx.settings
+
+        def under(tx: Tx):
+            found = []
+            for chunk_id, chunk in tx.all_chunks():
+                live = [c for c in chunk.locations if registry.alive(c)]
+                if live and len(live) < settings.replicas and chunk_id not in self.copies:
+                    found.append((chunk_id, chunk, live))
+            return found
+
+        for chunk_id, chunk, live in await self.ctx.store.read_in_thread(under):
+            load = Counter(c.target for c in self.copies.values())
+            busy = {csid for csid, n in load.items() if n >= REPLICATIONS_PER_SERVER}
+            pending_gc = self.ctx.store.read(
+                lambda tx: {csid for csid in registry.servers if tx.has_garbage(csid, chunk_id)})
+            targets = registry.place(1, settings.chunk_size,
+                                     set(chunk.locations) | busy | pending_gc)
+            if targets:
+                self.copies[chunk_id] = Copy(chunk_id, chunk.version, targets[0].csid,
+                                             registry.addr(live[0]))
+                log.info("replication planned", chunk=chunk_id, version=chunk.version,
+                         target=targets[0].csid)
+
+    def _hand_out(self, csid: int) -> list[list]:
+        now = time.monotonic()
+        tasks = []
+        for copy in self.copies.values():
+            if copy.target == csid and not copy.handed_at:
+                copy.handed_at = now
+                tasks.append([copy.chunk, copy.version, copy.source])
+        return tasks
+
+    async def _confirm(self) -> None:
+        now = time.monotonic()
+        for copy in list(self.copies.values()):
+            if not copy.handed_at:
+                if not self.ctx.registry.alive(copy.target):
+                    del self.copies[copy.chunk]
+                continue
+            try:
+                client = self.ctx.chunkservers.get(self.ctx.registry.addr(copy.target))
+                info = await client.call("chunk_info", timeout=5.0, chunk=copy.chunk)
+            except DfsError:
+                info = {}
+            if info.get("version") == copy.version:
+                await self.ctx.store.write(lambda tx, c=copy: self._record_copy(tx, c))
+                del self.copies[copy.chunk]
+                log.info("chunk replicated", chunk=copy.chunk, version=copy.version,
+                         csid=copy.target)
+            elif now - copy.handed_at > REPLICATION_DEADLINE:
+                del self.copies[copy.chunk]
+
+    @staticmethod
+    def _record_copy(tx: Tx, copy: Copy) -> None:
+        chunk = tx.chunk(copy.chunk)
+        if chunk is None or chunk.version != copy.version:
+            tx.add_garbage(copy.target, copy.chunk)
+            return
+        if copy.target not in chunk.locations:
+            chunk.locations.append(copy.target)
+            tx.put_chunk(copy.chunk, chunk)

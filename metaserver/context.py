@@ -1,0 +1,42 @@
+"""What every part of the metaserver shares: storage, settings, in-memory state."""
+
+from dataclasses import dataclass
+
+from dfs.ops import CHUNK
+from dfs.rpc import ClientPool
+
+from .namespace import Namespace
+from .registry import Registry
+from .sessions import Leases, Reservations, Sessions
+from .store import Store
+
+BLOCK_SIZE = 65536
+
+
+@dataclass
+class Settings:
+    chunk_size: int
+    replicas: int
+    heartbeat_timeout: float
+    session_ttl: float
+    lease_seconds: float
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    namespace: Namespace
+    sessions: Sessions
+    reservations: Reservations
+    leases: Leases
+    registry: Registry
+    # Connections to chunk servers, for version bumps, truncation and checks.
+    chunkservers: ClientPool
+
+    @classmethod
+    def create(cls, settings: Settings, store: Store, secret: bytes) -> "Context":
+        return cls(settings, store, Namespace(settings.chunk_size),
+                   Sessions(settings.session_ttl), Reservations(),
+                   Leases(settings.lease_seconds), Registry(settings.heartbeat_timeout),
+                   ClientPool(secret, CHUNK, connect_timeout=3.0))

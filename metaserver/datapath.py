@@ -1,0 +1,248 @@
+"""The data path: chunk locations, write leases, quota reservations, commits
+and truncation, which must reach the chunk servers before the metadata changes.
+"""
+
+import errno
+import time
+from contextlib import asynccontextmanager
+
+import trio
+
+from dfs import logs
+from dfs.errors import DfsError
+
+from . import chunktable, quotas
+from .context import Context
+from .records import Chunk
+from .sessions import Reservation
+from .store import Tx
+
+log = logs.get_logger("metaserver")
+
+CALL_TIMEOUT = 10.0
+# How far past the requested end a reservation reaches, so a streaming writer
+# asks again only every so often.
+GRANT_AHEAD = 64 << 20
+GRANT_UNLIMITED = 1 << 30
+
+
+class InodeLocks:
+    """Serialises the operations on one file that talk to chunk servers."""
+
+    def __init__(self):
+        self._locks: dict[int, tuple[trio.Lock, list]] = {}
+
+    @asynccontextmanager
+    async def hold(self, ino: int):
+        lock, users = self._locks.setdefault(ino, (trio.Lock(), []))
+        users.append(None)
+        try:
+            async with lock:
+                yield
+        finally:
+            users.pop()
+            if not users:
+                del self._locks[ino]
+
+
+class DataPath:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.locks = InodeLocks()
+
+    # --- chunk servers ------------------------------------------------------
+    async def _on_replicas(self, chunk_id: int, servers: list, steps: list) -> list[int]:
+        """Run `steps` ([(op, args)...], in order) on each server; return the csids
+        where all succeeded."""
+        done = []
+
+        async def one(csid: int, addr: str) -> None:
+            client = self.ctx.chunkservers.get(addr)
+            try:
+                for op, args in steps:
+                    await client.call(op, timeout=CALL_TIMEOUT, **args)
+            except DfsError as exc:
+                log.warning("replica refused", op=op, chunk=chunk_id, csid=csid, error=str(exc))
+                return
+            done.append(csid)
+
+        async with trio.open_nursery() as nursery:
+            for csid, addr in servers:
+                nursery.start_soon(one, csid, addr)
+        return done
+
+    def _reply(self, chunk_id: int, version: int, csids: list[int], until=None) -> dict:
+        reply = {"chunk": chunk_id, "version": version,
+                 "servers": self.ctx.registry.live_locations(csids)}
+        if until is not None:
+            reply["lease_until"] = until
+        return reply
+
+    @staticmethod
+    def _regular(tx: Tx, ino: int):
+        inode = tx.inode(ino)
+        if inode.is_dir:
+            raise DfsError(errno.EISDIR, f"inode {ino} is a directory")
+        if not inode.is_reg:
+            raise DfsError(errno.EINVAL, f"inode {ino} is not a regular file")
+        return inode
+
+    def _mapped(self, tx: Tx, ino: int, index: int):
+        self._regular(tx, ino)
+        if index < 0:
+            raise DfsError(errno.EINVAL, "chunk index must not be negative")
+        chunk_id = tx.chunk_id(ino, index)
+        return chunk_id, (tx.chunk(chunk_id) if chunk_id else None)
+
+    # --- handlers -----------------------------------------------------------
+    async def chunk_read(self, ino: int, index: int) -> dict:
+        chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
+        if chunk is None:
+            return {"chunk": 0, "version": 0, "servers": []}
+        return self._reply(chunk_id, chunk.version, chunk.locations)
+
+    async def chunk_write(self, ino: int, index: int, session: int) -> dict:
+        self.ctx.sessions.check(session)
+        async with self.locks.hold(ino):
+            chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
+            if chunk is None:
+                return await self._allocate(ino, index)
+            until = self.ctx.leases.active(chunk_id)
+            if until is not None:
+                return self._reply(chunk_id, chunk.version, chunk.locations, until)
+            return await self._bump(ino, index, chunk_id, chunk)
+
+    async def _allocate(self, ino: int, index: int) -> dict:
+        settings = self.ctx.settings
+        chosen = self.ctx.registry.place(settings.replicas, settings.chunk_size)
+        if not chosen:
+            raise DfsError(errno.ENOSPC, "no live chunk server has room for a new chunk")
+        chunk_id = await self.ctx.store.write(lambda tx: tx.next_id("chunk"))
+        created = await self._on_replicas(chunk_id, [(s.csid, s.addr) for s in chosen],
+                                          [("create", {"chunk": chunk_id, "version": 1})])
+        if not created:
+            raise DfsError(errno.ENOSPC, f"no chunk server could create chunk {chunk_id}")
+
+        def record(tx: Tx) -> bool:
+            for server in chosen:
+                if server.csid not in created:
+                    tx.add_garbage(server.csid, chunk_id)
+            if tx.get_inode(ino) is None:
+                for csid in created:
+                    tx.add_garbage(csid, chunk_id)
+                return False
+            tx.map_chunk(ino, index, chunk_id)
+            tx.put_chunk(chunk_id, Chunk(1, created))
+            return True
+
+        if not await self.ctx.store.write(record):
+            raise DfsError(errno.ENOENT, f"inode {ino} was deleted")
+        log.info("chunk created", chunk=chunk_id, ino=ino, index=index, csids=created)
+        return self._reply(chunk_id, 1, created, self.ctx.leases.grant(chunk_id))
+
+    async def _bump(self, ino: int, index: int, chunk_id: int, chunk: Chunk) -> dict:
+        live = self.ctx.registry.live_locations(chunk.locations)
+        if not live:
+            raise DfsError(errno.EIO, f"chunk {chunk_id} has no live replica")
+        new = chunk.version + 1
+        bumped = await self._on_replicas(
+            chunk_id, live, [("set_version", {"chunk": chunk_id, "old": chunk.version,
+                                              "new": new})])
+        if not bumped:
+            raise DfsError(errno.EIO, f"no replica of chunk {chunk_id} took version {new}")
+        await self.ctx.store.write(lambda tx: self._set_version(tx, chunk_id, new, bumped))
+        log.info("chunk version bumped", chunk=chunk_id, ino=ino, index=index, version=new)
+        return self._reply(chunk_id, new, bumped, self.ctx.leases.grant(chunk_id))
+
+    @staticmethod
+    def _set_version(tx: Tx, chunk_id: int, version: int, holders: list[int]) -> None:
+        chunk = tx.chunk(chunk_id)
+        if chunk is None:
+            return
+        for csid in list(chunk.locations):
+            if csid not in holders:
+                chunktable.drop_location(tx, chunk_id, chunk, csid)
+        chunk.version = version
+        tx.put_chunk(chunk_id, chunk)
+
+    # --- sizes: reservations, commits, truncation -----------------------------
+    def reserved(self, skip) -> dict[int, int]:
+        """Bytes promised to other writers, per quota directory."""
+        reservations = self.ctx.reservations
+        inodes = reservations.inodes()
+        if not inodes:
+            return {}
+        sizes = self.ctx.store.read(
+            lambda tx: {ino: i.size for ino in inodes if (i := tx.get_inode(ino))})
+        return reservations.outstanding(sizes, skip)
+
+    async def reserve(self, ino: int, session: int, end: int) -> dict:
+        self.ctx.sessions.check(session)
+        if end < 0:
+            raise DfsError(errno.EINVAL, "reserve: end must not be negative")
+
+        def look(tx: Tx):
+            inode = self._regular(tx, ino)
+            chain = quotas.chain(tx, inode.parent)
+            return inode.size, chain, [(q, tx.quota(q)) for q in chain]
+
+        size, chain, limits = self.ctx.store.read(look)
+        held = self.reserved(lambda s, i: (s, i) == (session, ino))
+        limited = [(q, quota) for q, quota in limits if quota.bytes_limit]
+        granted = end + (GRANT_AHEAD if limited else GRANT_UNLIMITED)
+        for q, quota in limited:
+            room_end = size + quota.bytes_limit - quota.bytes_used - held.get(q, 0)
+            if end > size and end > room_end:
+                raise DfsError(errno.EDQUOT, f"byte quota of directory {q} exceeded")
+            granted = min(granted, room_end)
+        granted = max(granted, end)
+        self.ctx.reservations.grant(session, ino, Reservation(end, granted, tuple(chain)))
+        return {"granted": granted}
+
+    async def commit(self, ino: int, session: int, size: int, mtime: int) -> dict:
+        if size < 0:
+            raise DfsError(errno.EINVAL, "commit: size must not be negative")
+        held = self.reserved(lambda s, i: i == ino)
+        return await self.ctx.store.write(
+            lambda tx: self.ctx.namespace.grow(tx, time.time_ns(), ino, size, mtime, held))
+
+    async def setattr_size(self, ino: int, changes: dict, token: bytes | None) -> dict:
+        """setattr with a size: the chunk cut by a shrink is truncated on its
+        replicas, under a new version, before the metadata says so."""
+        async with self.locks.hold(ino):
+            if token is not None and self.ctx.store.read(lambda tx: tx.stored_reply(token)):
+                plan = None
+            else:
+                plan = self.ctx.store.read(lambda tx: self._cut_plan(tx, ino, changes["size"]))
+            cut = None
+            if plan is not None:
+                chunk_id, version, locations, length = plan
+                new = version + 1
+                done = await self._on_replicas(
+                    chunk_id, self.ctx.registry.live_locations(locations),
+                    [("set_version", {"chunk": chunk_id, "old": version, "new": new}),
+                     ("truncate", {"chunk": chunk_id, "version": new, "length": length})])
+                if not done:
+                    raise DfsError(errno.EIO, f"no replica of chunk {chunk_id} could be cut")
+                self.ctx.leases.revoke(chunk_id)
+                cut = (chunk_id, new, done)
+            held = self.reserved(lambda s, i: i == ino)
+
+            def apply(tx: Tx) -> dict:
+                if cut is not None:
+                    self._set_version(tx, *cut)
+                return self.ctx.namespace.setattr(tx, time.time_ns(), ino, changes, held)
+
+            return await self.ctx.store.write(apply, token)
+
+    def _cut_plan(self, tx: Tx, ino: int, size: int):
+        inode = self._regular(tx, ino)
+        chunk_size = self.ctx.settings.chunk_size
+        if size >= inode.size or size % chunk_size == 0:
+            return None
+        index = size // chunk_size
+        chunk_id = tx.chunk_id(ino, index)
+        if not chunk_id:
+            return None
+        chunk = tx.chunk(chunk_id)
+        return chunk_id, chunk.version, chunk.locations, size - index * chunk_size

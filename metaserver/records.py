@@ -1,0 +1,90 @@
+"""The records kept in LMDB, as dataclasses stored as msgpack lists.
+
+A record is packed as the list of its field values in declaration order, so
+adding a field at the end with a default keeps old records readable.
+"""
+
+import stat
+from dataclasses import astuple, dataclass, field
+
+import msgpack
+
+
+def pack(record) -> bytes:
+    return msgpack.packb(astuple(record), use_bin_type=True)
+
+
+def unpack(cls, data: bytes):
+    return cls(*msgpack.unpackb(data, raw=False))
+
+
+@dataclass(slots=True)
+class Inode:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime: int
+    mtime: int
+    ctime: int
+    # The directory this inode hangs under (for files: where its quota is
+    # charged); walking parents to the root finds the quotas that apply.
+    parent: int
+    target: bytes = b""
+    # The name under `parent` (for directories, the one name they have), so a
+    # quota directory's path can be shown without searching.
+    name: bytes = b""
+    # Directories: the cookie the next entry gets, so readdir offsets are stable.
+    next_cookie: int = 1
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+@dataclass(slots=True)
+class Dentry:
+    ino: int
+    cookie: int
+
+
+@dataclass(slots=True)
+class Chunk:
+    version: int
+    # csids holding the replica at `version`.
+    locations: list = field(default_factory=list)
+    refs: int = 1
+
+
+@dataclass(slots=True)
+class Quota:
+    bytes_limit: int
+    inodes_limit: int
+    bytes_used: int = 0
+    inodes_used: int = 0
+
+
+@dataclass(slots=True)
+class SessionRecord:
+    host: str
+    mountpoint: str
+    pid: int
+
+
+@dataclass(slots=True)
+class ChunkServerRecord:
+    addr: str
+
+
+@dataclass(slots=True)
+class StoredReply:
+    created: float
+    errno: int
+    result: object

@@ -1,0 +1,63 @@
+"""Chunk servers as the metaserver sees them: address, space, last heartbeat.
+
+The csid and address are persistent (LMDB); space and liveness are in memory,
+so after a restart every server counts as dead until it is heard from again.
+"""
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class ServerState:
+    csid: int
+    addr: str
+    capacity: int = 0
+    used: int = 0
+    last_seen: float = 0.0
+
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - self.used)
+
+
+class Registry:
+    def __init__(self, heartbeat_timeout: float):
+        self.heartbeat_timeout = heartbeat_timeout
+        self.servers: dict[int, ServerState] = {}
+
+    def known(self, csid: int, addr: str) -> None:
+        """A server recorded on disk, not yet heard from since this start."""
+        self.servers.setdefault(csid, ServerState(csid, addr))
+
+    def heard(self, csid: int, addr: str, capacity: int, used: int) -> None:
+        server = self.servers.setdefault(csid, ServerState(csid, addr))
+        server.addr, server.capacity, server.used = addr, capacity, used
+        server.last_seen = time.monotonic()
+
+    def alive(self, csid: int) -> bool:
+        server = self.servers.get(csid)
+        return (server is not None and server.last_seen > 0
+                and time.monotonic() - server.last_seen <= self.heartbeat_timeout)
+
+    def live(self) -> list[ServerState]:
+        return [s for s in self.servers.values() if self.alive(s.csid)]
+
+    def addr(self, csid: int) -> str:
+        return self.servers[csid].addr
+
+    def live_locations(self, locations: list[int]) -> list[list]:
+        return [[csid, self.servers[csid].addr] for csid in locations if self.alive(csid)]
+
+    def place(self, count: int, room: int, exclude=()) -> list[ServerState]:
+        """Up to `count` live servers with `room` bytes free, most free first.
+
+        The chosen servers are charged `room` at once, so placements between two
+        heartbeats spread instead of piling onto the same server.
+        """
+        candidates = [s for s in self.live() if s.free >= room and s.csid not in exclude]
+        candidates.sort(key=lambda s: s.free, reverse=True)
+        chosen = candidates[:count]
+        for server in chosen:
+            server.used += room
+        return chosen

@@ -1,0 +1,316 @@
+"""The metaserver's operations: one handler per operation in dfs.ops.META and
+META_CS, plus the background duties (expiring sessions and request tokens,
+re-replication).
+"""
+
+import errno
+import stat
+import time
+
+import trio
+
+from dfs import logs
+from dfs.errors import DfsError
+from dfs.records import QuotaInfo
+
+from . import quotas
+from .cluster import Cluster
+from .context import BLOCK_SIZE, Context
+from .datapath import DataPath
+from .namespace import NAME_MAX, check_changes
+from .quotas import ROOT_INO
+from .records import Inode, Quota, SessionRecord
+from .store import REPLY_TTL, Tx
+
+log = logs.get_logger("metaserver")
+
+STATFS_BSIZE = 4096
+# What statfs reports as the inode count when nothing limits it.
+MANY_FILES = 1 << 40
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class MetaService:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.ns = ctx.namespace
+        self.data = DataPath(ctx)
+        self.cluster = Cluster(ctx)
+
+    def start(self) -> None:
+        """Prepare the store for serving: the root exists, old sessions get a fresh TTL."""
+        def init(tx: Tx):
+            if tx.get_inode(ROOT_INO) is None:
+                now = now_ns()
+                tx.next_id("inode")
+                tx.touch(Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, now, now, now,
+                               ROOT_INO))
+                log.info("created the root directory", ino=ROOT_INO)
+            return [sid for sid, _ in tx.all_sessions()]
+
+        for sid in self.ctx.store.write_now(init):
+            self.ctx.sessions.start(sid)
+        self.cluster.load()
+
+    def handlers(self) -> dict:
+        names = ("session_open session_renew session_close lookup resolve getattr setattr "
+                 "mknod mkdir symlink link unlink rmdir rename readlink readdir open release "
+                 "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
+                 "quota_list status").split()
+        table = {name: getattr(self, name) for name in names}
+        for name in ("chunk_read", "chunk_write", "reserve", "commit"):
+            table[name] = getattr(self.data, name)
+        for name in ("cs_register", "cs_heartbeat", "cs_bad_chunk"):
+            table[name] = getattr(self.cluster, name)
+        return table
+
+    async def run_background(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_sessions)
+            nursery.start_soon(self._expire_replies)
+            nursery.start_soon(self.cluster.run_replication)
+
+    def _read(self, fn):
+        return self.ctx.store.read(fn)
+
+    async def _write(self, fn, token: bytes | None = None):
+        return await self.ctx.store.write(fn, token)
+
+    # --- sessions ---------------------------------------------------------------
+    async def session_open(self, host: str, mountpoint: str, pid: int) -> dict:
+        def open_session(tx: Tx) -> int:
+            sid = tx.next_id("session")
+            tx.put_session(sid, SessionRecord(host, mountpoint, pid))
+            return sid
+
+        sid = await self._write(open_session)
+        self.ctx.sessions.start(sid)
+        log.info("session opened", session=sid, host=host, mountpoint=mountpoint, pid=pid)
+        return {"session": sid, "chunk_size": self.ctx.settings.chunk_size,
+                "block_size": BLOCK_SIZE, "session_ttl": self.ctx.settings.session_ttl}
+
+    async def session_renew(self, session: int) -> dict:
+        self.ctx.sessions.renew(session)
+        return {}
+
+    async def session_close(self, session: int) -> dict:
+        await self._end_session(session)
+        log.info("session closed", session=session)
+        return {}
+
+    async def _end_session(self, sid: int) -> None:
+        self.ctx.sessions.end(sid)
+        self.ctx.reservations.drop(sid)
+
+        def close(tx: Tx) -> None:
+            for ino in tx.opens_of_session(sid):
+                tx.set_open_count(ino, sid, 0)
+                inode = tx.get_inode(ino)
+                if inode is not None:
+                    self.ns.collect(tx, inode)
+            tx.delete_session(sid)
+
+        await self._write(close)
+
+    async def _expire_sessions(self) -> None:
+        while True:
+            await trio.sleep(min(1.0, self.ctx.settings.session_ttl / 4))
+            for sid in self.ctx.sessions.expired():
+                log.warning("session expired", session=sid)
+                await self._end_session(sid)
+
+    async def _expire_replies(self) -> None:
+        while True:
+            await trio.sleep(60.0)
+            cutoff = time.time() - REPLY_TTL
+            await self._write(lambda tx: tx.expire_replies(cutoff))
+
+    # --- reading the namespace ----------------------------------------------------
+    async def lookup(self, parent: int, name: bytes) -> dict:
+        return self._read(lambda tx: self.ns.lookup(tx, parent, name))
+
+    async def resolve(self, path: bytes) -> dict:
+        return self._read(lambda tx: self.ns.resolve(tx, path))
+
+    async def getattr(self, ino: int) -> dict:
+        return self._read(lambda tx: self.ns.attr(tx, tx.inode(ino)))
+
+    async def readlink(self, ino: int) -> dict:
+        return self._read(lambda tx: self.ns.readlink(tx, ino))
+
+    async def readdir(self, ino: int, offset: int, limit: int) -> dict:
+        return self._read(lambda tx: self.ns.readdir(tx, ino, offset, limit))
+
+    async def getxattr(self, ino: int, name: bytes) -> dict:
+        return self._read(lambda tx: self.ns.getxattr(tx, ino, name))
+
+    async def listxattr(self, ino: int) -> dict:
+        return self._read(lambda tx: self.ns.listxattr(tx, ino))
+
+    # --- changing the namespace -----------------------------------------------------
+    async def setattr(self, ino: int, changes: dict, token: bytes | None) -> dict:
+        check_changes(changes)
+        if "size" in changes:
+            return await self.data.setattr_size(ino, changes, token)
+        return await self._write(
+            lambda tx: self.ns.setattr(tx, now_ns(), ino, changes, {}), token)
+
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int,
+                    session: int | None, token: bytes | None) -> dict:
+        if session is not None:
+            self.ctx.sessions.check(session)
+
+        def make(tx: Tx) -> dict:
+            inode = self.ns.mknod(tx, now_ns(), parent, name, mode, rdev, uid, gid)
+            if session is not None:
+                tx.set_open_count(inode.ino, session, 1)
+            return self.ns.attr(tx, inode)
+
+        return await self._write(make, token)
+
+    async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
+                    token: bytes | None) -> dict:
+        return await self._write(lambda tx: self.ns.attr(
+            tx, self.ns.mkdir(tx, now_ns(), parent, name, mode, uid, gid)), token)
+
+    async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int,
+                      token: bytes | None) -> dict:
+        return await self._write(lambda tx: self.ns.attr(
+            tx, self.ns.symlink(tx, now_ns(), parent, name, target, uid, gid)), token)
+
+    async def link(self, ino: int, parent: int, name: bytes, token: bytes | None) -> dict:
+        return await self._write(lambda tx: self.ns.link(tx, now_ns(), ino, parent, name),
+                                 token)
+
+    async def unlink(self, parent: int, name: bytes, token: bytes | None) -> dict:
+        return await self._write(lambda tx: self.ns.unlink(tx, now_ns(), parent, name), token)
+
+    async def rmdir(self, parent: int, name: bytes, token: bytes | None) -> dict:
+        return await self._write(lambda tx: self.ns.rmdir(tx, now_ns(), parent, name), token)
+
+    async def rename(self, parent: int, name: bytes, newparent: int, newname: bytes,
+                     flags: int, token: bytes | None) -> dict:
+        return await self._write(lambda tx: self.ns.rename(
+            tx, now_ns(), parent, name, newparent, newname, flags), token)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> dict:
+        return await self._write(
+            lambda tx: self.ns.setxattr(tx, now_ns(), ino, name, value, flags))
+
+    async def removexattr(self, ino: int, name: bytes) -> dict:
+        return await self._write(lambda tx: self.ns.removexattr(tx, now_ns(), ino, name))
+
+    # --- open files -------------------------------------------------------------------
+    async def open(self, ino: int, session: int) -> dict:
+        self.ctx.sessions.check(session)
+
+        def record(tx: Tx) -> dict:
+            inode = tx.inode(ino)
+            tx.set_open_count(ino, session, tx.open_count(ino, session) + 1)
+            return self.ns.attr(tx, inode)
+
+        return await self._write(record)
+
+    async def release(self, ino: int, session: int) -> dict:
+        def record(tx: Tx) -> int:
+            count = tx.open_count(ino, session)
+            if count == 0:
+                return 0
+            tx.set_open_count(ino, session, count - 1)
+            inode = tx.get_inode(ino)
+            if count == 1 and inode is not None:
+                self.ns.collect(tx, inode)
+            return count - 1
+
+        if await self._write(record) == 0:
+            self.ctx.reservations.drop(session, ino)
+        return {}
+
+    # --- space ---------------------------------------------------------------------------
+    async def statfs(self, ino: int) -> dict:
+        def look(tx: Tx):
+            inode = tx.inode(ino)
+            chain = quotas.chain(tx, ino if inode.is_dir else inode.parent)
+            return tx.quota(chain[0]) if chain else None
+
+        quota = self._read(look)
+        replicas = self.ctx.settings.replicas
+        live = self.ctx.registry.live()
+        total = sum(s.capacity for s in live) // replicas
+        free = sum(s.free for s in live) // replicas
+        files, ffree = MANY_FILES, MANY_FILES
+        if quota is not None and quota.bytes_limit:
+            total = quota.bytes_limit
+            free = max(0, quota.bytes_limit - quota.bytes_used)
+        if quota is not None and quota.inodes_limit:
+            files = quota.inodes_limit
+            ffree = max(0, quota.inodes_limit - quota.inodes_used)
+        return {"bsize": STATFS_BSIZE, "blocks": total // STATFS_BSIZE, "bfree": free // STATFS_BSIZE,
+                "bavail": free // STATFS_BSIZE, "files": files, "ffree": ffree,
+                "namemax": NAME_MAX}
+
+    async def quota_set(self, ino: int, bytes: int, inodes: int) -> dict:
+        if bytes < 0 or inodes < 0:
+            raise DfsError(errno.EINVAL, "quota limits must not be negative (0 = unlimited)")
+
+        def set_quota(tx: Tx) -> dict:
+            tx.directory(ino)
+            quota = tx.quota(ino)
+            if quota is None:
+                used_bytes, used_inodes = quotas.subtree_usage(tx, ino)
+                quota = Quota(bytes, inodes, used_bytes, used_inodes)
+            quota.bytes_limit, quota.inodes_limit = bytes, inodes
+            tx.put_quota(ino, quota)
+            return self._quota_info(tx, ino, quota)
+
+        info = await self._write(set_quota)
+        log.info("quota set", ino=ino, bytes=bytes, inodes=inodes)
+        return info
+
+    async def quota_get(self, ino: int) -> dict:
+        def get(tx: Tx) -> dict:
+            tx.inode(ino)
+            quota = tx.quota(ino)
+            if quota is None:
+                raise DfsError(errno.ENODATA, f"directory {ino} has no quota")
+            return self._quota_info(tx, ino, quota)
+
+        return self._read(get)
+
+    async def quota_list(self) -> dict:
+        return self._read(lambda tx: {"quotas": [self._quota_info(tx, ino, quota)
+                                                 for ino, quota in tx.all_quotas()]})
+
+    @staticmethod
+    def _quota_info(tx: Tx, ino: int, quota: Quota) -> dict:
+        return QuotaInfo(ino, quota.bytes_limit, quota.inodes_limit, quota.bytes_used,
+                         quota.inodes_used, quotas.path_of(tx, ino)).to_wire()
+
+    async def status(self) -> dict:
+        def count(tx: Tx) -> dict:
+            files = directories = nbytes = 0
+            for inode in tx.all_inodes():
+                if inode.is_dir:
+                    directories += 1
+                else:
+                    files += 1
+                    nbytes += inode.size if inode.is_reg else 0
+            chunks = under = 0
+            per_server: dict[int, int] = {}
+            for _, chunk in tx.all_chunks():
+                chunks += 1
+                if self.cluster.live_count(chunk.locations) < self.ctx.settings.replicas:
+                    under += 1
+                for csid in chunk.locations:
+                    per_server[csid] = per_server.get(csid, 0) + 1
+            return {"files": files, "directories": directories, "bytes": nbytes,
+                    "chunks": chunks, "under_replicated": under, "per_server": per_server}
+
+        counts = await self.ctx.store.read_in_thread(count)
+        counts["chunkservers"] = self.cluster.servers_status(counts.pop("per_server"))
+        counts["sessions"] = len(self.ctx.sessions.deadlines)
+        counts["commits"] = self.ctx.store.batches
+        return counts

@@ -1,0 +1,410 @@
+"""The LMDB environment, typed access to its databases, and group commit.
+
+Every mutation is a function of a `Tx`. Mutations queue to one writer task,
+which applies everything queued so far in a single LMDB write transaction in a
+worker thread (each mutation in a nested transaction, so a failing one rolls
+back alone), syncs once, and only then lets the callers reply. Durability per
+reply is unchanged; the cost of the sync is shared by the whole batch.
+"""
+
+import errno
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import lmdb
+import trio
+
+from dfs import logs
+from dfs.errors import DfsError
+
+from .records import (Chunk, ChunkServerRecord, Dentry, Inode, Quota, SessionRecord,
+                      StoredReply, pack, unpack)
+
+log = logs.get_logger("metaserver")
+
+U64 = struct.Struct(">Q")
+U64x2 = struct.Struct(">QQ")
+
+DATABASES = ("inodes", "dentries", "dirindex", "chunkmap", "chunks", "xattrs",
+             "chunkservers", "quotas", "sessions", "opens", "orphans", "counters", "gc",
+             "replies", "reply_times")
+
+# How long a request token is remembered; a client retries within seconds.
+REPLY_TTL = 600.0
+
+# Tokens are LMDB keys, which must be short.
+MAX_TOKEN = 128
+
+# Bounds how much a writer applies in one transaction, so one batch's latency
+# stays bounded under a flood of requests.
+MAX_BATCH = 512
+
+
+def u64(n: int) -> bytes:
+    return U64.pack(n)
+
+
+def u64x2(a: int, b: int) -> bytes:
+    return U64x2.pack(a, b)
+
+
+def read_u64(data: bytes, offset: int = 0) -> int:
+    return U64.unpack_from(data, offset)[0]
+
+
+class Tx:
+    """One LMDB transaction with typed accessors.
+
+    Inodes are cached per transaction so two names for one inode (a rename
+    within one directory) are the same object; changed inodes are written by
+    `flush`.
+    """
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict):
+        self.txn = txn
+        self.db = dbs
+        self._inodes: dict[int, Inode] = {}
+        self._dirty: set[int] = set()
+
+    # --- generic helpers ---------------------------------------------------
+    def _get(self, db: str, key: bytes):
+        return self.txn.get(key, db=self.db[db])
+
+    def _put(self, db: str, key: bytes, value: bytes) -> None:
+        self.txn.put(key, value, db=self.db[db])
+
+    def _delete(self, db: str, key: bytes) -> bool:
+        return self.txn.delete(key, db=self.db[db])
+
+    def scan(self, db: str, prefix: bytes = b"", start: bytes | None = None):
+        """Yield (key, value) for keys starting with `prefix`, from `start` on."""
+        cursor = self.txn.cursor(db=self.db[db])
+        if not cursor.set_range(start if start is not None else prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def next_id(self, name: str) -> int:
+        key = name.encode()
+        raw = self._get("counters", key)
+        value = read_u64(raw) if raw else 1
+        self._put("counters", key, u64(value + 1))
+        return value
+
+    # --- inodes -------------------------------------------------------------
+    def get_inode(self, ino: int) -> Inode | None:
+        inode = self._inodes.get(ino)
+        if inode is None:
+            raw = self._get("inodes", u64(ino))
+            if raw is None:
+                return None
+            inode = self._inodes[ino] = unpack(Inode, raw)
+        return inode
+
+    def inode(self, ino: int) -> Inode:
+        inode = self.get_inode(ino)
+        if inode is None:
+            raise DfsError(errno.ENOENT, f"no inode {ino}")
+        return inode
+
+    def directory(self, ino: int) -> Inode:
+        inode = self.inode(ino)
+        if not inode.is_dir:
+            raise DfsError(errno.ENOTDIR, f"inode {ino} is not a directory")
+        return inode
+
+    def touch(self, *inodes: Inode) -> None:
+        for inode in inodes:
+            self._inodes[inode.ino] = inode
+            self._dirty.add(inode.ino)
+
+    def all_inodes(self):
+        for _, value in self.scan("inodes"):
+            yield unpack(Inode, value)
+
+    def drop_inode(self, ino: int) -> None:
+        self._inodes.pop(ino, None)
+        self._dirty.discard(ino)
+        self._delete("inodes", u64(ino))
+
+    def flush(self) -> None:
+        for ino in self._dirty:
+            self._put("inodes", u64(ino), pack(self._inodes[ino]))
+        self._dirty.clear()
+
+    # --- directory entries --------------------------------------------------
+    def dentry(self, parent: int, name: bytes) -> Dentry | None:
+        raw = self._get("dentries", u64(parent) + name)
+        return unpack(Dentry, raw) if raw else None
+
+    def put_dentry(self, parent: int, name: bytes, dentry: Dentry) -> None:
+        self._put("dentries", u64(parent) + name, pack(dentry))
+        self._put("dirindex", u64x2(parent, dentry.cookie), name)
+
+    def delete_dentry(self, parent: int, name: bytes, dentry: Dentry) -> None:
+        self._delete("dentries", u64(parent) + name)
+        self._delete("dirindex", u64x2(parent, dentry.cookie))
+
+    def has_entries(self, ino: int) -> bool:
+        return next(self.scan("dentries", u64(ino)), None) is not None
+
+    def entries_after(self, ino: int, cookie: int):
+        """Yield (cookie, name) of a directory's entries after `cookie`, in order."""
+        for key, name in self.scan("dirindex", u64(ino), u64x2(ino, cookie + 1)):
+            yield read_u64(key, 8), name
+
+    # --- chunk maps and chunks ---------------------------------------------
+    def chunk_id(self, ino: int, index: int) -> int:
+        raw = self._get("chunkmap", u64x2(ino, index))
+        return read_u64(raw) if raw else 0
+
+    def map_chunk(self, ino: int, index: int, chunk_id: int) -> None:
+        self._put("chunkmap", u64x2(ino, index), u64(chunk_id))
+
+    def unmap_chunk(self, ino: int, index: int) -> None:
+        self._delete("chunkmap", u64x2(ino, index))
+
+    def chunks_of(self, ino: int, first_index: int = 0):
+        """Yield (index, chunk id) of a file's chunks from `first_index` on."""
+        for key, value in self.scan("chunkmap", u64(ino), u64x2(ino, first_index)):
+            yield read_u64(key, 8), read_u64(value)
+
+    def chunk(self, chunk_id: int) -> Chunk | None:
+        raw = self._get("chunks", u64(chunk_id))
+        return unpack(Chunk, raw) if raw else None
+
+    def put_chunk(self, chunk_id: int, chunk: Chunk) -> None:
+        self._put("chunks", u64(chunk_id), pack(chunk))
+
+    def delete_chunk(self, chunk_id: int) -> None:
+        self._delete("chunks", u64(chunk_id))
+
+    def all_chunks(self):
+        for key, value in self.scan("chunks"):
+            yield read_u64(key), unpack(Chunk, value)
+
+    # --- garbage: replicas a chunk server should delete ----------------------
+    def add_garbage(self, csid: int, chunk_id: int) -> None:
+        self._put("gc", u64x2(csid, chunk_id), b"")
+
+    def garbage_of(self, csid: int, limit: int) -> list[int]:
+        found = []
+        for key, _ in self.scan("gc", u64(csid)):
+            found.append(read_u64(key, 8))
+            if len(found) >= limit:
+                break
+        return found
+
+    def has_garbage(self, csid: int, chunk_id: int) -> bool:
+        return self._get("gc", u64x2(csid, chunk_id)) is not None
+
+    def clear_garbage(self, csid: int, chunk_id: int) -> None:
+        self._delete("gc", u64x2(csid, chunk_id))
+
+    # --- xattrs ---------------------------------------------------------------
+    def xattr(self, ino: int, name: bytes) -> bytes | None:
+        return self._get("xattrs", u64(ino) + name)
+
+    def put_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self._put("xattrs", u64(ino) + name, value)
+
+    def delete_xattr(self, ino: int, name: bytes) -> bool:
+        return self._delete("xattrs", u64(ino) + name)
+
+    def xattr_names(self, ino: int) -> list[bytes]:
+        return [key[8:] for key, _ in self.scan("xattrs", u64(ino))]
+
+    # --- quotas ---------------------------------------------------------------
+    def quota(self, ino: int) -> Quota | None:
+        raw = self._get("quotas", u64(ino))
+        return unpack(Quota, raw) if raw else None
+
+    def put_quota(self, ino: int, quota: Quota) -> None:
+        self._put("quotas", u64(ino), pack(quota))
+
+    def delete_quota(self, ino: int) -> None:
+        self._delete("quotas", u64(ino))
+
+    def all_quotas(self):
+        for key, value in self.scan("quotas"):
+            yield read_u64(key), unpack(Quota, value)
+
+    # --- sessions, opens and orphans -----------------------------------------
+    def session(self, sid: int) -> SessionRecord | None:
+        raw = self._get("sessions", u64(sid))
+        return unpack(SessionRecord, raw) if raw else None
+
+    def put_session(self, sid: int, record: SessionRecord) -> None:
+        self._put("sessions", u64(sid), pack(record))
+
+    def delete_session(self, sid: int) -> None:
+        self._delete("sessions", u64(sid))
+
+    def all_sessions(self):
+        for key, value in self.scan("sessions"):
+            yield read_u64(key), unpack(SessionRecord, value)
+
+    def open_count(self, ino: int, sid: int) -> int:
+        raw = self._get("opens", u64x2(ino, sid))
+        return read_u64(raw) if raw else 0
+
+    def set_open_count(self, ino: int, sid: int, count: int) -> None:
+        if count > 0:
+            self._put("opens", u64x2(ino, sid), u64(count))
+        else:
+            self._delete("opens", u64x2(ino, sid))
+
+    def is_open(self, ino: int) -> bool:
+        return next(self.scan("opens", u64(ino)), None) is not None
+
+    def opens_of_session(self, sid: int) -> list[int]:
+        return [read_u64(key) for key, _ in self.scan("opens") if read_u64(key, 8) == sid]
+
+    def add_orphan(self, ino: int) -> None:
+        self._put("orphans", u64(ino), b"")
+
+    def remove_orphan(self, ino: int) -> None:
+        self._delete("orphans", u64(ino))
+
+    # --- chunk servers --------------------------------------------------------
+    def chunkserver(self, csid: int) -> ChunkServerRecord | None:
+        raw = self._get("chunkservers", u64(csid))
+        return unpack(ChunkServerRecord, raw) if raw else None
+
+    def put_chunkserver(self, csid: int, record: ChunkServerRecord) -> None:
+        self._put("chunkservers", u64(csid), pack(record))
+
+    def all_chunkservers(self):
+        for key, value in self.scan("chunkservers"):
+            yield read_u64(key), unpack(ChunkServerRecord, value)
+
+    # --- remembered replies ---------------------------------------------------
+    def stored_reply(self, token: bytes) -> StoredReply | None:
+        raw = self._get("replies", token)
+        return unpack(StoredReply, raw) if raw else None
+
+    def store_reply(self, token: bytes, reply: StoredReply) -> None:
+        self._put("replies", token, pack(reply))
+        self._put("reply_times", struct.pack(">d", reply.created) + token, b"")
+
+    def expire_replies(self, before: float) -> int:
+        expired = []
+        for key, _ in self.scan("reply_times"):
+            if struct.unpack_from(">d", key)[0] >= before:
+                break
+            expired.append(key)
+        for key in expired:
+            self._delete("reply_times", key)
+            self._delete("replies", key[8:])
+        return len(expired)
+
+
+@dataclass
+class _Job:
+    fn: Callable[[Tx], object]
+    token: bytes | None
+    done: trio.Event = field(default_factory=trio.Event)
+    result: object = None
+    error: BaseException | None = None
+
+
+class Store:
+    def __init__(self, data_dir: Path, map_size: int = 64 << 30):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(str(data_dir / "meta.lmdb"), map_size=map_size,
+                             max_dbs=len(DATABASES), sync=True, metasync=True,
+                             max_readers=512)
+        self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+        self._send, self._receive = trio.open_memory_channel(float("inf"))
+        self.batches = 0
+
+    def read(self, fn: Callable[[Tx], object]):
+        """Run `fn` in a read-only snapshot (cheap: no I/O waits, run inline)."""
+        with self.env.begin() as txn:
+            return fn(Tx(txn, self.dbs))
+
+    async def read_in_thread(self, fn: Callable[[Tx], object]):
+        """Like `read`, for scans long enough to stall other requests."""
+        return await trio.to_thread.run_sync(self.read, fn)
+
+    def write_now(self, fn: Callable[[Tx], object]):
+        """Apply `fn` synchronously (only before serving starts)."""
+        with self.env.begin(write=True) as txn:
+            tx = Tx(txn, self.dbs)
+            result = fn(tx)
+            tx.flush()
+            return result
+
+    async def write(self, fn: Callable[[Tx], object], token: bytes | None = None):
+        """Apply `fn` durably, as part of the next group commit, and return its result.
+
+        With a token, a mutation already applied under it returns the same
+        reply (or raises the same error) without running again.
+        """
+        if token is not None and not 0 < len(token) <= MAX_TOKEN:
+            raise DfsError(errno.EINVAL, f"a request token is 1 to {MAX_TOKEN} bytes")
+        job = _Job(fn, token)
+        self._send.send_nowait(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    async def run_writer(self) -> None:
+        async for job in self._receive:
+            batch = [job]
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await trio.to_thread.run_sync(self._apply, batch)
+            except lmdb.Error as exc:
+                log.error("group commit failed", exc_info=True, batch=len(batch))
+                for failed in batch:
+                    failed.result = None
+                    failed.error = DfsError(errno.EIO, f"metadata commit failed: {exc}")
+            for finished in batch:
+                finished.done.set()
+
+    def _apply(self, batch: list[_Job]) -> None:
+        now = time.time()
+        with self.env.begin(write=True) as txn:
+            for job in batch:
+                if job.token is not None:
+                    stored = Tx(txn, self.dbs).stored_reply(job.token)
+                    if stored is not None:
+                        job.result = stored.result
+                        job.error = DfsError(stored.errno, str(stored.result)) if stored.errno else None
+                        continue
+                child = self.env.begin(write=True, parent=txn)
+                tx = Tx(child, self.dbs)
+                try:
+                    job.result = job.fn(tx)
+                    tx.flush()
+                    child.commit()
+                except DfsError as exc:
+                    child.abort()
+                    job.error = exc
+                except Exception as exc:
+                    child.abort()
+                    log.error("mutation failed", exc_info=True)
+                    job.error = DfsError(errno.EIO, f"internal error: {exc}")
+                if job.token is not None and not (job.error and job.error.errno == errno.EIO):
+                    reply = (StoredReply(now, job.error.errno, job.error.message) if job.error
+                             else StoredReply(now, 0, job.result))
+                    Tx(txn, self.dbs).store_reply(job.token, reply)
+        self.batches += 1
+
+    def stop(self) -> None:
+        """No more mutations: the writer applies what is queued, then returns."""
+        self._send.close()
+
+    def close(self) -> None:
+        self.env.close()

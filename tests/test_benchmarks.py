@@ -1,0 +1,150 @@
+"""The benchmark runner in smoke mode (tiny sizes, seconds-long runs) on real mounts,
+so it never rots; plus its bad-input and reporting paths. Full runs are not tests."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# benchmarks/ is run from the repository (python -m benchmarks), not installed with dfs.
+sys.path.insert(0, str(REPO))
+
+from benchmarks import goals, report  # noqa: E402
+from benchmarks.procs import BenchError  # noqa: E402
+from benchmarks.results import Row, medians  # noqa: E402
+from benchmarks.scale import SMOKE  # noqa: E402
+TOOLS = {"fio": "fio", "sysbench": "sysbench", "bindfs": "bindfs", "mariadbd": "mariadb-server",
+         "mfsmaster": "moosefs-master", "mfschunkserver": "moosefs-chunkserver",
+         "mfsmount": "moosefs-client"}
+
+
+def _missing(*tools: str) -> list[str]:
+    return [TOOLS[t] for t in tools if shutil.which(t) is None]
+
+
+def _needs(*tools: str):
+    missing = _missing(*tools)
+    return pytest.mark.skipif(bool(missing), reason=f"apt-get install -y {' '.join(missing)} "
+                              "(the benchmarks' Debian packages)")
+
+
+def bench(tmp_path: Path, *args: str, limit: float) -> subprocess.CompletedProcess:
+    """Run `python -m benchmarks run`; past the limit it gets SIGTERM, so it cleans up."""
+    cmd = [sys.executable, "-m", "benchmarks", "run", "--results", str(tmp_path / "results"),
+           "--work-dir", str(tmp_path / "work"), *args]
+    (tmp_path / "work").mkdir(exist_ok=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"the runner took over {limit} s:\n{err[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def assert_nothing_left(tmp_path: Path) -> None:
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(tmp_path) not in mounts
+    assert not list((tmp_path / "work").iterdir()), "the work folder is removed after a run"
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "dfsbench" not in netns
+    leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert leftover.stdout == "", f"processes left behind: {leftover.stdout}"
+
+
+def only_result(tmp_path: Path) -> tuple[dict, str, Path]:
+    [folder] = (tmp_path / "results").iterdir()
+    return (json.loads((folder / "results.json").read_text()),
+            (folder / "results.md").read_text(), folder)
+
+
+@_needs("fio", "sysbench", "mariadbd")
+@pytest.mark.timeout(150)
+def test_every_suite_on_dfs_against_a_local_folder(tmp_path):
+    done = bench(tmp_path, "--smoke", "--rounds", "1", "--subject", "dfs", "--compare", "local",
+                 "--suite", "fio,meta,sysbench,mysql", limit=130)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "round 1/1, on dfs" in done.stderr, "progress is shown while it runs"
+    data, markdown, folder = only_result(tmp_path)
+    seen = {(r["suite"], r["case"], r["metric"], r["target"]) for r in data["rows"]}
+    for target in ("dfs", "local"):
+        for suite, case, metric in [("fio", "seq-write", "MB/s"), ("fio", "seq-read", "MB/s"),
+                                    ("fio", "rand-read", "IOPS"), ("fio", "rand-write", "p99 ms"),
+                                    ("fio", "par-write", "MB/s"), ("meta", "create", "ops/s"),
+                                    ("meta", "rmdir", "ops/s"), ("sysbench", "rndrw", "IOPS"),
+                                    ("mysql", "oltp", "QPS"), ("mysql", "oltp", "zero-QPS s")]:
+            assert (suite, case, metric, target) in seen
+    assert ("fio", "seq-write", "CPU s/GiB", "dfs") in seen
+    assert "| fio | seq-write | MB/s |" in markdown and "dfs/local" in markdown
+    expansions = data["suites"]["mysql"]["details"]["dfs"][0]["expansions"]
+    assert [e["error"] for e in expansions] == ["", ""], "both online expansions went through"
+    assert (folder / "mysql-qps.png").stat().st_size > 0
+    assert_nothing_left(tmp_path)
+
+
+@_needs("fio", "bindfs", "mfsmaster", "mfschunkserver", "mfsmount")
+@pytest.mark.timeout(100)
+def test_baselines_fusepass_and_moosefs_come_up_measure_and_go(tmp_path):
+    done = bench(tmp_path, "--smoke", "--rounds", "2", "--subject", "fusepass",
+                 "--compare", "moosefs", "--suite", "meta", limit=80)
+    assert done.returncode == 0, done.stderr[-4000:]
+    data, markdown, _ = only_result(tmp_path)
+    rounds = {(r["target"], r["round"]) for r in data["rows"]}
+    assert rounds == {("fusepass", 1), ("fusepass", 2), ("moosefs", 1), ("moosefs", 2)}
+    order = [line.rsplit(" on ", 1)[1] for line in done.stderr.splitlines()
+             if "meta files, round" in line]
+    assert order == ["fusepass", "moosefs", "fusepass", "moosefs"], "rounds interleave A B A B"
+    assert "| meta create ops/s >= 1x moosefs |" in markdown
+    assert set(data["memory"]) == {"fusepass", "moosefs"}
+    assert_nothing_left(tmp_path)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "nosuch"], "unknown suite nosuch"),
+    (["--compare", "nfs"], "unknown target nfs"),
+    (["--set", "seq_sise=1g"], "expected NAME=VALUE"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+])
+def test_bad_input_is_refused_with_a_clear_message(tmp_path, args, message):
+    done = bench(tmp_path, "--smoke", *args, limit=20)
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").iterdir())
+
+
+def test_scale_overrides_apply_by_name_and_type():
+    scale = SMOKE.with_overrides(["seq_size=64m", "mysql_seconds=30"])
+    assert (scale.seq_size, scale.mysql_seconds) == ("64m", 30)
+    with pytest.raises(BenchError):
+        SMOKE.with_overrides(["mysql_seconds"])
+
+
+def test_targets_are_judged_on_medians_against_moosefs():
+    rows = [Row("fio", "seq-write", "MB/s", "dfs", r, v) for r, v in ((1, 300), (2, 400))]
+    rows += [Row("fio", "seq-write", "MB/s", "moosefs", r, v) for r, v in ((1, 200), (2, 250))]
+    rows += [Row("fio", "rand-read", "p99 ms", "dfs", 1, 0.5),
+             Row("fio", "rand-read", "p99 ms", "moosefs", 1, 0.4),
+             Row("mysql", "oltp", "zero-QPS s", "dfs", 1, 0)]
+    table = medians(rows)
+    verdicts = {g.describe(): g.judge(table, "dfs") for g in goals.RATIO_GOALS}
+    assert verdicts["fio seq-write MB/s >= 1.5x moosefs"] == ("met", 350 / 225)
+    assert verdicts["fio rand-read p99 ms <= 1x moosefs"][0] == "NOT MET"
+    assert verdicts["fio par-write MB/s >= 1.5x moosefs"] == ("not measured", None)
+    meta = {"stamp": "s", "command": "c", "machine": "m", "subject": "dfs",
+            "baselines": ["moosefs"], "rounds": 2, "suites": ["fio", "mysql"],
+            "scale_name": "smoke", "scale": {}, "notes": [], "memory": {}}
+    markdown = report.render_markdown(meta, rows, {})
+    assert "| fio rand-read p99 ms <= 1x moosefs | 1.25 | NOT MET |" in markdown
+    assert "| mysql zero-QPS s == 0 | 0 | met |" in markdown

@@ -1,0 +1,153 @@
+"""The on-disk replica format, in process on real files: a model check of
+writes, truncates and reads, and what a crash can leave behind."""
+
+import os
+import shutil
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chunkserver.chunkfile import BLOCK, ChecksumError
+from chunkserver.chunkstore import ChunkStore
+
+LIMIT = 5 * BLOCK
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("write"), st.integers(0, LIMIT), st.integers(1, 2 * BLOCK + 10)),
+        st.tuples(st.just("truncate"), st.integers(0, LIMIT), st.just(0)),
+        st.tuples(st.just("reopen"), st.just(0), st.just(0)),
+    ),
+    max_size=12)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=operations, seed=st.integers(0, 2**32))
+def test_replica_matches_a_byte_model(tmp_path, ops, seed):
+    root = tmp_path / f"model-{seed}"
+    store = ChunkStore(root)
+    store.scan()
+    replica = store.create(1, 1)
+    model = bytearray()
+    fill = seed % 251 + 1
+    try:
+        for op, offset, size in ops:
+            if op == "write":
+                data = bytes([fill]) * size
+                fill = fill % 251 + 1
+                replica.write(offset, data)
+                model.extend(bytes(max(0, offset + size - len(model))))
+                model[offset:offset + size] = data
+            elif op == "truncate":
+                replica.truncate(offset)
+                del model[offset:]
+                model.extend(bytes(offset - len(model)))
+            else:
+                replica.close()
+                replica = store.open(1)
+            assert replica.size == len(model)
+        span = len(model) + BLOCK
+        assert bytes(replica.read(0, span)) == bytes(model) + bytes(BLOCK)
+        for start in range(0, span, 9973):
+            got = bytes(replica.read(start, 20_000))
+            expected = bytes(model[start:start + 20_000])
+            assert got == expected + bytes(20_000 - len(expected))
+    finally:
+        replica.close()
+        shutil.rmtree(root)
+
+
+def test_data_without_its_crc_update_fails_verification(tmp_path):
+    """A crash after the data write but before the CRC write must not verify."""
+    store = ChunkStore(tmp_path)
+    store.scan()
+    replica = store.create(3, 1)
+    replica.write(0, b"a" * (2 * BLOCK))
+    replica.sync()
+    _, meta_path = store.paths(3)
+    before_crcs = meta_path.read_bytes()
+    replica.write(100, b"new data")
+    replica.close()
+    meta_path.write_bytes(before_crcs)
+
+    replica = store.open(3)
+    assert bytes(replica.read(BLOCK, BLOCK)) == b"a" * BLOCK
+    with pytest.raises(ChecksumError) as info:
+        replica.read(0, 10)
+    assert info.value.block == 0
+    with pytest.raises(ChecksumError):
+        replica.write(200, b"patch")
+    replica.close()
+
+
+def test_grown_data_without_crcs_fails_verification(tmp_path):
+    store = ChunkStore(tmp_path)
+    store.scan()
+    replica = store.create(4, 1)
+    replica.close()
+    data_path, _ = store.paths(4)
+    with open(data_path, "r+b") as f:
+        f.write(b"x" * 1000)
+    replica = store.open(4)
+    assert replica.size == 1000
+    with pytest.raises(ChecksumError):
+        replica.read(0, 1)
+    replica.close()
+
+
+def test_scan_removes_what_a_crash_left_half_made(tmp_path):
+    store = ChunkStore(tmp_path)
+    store.scan()
+    for chunk, version in ((1, 4), (2, 1), (3, 1), (0x1234, 9)):
+        store.create(chunk, version).close()
+    _, meta2 = store.paths(2)
+    meta2.unlink()                          # deleted halfway: orphan data
+    _, meta3 = store.paths(3)
+    with open(meta3, "r+b") as f:           # torn header
+        f.seek(12)
+        f.write(b"\xff")
+    temp = store.folder(1) / "0000000000000001.abc.tmp"
+    temp.write_bytes(b"half a copy")
+
+    assert store.scan() == {1: 4, 0x1234: 9}
+    leftovers = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert leftovers == ["0000000000000001.data", "0000000000000001.meta",
+                         "0000000000001234.data", "0000000000001234.meta"]
+
+
+def test_version_change_is_durable_and_keeps_data(tmp_path):
+    store = ChunkStore(tmp_path)
+    store.scan()
+    replica = store.create(5, 1)
+    replica.write(7, b"kept")
+    replica.set_version(2)
+    replica.close()
+    assert store.scan() == {5: 2}
+    replica = store.open(5)
+    assert replica.version == 2
+    assert bytes(replica.read(7, 4)) == b"kept"
+    replica.close()
+
+
+def test_builder_installs_whole_or_not_at_all(tmp_path):
+    store = ChunkStore(tmp_path)
+    store.scan()
+    store.create(6, 1).close()
+    builder = store.builder(6)
+    builder.put(0, b"\x07" * BLOCK + bytes(BLOCK) + b"end")
+    builder.complete(2)
+    assert store.scan() == {6: 1}, "an unfinished copy must not be visible"
+    builder.abort()
+    builder = store.builder(6)
+    builder.put(0, b"\x07" * BLOCK + bytes(BLOCK) + b"end")
+    builder.complete(2)
+    builder.install()
+    builder.abort()
+    assert store.scan() == {6: 2}
+    replica = store.open(6)
+    assert bytes(replica.read(0, 2 * BLOCK + 3)) == b"\x07" * BLOCK + bytes(BLOCK) + b"end"
+    replica.close()
+    data_path, _ = store.paths(6)
+    assert os.stat(data_path).st_blocks * 512 < 2 * BLOCK, "the zero block was written"

@@ -1,0 +1,81 @@
+"""The dfs command: local cluster lifecycle, status, quotas, mounts, help."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+DFS = [sys.executable, "-m", "dfs.cli"]
+
+
+def run(*args, check=True):
+    result = subprocess.run(DFS + list(args), capture_output=True, text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("command", [[], ["up"], ["down"], ["mount"], ["umount"], ["status"],
+                                     ["quota"], ["quota", "set"], ["quota", "get"],
+                                     ["quota", "ls"]])
+def test_every_command_has_help(command):
+    result = run(*command, "--help")
+    assert "usage: dfs" in result.stdout
+    assert len(result.stdout.splitlines()) > 3
+
+
+def test_status_json_and_text(shared_cluster):
+    status = json.loads(run("status", *shared_cluster.cli_args, "--json").stdout)
+    assert sum(cs["alive"] for cs in status["chunkservers"]) == 3
+    text = run("status", *shared_cluster.cli_args).stdout
+    assert "3 alive of 3" in text and "under-replicated" in text
+
+
+def test_status_without_cluster_is_a_clear_error(tmp_path):
+    result = run("status", "--data-dir", str(tmp_path), check=False)
+    assert result.returncode != 0
+    assert "dfs up" in result.stderr
+
+
+def test_wrong_secret_is_refused(shared_cluster, tmp_path):
+    bad = tmp_path / "secret"
+    bad.write_text("x" * 40)
+    result = run("status", "--meta", shared_cluster.ref.meta, "--secret-file", str(bad),
+                 check=False)
+    assert result.returncode != 0 and "secret" in result.stderr
+
+
+def test_quota_commands(shared_cluster, mnt):
+    path = "/" + mnt.name
+    run("quota", "set", *shared_cluster.cli_args, path, "--bytes", "1M", "--inodes", "100")
+    (mnt / "f").write_bytes(b"x" * 1000)
+    info = json.loads(run("quota", "get", *shared_cluster.cli_args, path, "--json").stdout)
+    assert info["bytes_limit"] == 1 << 20 and info["inodes_limit"] == 100
+    assert info["bytes_used"] == 1000 and info["inodes_used"] >= 1
+    listing = run("quota", "ls", *shared_cluster.cli_args).stdout
+    assert path in listing
+    sub = shared_cluster.mount(path)
+    st = os.statvfs(sub)
+    assert st.f_blocks * st.f_frsize == 1 << 20
+
+
+def test_mount_subdir_and_umount(shared_cluster, mnt):
+    (mnt / "inside").write_bytes(b"only this folder")
+    sub = shared_cluster.mount("/" + mnt.name)
+    assert os.listdir(sub) == ["inside"]
+    assert (sub / "inside").read_bytes() == b"only this folder"
+    run("umount", str(sub))
+    assert not os.path.ismount(sub)
+    run("umount", str(sub))
+
+
+def test_mount_of_missing_subdir_fails_cleanly(shared_cluster, tmp_path):
+    target = tmp_path / "m"
+    target.mkdir()
+    result = run("mount", *shared_cluster.cli_args, "--subdir", "/no/such/dir", str(target),
+                 check=False)
+    assert result.returncode != 0
+    assert "No such file" in result.stderr or "ENOENT" in result.stderr
+    assert not os.path.ismount(target)

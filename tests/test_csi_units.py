@@ -1,0 +1,164 @@
+"""csi_plugin's pure parts: ids, capabilities, capacity, parameters, mountinfo."""
+
+import subprocess
+import sys
+
+import grpc
+import pytest
+
+from csi_plugin import capabilities as caps
+from csi_plugin import csi_pb2 as csi
+from csi_plugin import parameters
+from csi_plugin.errors import CsiError
+from csi_plugin.ids import check_node_id, check_volume_id, volume_id_for
+from csi_plugin.main import socket_path
+from csi_plugin.mounts import _unescape
+
+MiB = 1 << 20
+Mode = csi.VolumeCapability.AccessMode
+
+
+def code_of(fn, *args):
+    with pytest.raises(CsiError) as info:
+        fn(*args)
+    return info.value.code
+
+
+def test_safe_names_are_their_own_ids():
+    assert volume_id_for("pvc-0d5c3c2e-1f0b-4c1e-9a55-1b2c3d4e5f60") == \
+        "pvc-0d5c3c2e-1f0b-4c1e-9a55-1b2c3d4e5f60"
+    assert volume_id_for("a" * 128) == "a" * 128
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", "..", ".", "-x", "_hidden", "ünïcode",
+                                  "with space", "b" * 120 + "/"])
+def test_unsafe_names_hash_to_safe_ids(name):
+    volume_id = volume_id_for(name)
+    assert volume_id.startswith("_") and "/" not in volume_id and ".." not in volume_id
+    assert check_volume_id(volume_id) == volume_id
+    assert volume_id_for(name) == volume_id
+
+
+@pytest.mark.parametrize("name", ["", "a" * 129, "bad\x00nul", "bell\x07", "c1\x85"])
+def test_bad_names_are_invalid(name):
+    assert code_of(volume_id_for, name) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("volume_id", ["", "..", ".", "../x", "a/b", "/abs", "x\x00y",
+                                       "a" * 129, "_short", "_" + "g" * 40, " lead"])
+def test_ids_that_could_escape_are_refused(volume_id):
+    assert code_of(check_volume_id, volume_id) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("node_id", ["", "../n", "n/1", "n" * 257, "-n"])
+def test_bad_node_ids(node_id):
+    assert code_of(check_node_id, node_id) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_good_node_id():
+    assert check_node_id("worker-1.example.com") == "worker-1.example.com"
+
+
+def mount_cap(mode=Mode.SINGLE_NODE_WRITER, fs_type="", flags=()):
+    return csi.VolumeCapability(
+        mount=csi.VolumeCapability.MountVolume(fs_type=fs_type, mount_flags=list(flags)),
+        access_mode=Mode(mode=mode))
+
+
+@pytest.mark.parametrize("mode", [Mode.SINGLE_NODE_WRITER, Mode.SINGLE_NODE_SINGLE_WRITER,
+                                  Mode.SINGLE_NODE_MULTI_WRITER, Mode.SINGLE_NODE_READER_ONLY,
+                                  Mode.MULTI_NODE_READER_ONLY, Mode.MULTI_NODE_SINGLE_WRITER,
+                                  Mode.MULTI_NODE_MULTI_WRITER])
+def test_every_access_mode_is_served(mode):
+    caps.check_capability(mount_cap(mode))
+
+
+def test_block_access_is_refused_with_a_reason():
+    cap = csi.VolumeCapability(block=csi.VolumeCapability.BlockVolume(),
+                               access_mode=Mode(mode=Mode.SINGLE_NODE_WRITER))
+    with pytest.raises(CsiError) as info:
+        caps.check_capability(cap)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "block" in info.value.message
+
+
+@pytest.mark.parametrize("cap", [
+    mount_cap(Mode.UNKNOWN), mount_cap(fs_type="ext4"), mount_cap(flags=["bind"]),
+    csi.VolumeCapability(access_mode=Mode(mode=Mode.SINGLE_NODE_WRITER)),
+    csi.VolumeCapability(mount=csi.VolumeCapability.MountVolume()),
+])
+def test_unservable_capabilities(cap):
+    assert code_of(caps.check_capability, cap) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_read_only_follows_mode_and_flags():
+    assert caps.read_only(mount_cap(Mode.MULTI_NODE_READER_ONLY))
+    assert caps.read_only(mount_cap(flags=["ro"]))
+    assert not caps.read_only(mount_cap(Mode.MULTI_NODE_MULTI_WRITER))
+
+
+def rng(required=0, limit=0):
+    return csi.CapacityRange(required_bytes=required, limit_bytes=limit)
+
+
+@pytest.mark.parametrize("wanted, size", [
+    (None, caps.GiB),
+    (rng(), caps.GiB),
+    (rng(required=1), MiB),
+    (rng(required=10 * MiB + 1), 11 * MiB),
+    (rng(required=10 << 30), 10 << 30),
+    (rng(required=1000, limit=3000), 3000),
+    (rng(limit=5 * MiB), 5 * MiB),
+    (rng(required=MiB, limit=MiB), MiB),
+])
+def test_size_for_create(wanted, size):
+    got = caps.size_for_create(wanted)
+    assert got == size
+    assert caps.size_fits(got, wanted)
+
+
+@pytest.mark.parametrize("wanted, code", [
+    (rng(required=-1), grpc.StatusCode.INVALID_ARGUMENT),
+    (rng(required=2 * MiB, limit=MiB), grpc.StatusCode.INVALID_ARGUMENT),
+])
+def test_bad_ranges(wanted, code):
+    assert code_of(caps.size_for_create, wanted) == code
+
+
+def test_size_for_expand_is_exact_and_never_shrinks():
+    assert caps.size_for_expand(10 * MiB, rng(required=(10 << 30) + (1 << 30))) == 11 << 30
+    assert caps.size_for_expand(10 * MiB, rng(required=MiB)) == 10 * MiB
+    assert caps.size_for_expand(10 * MiB, rng(limit=20 * MiB)) == 20 * MiB
+    assert code_of(caps.size_for_expand, 10 * MiB, rng(limit=MiB)) == grpc.StatusCode.OUT_OF_RANGE
+    assert code_of(caps.size_for_expand, 10 * MiB, rng()) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_parameters():
+    assert parameters.parse({"replicas": "3", "inodeLimit": "1000",
+                             "csi.storage.k8s.io/pvc/name": "data"}) == \
+        {"replicas": 3, "inodeLimit": 1000}
+    for bad in ({"replicas": "0"}, {"replicas": "x"}, {"replicas": "17"}, {"colour": "red"}):
+        assert code_of(parameters.parse, bad) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_mountinfo_unescape():
+    assert _unescape(r"/var/lib/with\040space\011tab\134") == "/var/lib/with space\ttab\\"
+
+
+def test_endpoint_parsing():
+    assert socket_path("unix:///run/csi/csi.sock") == "/run/csi/csi.sock"
+    assert socket_path("unix:/run/csi.sock") == "/run/csi.sock"
+    for bad in ("tcp://1.2.3.4:5", "unix://relative.sock", "/no/scheme"):
+        with pytest.raises(ValueError):
+            socket_path(bad)
+
+
+@pytest.mark.timeout(30)
+def test_command_line_errors_are_clear(tmp_path):
+    help_run = subprocess.run([sys.executable, "-m", "csi_plugin.main", "--help"],
+                              capture_output=True, text=True)
+    assert help_run.returncode == 0 and "--endpoint" in help_run.stdout
+    bad = subprocess.run([sys.executable, "-m", "csi_plugin.main", "--meta", "127.0.0.1:1",
+                          "--endpoint", "tcp://x", "--secret-file", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "endpoint" in bad.stderr

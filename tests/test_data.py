@@ -1,0 +1,91 @@
+"""File data: chunk boundaries, large files, random writes, replicas on disk."""
+
+import hashlib
+import os
+import random
+
+import pytest
+
+from conftest import TEST_CHUNK_SIZE
+
+MiB = 1024 * 1024
+
+
+def test_writes_across_chunk_boundaries(mnt):
+    path = mnt / "boundary"
+    payload = os.urandom(3 * TEST_CHUNK_SIZE + 12345)
+    with open(path, "wb") as f:
+        f.write(payload)
+    with open(path, "rb") as f:
+        assert f.read() == payload
+        f.seek(TEST_CHUNK_SIZE - 10)
+        assert f.read(20) == payload[TEST_CHUNK_SIZE - 10:TEST_CHUNK_SIZE + 10]
+    with open(path, "r+b") as f:
+        f.seek(2 * TEST_CHUNK_SIZE - 3)
+        f.write(b"XXXXXX")
+    expected = bytearray(payload)
+    expected[2 * TEST_CHUNK_SIZE - 3:2 * TEST_CHUNK_SIZE + 3] = b"XXXXXX"
+    with open(path, "rb") as f:
+        assert f.read() == bytes(expected)
+
+
+@pytest.mark.timeout(240)
+def test_large_file_checksum(mnt):
+    path = mnt / "large"
+    block = os.urandom(MiB)
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for i in range(200):
+            piece = block[i:] + block[:i]
+            digest.update(piece)
+            f.write(piece)
+    assert os.stat(path).st_size == 200 * MiB
+    os.system("sync; echo 3 > /proc/sys/vm/drop_caches")
+    check = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(4 * MiB):
+            check.update(piece)
+    assert check.hexdigest() == digest.hexdigest()
+
+
+def test_random_writes_match_a_model(mnt):
+    rng = random.Random(7)
+    path = mnt / "random"
+    size = 3 * TEST_CHUNK_SIZE
+    model = bytearray(size)
+    with open(path, "wb") as f:
+        f.truncate(size)
+    with open(path, "r+b") as f:
+        for _ in range(300):
+            offset = rng.randrange(size - 70000)
+            data = rng.randbytes(rng.choice([1, 512, 4096, 65536, 70000]))
+            f.seek(offset)
+            f.write(data)
+            model[offset:offset + len(data)] = data
+            if rng.random() < 0.1:
+                f.flush()
+                os.fsync(f.fileno())
+    with open(path, "rb") as f:
+        assert f.read() == bytes(model)
+
+
+def test_read_your_writes_before_close(mnt):
+    path = mnt / "ryw"
+    with open(path, "w+b") as f:
+        f.write(b"a" * 100_000)
+        f.flush()
+        f.seek(50_000)
+        assert f.read(10) == b"a" * 10
+        assert os.stat(path).st_size == 100_000
+
+
+def test_replicas_hold_the_data(shared_cluster, mnt):
+    """Every chunk of a synced file is on two chunk servers' disks."""
+    path = mnt / "replicated"
+    payload = os.urandom(2 * TEST_CHUNK_SIZE)
+    with open(path, "wb") as f:
+        f.write(payload)
+        os.fsync(f.fileno())
+    disks = [shared_cluster.local.dir / f"cs{i}" / "data" for i in (1, 2, 3)]
+    stored = sum(sum(p.stat().st_size for p in disk.rglob("*") if p.is_file()) for disk in disks)
+    assert stored >= 2 * len(payload)

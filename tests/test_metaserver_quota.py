@@ -1,0 +1,191 @@
+"""Directory quotas: exact usage, EDQUOT, EXDEV, statfs and reservations."""
+
+import errno
+
+import pytest
+
+from test_metaserver_support import (ROOT, error_of, make_dir, make_file, meta, meta_factory,
+                                     new_session)
+
+pytestmark = pytest.mark.timeout(60)
+__all__ = ["meta", "meta_factory"]
+
+MiB = 1 << 20
+
+
+async def usage(c, ino):
+    info = await c.call("quota_get", ino=ino)
+    return info["bytes_used"], info["inodes_used"]
+
+
+async def grow(c, session, ino, size):
+    await c.call("reserve", ino=ino, session=session, end=size)
+    return await c.call("commit", ino=ino, session=session, size=size, mtime=1)
+
+
+def test_quota_counts_and_limits_inodes(meta):
+    async def body(c):
+        vol = await make_dir(c, ROOT, b"vol")
+        f = await make_file(c, ROOT, b"outside")
+        assert await error_of(c.call("quota_set", ino=f["ino"], bytes=1,
+                                     inodes=1)) == errno.ENOTDIR
+        assert await error_of(c.call("quota_get", ino=vol["ino"])) == errno.ENODATA
+        assert await error_of(c.call("quota_set", ino=vol["ino"], bytes=-1,
+                                     inodes=0)) == errno.EINVAL
+
+        sub = await make_dir(c, vol["ino"], b"sub")
+        await make_file(c, sub["ino"], b"a")
+        s = await new_session(c)
+        a = await c.call("lookup", parent=sub["ino"], name=b"a")
+        await grow(c, s, a["ino"], 3000)
+
+        info = await c.call("quota_set", ino=vol["ino"], bytes=0, inodes=4)
+        assert (info["bytes_used"], info["inodes_used"]) == (3000, 2)
+        assert info["path"] == "/vol" and info["inodes_limit"] == 4
+
+        await make_file(c, vol["ino"], b"b")
+        await c.call("symlink", parent=sub["ino"], name=b"l", target=b"a", uid=0, gid=0)
+        assert await usage(c, vol["ino"]) == (3000, 4)
+        assert await error_of(make_file(c, vol["ino"], b"c")) == errno.EDQUOT
+        assert await error_of(make_dir(c, sub["ino"], b"d")) == errno.EDQUOT
+        assert await error_of(c.call("symlink", parent=vol["ino"], name=b"m", target=b"x",
+                                     uid=0, gid=0)) == errno.EDQUOT
+        # Hard links add no inode.
+        await c.call("link", ino=a["ino"], parent=vol["ino"], name=b"alink")
+        assert await usage(c, vol["ino"]) == (3000, 4)
+
+        await c.call("unlink", parent=vol["ino"], name=b"alink")
+        assert await usage(c, vol["ino"]) == (3000, 4)
+        await c.call("unlink", parent=sub["ino"], name=b"a")
+        assert await usage(c, vol["ino"]) == (0, 3)
+        await make_file(c, vol["ino"], b"c")
+
+        listed = (await c.call("quota_list"))["quotas"]
+        assert [(q["ino"], q["path"], q["inodes_used"]) for q in listed] == [
+            (vol["ino"], "/vol", 4)]
+
+    meta.run(body)
+
+
+def test_byte_quota_reserve_commit_truncate(meta):
+    async def body(c):
+        vol = await make_dir(c, ROOT, b"vol")
+        await c.call("quota_set", ino=vol["ino"], bytes=10 * MiB, inodes=0)
+        s1, s2 = await new_session(c), await new_session(c)
+        f = await make_file(c, vol["ino"], b"f", session=s1)
+        g = await make_file(c, vol["ino"], b"g", session=s2)
+
+        granted = (await c.call("reserve", ino=f["ino"], session=s1, end=2 * MiB))["granted"]
+        assert granted == 10 * MiB, "the grant reaches ahead, up to what the quota allows"
+        # What another session asked for counts against what is left (the
+        # lookahead beyond it does not).
+        assert (await c.call("reserve", ino=g["ino"], session=s2, end=8 * MiB))["granted"] \
+            == 8 * MiB
+        await c.call("release", ino=g["ino"], session=s2)
+        await c.call("reserve", ino=f["ino"], session=s1, end=6 * MiB)
+        assert await error_of(c.call("reserve", ino=g["ino"], session=s2,
+                                     end=5 * MiB)) == errno.EDQUOT
+        attr = await c.call("commit", ino=f["ino"], session=s1, size=6 * MiB, mtime=123)
+        assert attr["size"] == 6 * MiB and attr["mtime"] == 123
+        assert await usage(c, vol["ino"]) == (6 * MiB, 2)
+        await c.call("release", ino=f["ino"], session=s1)
+
+        # Commit keeps the larger size; growth past the quota is refused.
+        assert (await c.call("commit", ino=f["ino"], session=s1, size=MiB,
+                             mtime=5))["size"] == 6 * MiB
+        assert await error_of(c.call("commit", ino=g["ino"], session=s2, size=5 * MiB,
+                                     mtime=5)) == errno.EDQUOT
+        assert await error_of(c.call("setattr", ino=g["ino"],
+                                     changes={"size": 4 * MiB + 1})) == errno.EDQUOT
+        await c.call("setattr", ino=g["ino"], changes={"size": 4 * MiB})
+        assert await usage(c, vol["ino"]) == (10 * MiB, 2)
+        await c.call("setattr", ino=f["ino"], changes={"size": MiB})
+        assert await usage(c, vol["ino"]) == (5 * MiB, 2)
+        assert (await c.call("reserve", ino=g["ino"], session=s2,
+                             end=9 * MiB))["granted"] >= 9 * MiB
+        assert await error_of(c.call("reserve", ino=f["ino"], session=s1,
+                                     end=2 * MiB)) == errno.EDQUOT
+
+        # Without a quota, reservations are generous.
+        free = await make_file(c, ROOT, b"free")
+        assert (await c.call("reserve", ino=free["ino"], session=s1,
+                             end=100 * MiB))["granted"] > 100 * MiB
+        assert await error_of(c.call("reserve", ino=free["ino"], session=12345,
+                                     end=1)) == errno.ESTALE
+
+    meta.run(body)
+
+
+def test_rename_moves_usage_and_refuses_directories_across_quotas(meta):
+    async def body(c):
+        a = await make_dir(c, ROOT, b"a")
+        b = await make_dir(c, ROOT, b"b")
+        await c.call("quota_set", ino=a["ino"], bytes=10 * MiB, inodes=10)
+        await c.call("quota_set", ino=b["ino"], bytes=3 * MiB, inodes=10)
+        s = await new_session(c)
+        f = await make_file(c, a["ino"], b"f")
+        await grow(c, s, f["ino"], 2 * MiB)
+        big = await make_file(c, a["ino"], b"big")
+        await grow(c, s, big["ino"], 4 * MiB)
+        await make_dir(c, a["ino"], b"sub")
+
+        await c.call("rename", parent=a["ino"], name=b"f", newparent=b["ino"], newname=b"f",
+                     flags=0)
+        assert await usage(c, a["ino"]) == (4 * MiB, 2)
+        assert await usage(c, b["ino"]) == (2 * MiB, 1)
+        assert await error_of(c.call("rename", parent=a["ino"], name=b"big",
+                                     newparent=b["ino"], newname=b"big",
+                                     flags=0)) == errno.EDQUOT
+        assert await error_of(c.call("rename", parent=a["ino"], name=b"sub",
+                                     newparent=b["ino"], newname=b"sub",
+                                     flags=0)) == errno.EXDEV
+        assert await error_of(c.call("rename", parent=a["ino"], name=b"sub",
+                                     newparent=ROOT, newname=b"sub", flags=0)) == errno.EXDEV
+        assert await error_of(c.call("link", ino=big["ino"], parent=b["ino"],
+                                     name=b"l")) == errno.EXDEV
+        # Within one quota tree, directories move freely; the quota directory
+        # itself may be renamed.
+        await c.call("rename", parent=a["ino"], name=b"sub", newparent=a["ino"],
+                     newname=b"sub2", flags=0)
+        await c.call("rename", parent=ROOT, name=b"a", newparent=ROOT, newname=b"a2", flags=0)
+        assert (await c.call("quota_get", ino=a["ino"]))["path"] == "/a2"
+        # Replacing a file in the destination frees its space first.
+        await c.call("rename", parent=b["ino"], name=b"f", newparent=a["ino"],
+                     newname=b"big", flags=0)
+        assert await usage(c, a["ino"]) == (2 * MiB, 2)
+        assert await usage(c, b["ino"]) == (0, 0)
+
+    meta.run(body)
+
+
+def test_nested_quotas_and_statfs(meta):
+    async def body(c):
+        outer = await make_dir(c, ROOT, b"outer")
+        inner = await make_dir(c, outer["ino"], b"inner")
+        await c.call("quota_set", ino=outer["ino"], bytes=8 * MiB, inodes=0)
+        await c.call("quota_set", ino=inner["ino"], bytes=100 * MiB, inodes=50)
+        s = await new_session(c)
+        f = await make_file(c, inner["ino"], b"f")
+        await grow(c, s, f["ino"], 5 * MiB)
+        assert await usage(c, outer["ino"]) == (5 * MiB, 2)
+        assert await usage(c, inner["ino"]) == (5 * MiB, 1)
+        g = await make_file(c, inner["ino"], b"g")
+        assert await error_of(c.call("reserve", ino=g["ino"], session=s,
+                                     end=4 * MiB)) == errno.EDQUOT
+
+        st = await c.call("statfs", ino=f["ino"])
+        assert st["bsize"] == 4096 and st["namemax"] == 255
+        assert st["blocks"] == 100 * MiB // 4096
+        assert st["bfree"] == st["bavail"] == 95 * MiB // 4096
+        assert (st["files"], st["ffree"]) == (50, 48)
+        st = await c.call("statfs", ino=outer["ino"])
+        assert st["blocks"] == 8 * MiB // 4096 and st["bfree"] == 3 * MiB // 4096
+        await c.call("quota_set", ino=outer["ino"], bytes=16 * MiB, inodes=0)
+        assert (await c.call("statfs", ino=outer["ino"]))["blocks"] == 16 * MiB // 4096
+        # Outside any quota: the cluster (no chunk servers here, so nothing).
+        assert (await c.call("statfs", ino=ROOT))["blocks"] == 0
+
+        await c.call("unlink", parent=inner["ino"], name=b"f")
+        assert await usage(c, outer["ino"]) == (0, 2)
+
+    meta.run(body)
