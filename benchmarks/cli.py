@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                      help="override one size or duration, e.g. --set seq_size=256m or "
                           "--set mysql_seconds=120 (repeatable; names in benchmarks/scale.py)")
+    run.add_argument("--profile", action="store_true",
+                     help="record a py-spy flame graph of each of the subject's processes "
+                          "during the first round of every case, into profiles/ beside the "
+                          "results (needs .venv/bin/pip install py-spy)")
     run.add_argument("--results", type=Path, default=RESULTS,
                      help=f"where result folders go (default: {RESULTS})")
     run.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         runner.run([s for s in args.suite.split(",") if s], args.subject,
                    [b for b in args.compare.split(",") if b], args.rounds, scale,
                    ("smoke" if args.smoke else "full") + (" with overrides" if args.set else ""),
-                   args.results, args.work_dir)
+                   args.results, args.work_dir, args.profile)
     except procs.BenchError as exc:
         sys.exit(f"benchmarks: {exc}")
     except KeyboardInterrupt:

@@ -1,6 +1,7 @@
 """Volumes through dfs's CSI controller, the way Kubernetes makes and grows them:
 CreateVolume with a capacity, then ControllerExpandVolume online."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ class CsiController:
 
     def __init__(self, meta: str, secret_file: Path, folder: Path):
         self.meta, self.secret_file, self.folder = meta, secret_file, folder
-        self.socket = folder / "csi.sock"
+        self.socket_dir = procs.socket_folder("dfsb-csi-")
+        self.socket = self.socket_dir / "csi.sock"
         self.proc = None
         self.channel = None
         self.stub = None
@@ -51,6 +53,7 @@ class CsiController:
             self.channel.close()
         if self.proc:
             procs.stop_process(self.proc)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def _call(self, method: str, request):
         try:

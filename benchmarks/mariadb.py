@@ -28,7 +28,8 @@ class MariaDB:
     def __init__(self, datadir: Path, rundir: Path):
         self.datadir = datadir
         self.rundir = rundir
-        self.socket = rundir / "mysqld.sock"
+        self.socket_dir = procs.socket_folder("dfsb-mariadb-")
+        self.socket = self.socket_dir / "mysqld.sock"
         self.port = _free_port()
         self.proc = None
 
@@ -70,10 +71,10 @@ class MariaDB:
                           "-e", statement], timeout=timeout).stdout
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            subprocess.run(["mariadb-admin", *self.client_args, "shutdown"],
-                           capture_output=True, timeout=120)
-        procs.stop_process(self.proc, timeout=60)
-        self.proc = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                subprocess.run(["mariadb-admin", *self.client_args, "shutdown"],
+                               capture_output=True, timeout=120)
+            procs.stop_process(self.proc, timeout=60)
+            self.proc = None
+        shutil.rmtree(self.socket_dir, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,6 +111,12 @@ def peak_rss_mib(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def socket_folder(prefix: str) -> Path:
+    """A new folder with a short path for a unix socket: a socket path may hold only
+    107 bytes, which a pytest temporary folder alone can exceed."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
 def drop_caches() -> bool:

@@ -15,10 +15,11 @@ from benchmarks.fileio_suite import FileioSuite
 from benchmarks.fio_suite import FioSuite
 from benchmarks.meta_suite import MetaSuite
 from benchmarks.moosefs import MooseFS
+from benchmarks.profile import Profiles, py_spy
 from benchmarks.mysql_suite import MysqlSuite
 from benchmarks.results import Row
 from benchmarks.scale import Scale
-from benchmarks.suite import Context, Suite
+from benchmarks.suite import Context, Outcome, Suite
 from benchmarks.targets import Dfs, FusePass, Local, Target
 
 SUITES: dict[str, type[Suite]] = {s.name: s for s in (FioSuite, MetaSuite, FileioSuite, MysqlSuite)}
@@ -48,8 +49,6 @@ LOG_TAIL = 256 * 1024
 def _keep_logs(target: Target, folder: Path) -> None:
     """Copy the end of each log of a target into the results, before it is removed."""
     for log in target.log_files():
-        if log.is_relative_to(target.root):
-            continue
         kept = folder / target.name / "-".join(log.relative_to(target.work).parts)
         kept.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "rb") as source:
@@ -70,8 +69,23 @@ def _stopper(target: Target, ctx: Context, failures: list[str]):
         return False
     return stop
 
+def _attempt(suite: Suite, case: str, target: Target, root: Path, label: str,
+             ctx: Context, failures: list[str]) -> Outcome | None:
+    """Run one case on one target. A failed case must not cost the figures of the others:
+    it is written down, and the run ends with an error status."""
+    ctx.say(f"{suite.name} {case}, {label}, on {target.name}")
+    try:
+        outcome = suite.run(case, target, root, ctx)
+    except procs.BenchError as exc:
+        failures.append(f"{suite.name} {case} {label} on {target.name}: {str(exc)[:600]}")
+        ctx.say(f"    FAILED: {exc}")
+        return None
+    ctx.say("    " + ", ".join(f"{c} {v:,.1f} {m}" for c, m, v in outcome.figures[:3]))
+    return outcome
+
+
 def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int, scale: Scale,
-        scale_name: str, results_dir: Path, work_dir: Path) -> Path:
+        scale_name: str, results_dir: Path, work_dir: Path, profile: bool = False) -> Path:
     """Run everything; returns the folder the results were written to."""
     suites = [cls() for cls in pick(suite_names, SUITES, "suite")]
     target_classes = pick([subject, *baselines], TARGETS, "target")
@@ -80,6 +94,8 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
             if shutil.which(tool) is None:
                 raise procs.BenchError(f"{tool}, needed by the {suite.name} suite, is not "
                                        "installed (see benchmarks/README.md, set-up)")
+    if profile:
+        py_spy()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     artifacts = results_dir / stamp
     artifacts.mkdir(parents=True)
@@ -102,23 +118,23 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
                 for case in suite.cases():
                     for round_no in range(1, rounds + 1):
                         for target in targets:
-                            ctx.say(f"{suite.name} {case}, round {round_no}/{rounds}, "
-                                    f"on {target.name}")
-                            try:
-                                outcome = suite.run(case, target, roots[target.name], ctx)
-                            except procs.BenchError as exc:
-                                # One failed case must not cost the figures of the others;
-                                # it is written down and the run ends with an error status.
-                                failures.append(f"{suite.name} {case} round {round_no} on "
-                                                f"{target.name}: {str(exc)[:600]}")
-                                ctx.say(f"    FAILED: {exc}")
+                            outcome = _attempt(suite, case, target, roots[target.name],
+                                               f"round {round_no}/{rounds}", ctx, failures)
+                            if outcome is None:
                                 continue
                             rows += [Row(suite.name, c, m, target.name, round_no, v)
                                      for c, m, v in outcome.figures]
-                            ctx.say("    " + ", ".join(f"{c} {v:,.1f} {m}"
-                                                       for c, m, v in outcome.figures[:3]))
                             if outcome.detail is not None:
                                 details.setdefault(target.name, []).append(outcome.detail)
+                    if profile:
+                        # An extra run, not counted: the profiler's own CPU would skew figures.
+                        profiles = Profiles(targets[0], artifacts / "profiles",
+                                            f"{suite.name}-{case}")
+                        try:
+                            _attempt(suite, case, targets[0], roots[subject],
+                                     "profiled run (not counted)", ctx, failures)
+                        finally:
+                            profiles.stop()
                 extra[suite.name] = {**suite.finish(details, ctx), "details": details}
             memory = {t.name: {role: max(procs.peak_rss_mib(p) for p in pids)
                                for role, pids in t.processes().items() if pids}
@@ -128,7 +144,8 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
     meta = {"stamp": stamp, "command": shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
             "machine": machine(), "subject": subject, "baselines": baselines, "rounds": rounds,
             "suites": suite_names, "scale_name": scale_name, "scale": vars(scale),
-            "notes": ctx.notes, "failures": failures, "memory": {k: v for k, v in memory.items() if v}}
+            "notes": ctx.notes, "failures": failures,
+            "memory": {k: v for k, v in memory.items() if v}}
     report.write_json(artifacts / "results.json", meta, rows, extra)
     (artifacts / "results.md").write_text(report.render_markdown(meta, rows, extra))
     ctx.say(f"results written to {artifacts}/results.md and results.json")

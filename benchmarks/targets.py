@@ -37,7 +37,13 @@ class Target:
 
     def log_files(self) -> list[Path]:
         """The logs of this target's own processes, kept with the results of a failed run."""
-        return sorted(self.work.glob("**/*.log"))
+        if not self.work.exists():
+            return []
+        # Never walk the mount itself: it may be large, or dead after a crash.
+        tops = [p for p in self.work.iterdir() if p != self.root]
+        return sorted(log for top in tops
+                      for log in ([top] if top.is_file() else top.glob("**/*.log"))
+                      if log.suffix == ".log")
 
     def make_volume(self, name: str, size: int) -> Path:
         path = self.root / "volumes" / name
@@ -155,7 +161,8 @@ class Dfs(Target):
         for pid in self._pids():
             line = procs.cmdline(pid)
             role = ("metaserver" if "metaserver" in line
-                    else "chunkserver" if "chunkserver" in line else "client")
+                    else "chunkserver" if "chunkserver" in line
+                    else "csi controller" if "dfs-csi" in line else "client")
             roles.setdefault(role, []).append(pid)
         return roles
 

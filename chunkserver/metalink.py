@@ -130,15 +130,22 @@ class MetaLink:
         log.info("registered with the metaserver", csid=csid, meta=self.meta,
                  chunks=len(chunks), stale=len(stale))
         for chunk in stale:
-            await self.service.delete(chunk)
+            await self._delete(chunk)
 
     async def _apply(self, reply: dict, nursery: trio.Nursery) -> None:
         for chunk in _chunk_ids(reply.get("delete")):
-            await self.service.delete(chunk)
+            await self._delete(chunk)
         for chunk, version, source in _copy_tasks(reply.get("replicate")):
             if chunk not in self._replicating:
                 self._replicating.add(chunk)
                 nursery.start_soon(self._replicate, chunk, version, source)
+
+    async def _delete(self, chunk: int) -> None:
+        try:
+            await self.service.delete(chunk)
+        except DfsError as exc:
+            log.warning("cannot delete a replica the metaserver dropped", chunk=chunk,
+                        error=str(exc))
 
     async def _replicate(self, chunk: int, version: int, source: str) -> None:
         try:

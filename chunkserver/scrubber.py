@@ -18,8 +18,9 @@ from .service import ChunkService
 log = logs.get_logger("chunkserver")
 
 PIECE = 1024 * 1024
-# Pause between passes over an empty (or fully verified) store.
-IDLE = 5.0
+# The shortest time from the start of one pass to the next, so a store of a
+# few small chunks is not re-read in a busy loop.
+MIN_PASS_SECONDS = 1.0
 
 
 class Scrubber:
@@ -34,7 +35,7 @@ class Scrubber:
             started = trio.current_time()
             for chunk in self._coldest_first():
                 await self._scrub(chunk)
-            await trio.sleep(max(0.0, IDLE - (trio.current_time() - started)))
+            await trio.sleep(max(0.0, MIN_PASS_SECONDS - (trio.current_time() - started)))
 
     def _coldest_first(self) -> list[int]:
         service = self.service

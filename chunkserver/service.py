@@ -232,10 +232,10 @@ class ChunkService:
         except ValueError as exc:
             raise DfsError(errno.EINVAL, str(exc)) from None
         current = self.versions.get(chunk)
-        if current is not None and current >= version and (chunk, current) not in self._bad_seen:
-            if current > version:
-                raise DfsError(errno.ESTALE, f"chunk {chunk}: replica here is at version "
-                                             f"{current}, newer than {version}")
+        if current is not None and current > version:
+            raise DfsError(errno.ESTALE, f"chunk {chunk}: replica here is at version "
+                                         f"{current}, newer than {version}")
+        if current == version and (chunk, current) not in self._bad_seen:
             return await self.chunk_info(chunk)
         peer = self.peers.get(source)
         info = await peer.call("chunk_info", timeout=PEER_TIMEOUT, chunk=chunk)
@@ -249,6 +249,9 @@ class ChunkService:
                 length = min(MAX_DATA, info["length"] - offset)
                 piece = await peer.call("read", timeout=PEER_TIMEOUT, chunk=chunk,
                                         version=version, offset=offset, length=length)
+                if len(piece["data"]) != length:
+                    raise DfsError(errno.EIO, f"chunk {chunk}: source {source} sent "
+                                              f"{len(piece['data'])} bytes, not {length}")
                 await self._io(chunk, builder.put, offset, piece["data"])
                 offset += length
             await self._io(chunk, builder.complete, version)

@@ -194,8 +194,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         except CsiError:
             # No volume with these capabilities can be made: none fits.
             return csi.GetCapacityResponse(available_capacity=0)
-        available, _ = self.store.capacity()
-        return csi.GetCapacityResponse(available_capacity=available)
+        return csi.GetCapacityResponse(available_capacity=self.store.available())
 
     @grpc_method(log)
     def ControllerGetCapabilities(self, request, context):

@@ -77,9 +77,6 @@ class MetaClient:
         return True
 
     # --- namespace helpers -------------------------------------------------
-    def resolve(self, path: str) -> Attr:
-        return Attr.from_wire(self.call("resolve", path=path.encode()))
-
     def lookup(self, parent: int, name: str) -> Attr | None:
         try:
             return Attr.from_wire(self.call("lookup", parent=parent, name=name.encode()))

@@ -28,8 +28,9 @@ MOUNTINFO = "/proc/self/mountinfo"
 # cluster fails the RPC (the CO retries) instead of holding it forever.
 MOUNT_TIMEOUT = 60.0
 UMOUNT_TIMEOUT = 30.0
-# Mounts stacked at one target path that unpublishing will peel off.
-MAX_STACKED = 8
+# Mounts stacked at one target path (each repair adds one) that
+# unpublishing will peel off.
+MAX_STACKED = 64
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,8 @@ class Mounter:
 
     @staticmethod
     def bind(source: str, target: str, flags: list[str]) -> None:
-        if not os.path.isdir(target):
-            os.makedirs(target, exist_ok=True)
+        if not exists(target):
+            os.makedirs(target)
         _run(["mount", "--bind", source, target], UMOUNT_TIMEOUT,
              f"bind-mounting {source} at {target}")
         if flags:

@@ -65,10 +65,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.mounter.mount_volume(f"{VOLUMES_DIR}/{volume_id}", path, volume_id)
 
     def _bind_target(self, staging: str, path: str, target: Target) -> None:
-        if mounted_at(path) is not None:
-            if not broken(path):
-                return
-            self.mounter.unbind(path)
+        if mounted_at(path) is not None and not broken(path):
+            return
+        # A broken bind mount is covered by the new one rather than removed
+        # first, so the pod never sees the bare directory beneath (and never
+        # writes into it); NodeUnpublishVolume peels off the whole stack.
         self.mounter.bind(staging, path, target.flags)
 
     def repair(self, volume_id: str) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from dfs.errors import DfsError
 
 from .errors import from_dfs, not_found
-from .metaclient import MetaClient
+from .metaclient import ROOT_INO, MetaClient
 
 VOLUMES_DIR = "/volumes"
 NODES_DIR = "/.dfs-csi/nodes"
@@ -58,7 +58,6 @@ class Volume:
     name: str
     parameters: dict
     capacity: int
-    bytes_used: int = 0
     published: dict[str, Publication] = field(default_factory=dict)
 
     @property
@@ -107,7 +106,7 @@ class VolumeStore:
                 return None
             quota = self.meta.quota(ino)
             return Volume(volume_id, ino, record["name"], record.get("parameters", {}),
-                          quota.bytes_limit, quota.bytes_used, self._published(ino))
+                          quota.bytes_limit, self._published(ino))
         except DfsError as exc:
             if exc.errno == errno.ENOENT:
                 return None
@@ -205,10 +204,10 @@ class VolumeStore:
                        else space["ffree"]),
         }
 
-    def capacity(self) -> tuple[int, int]:
-        """(bytes free in the cluster, bytes in the cluster) as statfs on / says."""
+    def available(self) -> int:
+        """Bytes free in the cluster, as statfs on the root reports them."""
         try:
-            reply = self.meta.call("statfs", ino=1)
+            reply = self.meta.call("statfs", ino=ROOT_INO)
         except DfsError as exc:
             raise from_dfs(exc, "reading cluster capacity") from None
-        return reply["bavail"] * reply["bsize"], reply["blocks"] * reply["bsize"]
+        return reply["bavail"] * reply["bsize"]

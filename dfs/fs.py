@@ -36,11 +36,15 @@ CAPABILITY_XATTR = b"security.capability"
 
 
 @asynccontextmanager
-async def _errno():
+async def _errno(by_inode: bool = False):
+    """Turn DfsError into FUSEError. For requests addressed by inode number, a
+    vanished inode is ESTALE, so the kernel looks the path up again (as for
+    NFS) instead of failing on a name that now points elsewhere."""
     try:
         yield
     except DfsError as exc:
-        raise pyfuse3.FUSEError(exc.errno) from None
+        code = errno.ESTALE if by_inode and exc.errno == errno.ENOENT else exc.errno
+        raise pyfuse3.FUSEError(code) from None
 
 
 def _entry(attr: Attr, ino: int) -> pyfuse3.EntryAttributes:
@@ -120,7 +124,7 @@ class DfsFS(pyfuse3.Operations):
         """The metaserver keeps inodes alive by open handles, not lookups."""
 
     async def getattr(self, inode, ctx):
-        async with _errno():
+        async with _errno(by_inode=True):
             return self._entry(await self.meta.call("getattr", ino=self._real(inode)))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -138,7 +142,7 @@ class DfsFS(pyfuse3.Operations):
         if fields.update_mtime:
             changes["mtime"] = attr.st_mtime_ns
         opened = self.files.get(ino)
-        async with _errno():
+        async with _errno(by_inode=True):
             if fields.update_size:
                 changes["size"] = attr.st_size
                 if opened is not None:
@@ -149,7 +153,7 @@ class DfsFS(pyfuse3.Operations):
         return self._entry(reply)
 
     async def readlink(self, inode, ctx):
-        async with _errno():
+        async with _errno(by_inode=True):
             return (await self.meta.call("readlink", ino=self._real(inode)))["target"]
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -200,7 +204,7 @@ class DfsFS(pyfuse3.Operations):
     # ---- directories -----------------------------------------------------
 
     async def opendir(self, inode, ctx):
-        async with _errno():
+        async with _errno(by_inode=True):
             attr = await self.meta.call("getattr", ino=self._real(inode))
         if not stat.S_ISDIR(attr["mode"]):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -270,7 +274,7 @@ class DfsFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     async def listxattr(self, inode, ctx):
-        async with _errno():
+        async with _errno(by_inode=True):
             return (await self.meta.call("listxattr", ino=self._real(inode)))["names"]
 
     async def removexattr(self, inode, name, ctx):
@@ -303,11 +307,23 @@ class DfsFS(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY:
             self._check_writable()
         ino = self._real(inode)
-        async with _errno():
+        async with _errno(by_inode=True):
             attr = Attr.from_wire(await self.meta.call("open", ino=ino,
                                                        session=self.meta.session))
         opened, unchanged = self._open_file(attr)
-        return pyfuse3.FileInfo(fh=self._handle(opened, flags), keep_cache=unchanged)
+        fh = self._handle(opened, flags)
+        if flags & os.O_TRUNC and attr.size:
+            # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us.
+            try:
+                async with _errno():
+                    await opened.flush()
+                    reply = await self.meta.mutate("setattr", ino=ino, changes={"size": 0})
+            except pyfuse3.FUSEError:
+                await self.release(fh)
+                raise
+            opened.truncated(Attr.from_wire(reply))
+            unchanged = False
+        return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._check_writable()

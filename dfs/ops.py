@@ -160,7 +160,8 @@ META_CS = _ops(
 # `version` guards every access: a replica whose version differs is stale
 # (ESTALE) and is neither read nor written.
 CHUNK = _ops(
-    # Make an empty replica at `version`, or move an existing one to it.
+    # Make an empty replica at `version`, or move an existing one to it (data
+    # kept); ESTALE if the existing one is already newer.
     Op("create", {"chunk": int, "version": int}, idempotent=True),
     Op("set_version", {"chunk": int, "old": int, "new": int}, idempotent=True),
     Op("write", {"chunk": int, "version": int, "offset": int, "data": bytes}, idempotent=True),
@@ -171,8 +172,10 @@ CHUNK = _ops(
     # Cut the replica to `length` bytes (what lies beyond reads as zeros).
     Op("truncate", {"chunk": int, "version": int, "length": int}, idempotent=True),
     Op("delete", {"chunk": int}, idempotent=True),
-    # Fetch the whole chunk at `version` from another chunk server.
+    # Fetch the whole chunk at `version` from another chunk server; a sound
+    # replica already at `version` is kept. -> {"length", "version"}
     Op("replicate", {"chunk": int, "version": int, "source": str}, idempotent=True),
-    # -> {"length": bytes stored, "version"}
+    # -> {"length": bytes stored, "version"}; EIO if the replica is known to
+    # fail its checksums (so it is never confirmed as a good copy).
     Op("chunk_info", {"chunk": int}, idempotent=True),
 )

@@ -82,21 +82,30 @@ class Server:
             log.warning("connection refused", server=self.name, peer=peer, reason=str(exc))
             await framed.aclose()
             return
-        limiter = trio.Semaphore(MAX_IN_FLIGHT)
         try:
             async with trio.open_nursery() as nursery:
-                while True:
-                    message = await framed.receive()
-                    await limiter.acquire()
-                    nursery.start_soon(self._request, framed, message, limiter)
+                await self._receive_requests(framed, nursery, peer)
+        finally:
+            await framed.aclose()
+
+    async def _receive_requests(self, framed: FramedStream, nursery: trio.Nursery,
+                                peer: str) -> None:
+        """Start a task per request until the peer leaves or breaks the protocol.
+        Errors are handled here, inside the nursery, so that they end this
+        connection and never the server."""
+        limiter = trio.Semaphore(MAX_IN_FLIGHT)
+        try:
+            while True:
+                message = await framed.receive()
+                await limiter.acquire()
+                nursery.start_soon(self._request, framed, message, limiter)
         except EOFError:
             pass
         except ProtocolError as exc:
             log.warning("closing connection", server=self.name, peer=peer, reason=str(exc))
+            await framed.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
-        finally:
-            await framed.aclose()
 
     async def _request(self, framed: FramedStream, message, limiter: trio.Semaphore) -> None:
         try:

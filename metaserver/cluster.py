@@ -7,8 +7,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-import trio
-
 from dfs import logs
 from dfs.errors import DfsError
 from dfs.rpc import parse_addr
@@ -138,11 +136,10 @@ class Cluster:
                 for s in sorted(self.ctx.registry.servers.values(), key=lambda s: s.csid)]
 
     # --- re-replication -------------------------------------------------------
-    async def run_replication(self) -> None:
-        while True:
-            await trio.sleep(REPLICATION_INTERVAL)
-            await self._plan()
-            await self._confirm()
+    async def replicate(self) -> None:
+        """One round: plan copies for under-replicated chunks, confirm finished ones."""
+        await self._plan()
+        await self._confirm()
 
     async def _plan(self) -> None:
         registry, settings = self.ctx.registry, self.ctx.settings

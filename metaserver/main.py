@@ -4,7 +4,6 @@ import argparse
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import trio
@@ -120,13 +119,7 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"dfs-metaserver: {exc}", file=sys.stderr)
         return 2
-    # dfs.rpc.Server lets a peer's clean disconnect (EOFError) escape its
-    # connection nursery wrapped in an ExceptionGroup, which its `except
-    # EOFError` misses, and that would stop the whole server. Until rpc.py
-    # handles groups, run with the pre-0.25 trio semantics it was written for.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", trio.TrioDeprecationWarning)
-        trio.run(serve, args, secret, strict_exception_groups=False)
+    trio.run(serve, args, secret)
     return 0
 
 

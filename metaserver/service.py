@@ -14,7 +14,7 @@ from dfs.errors import DfsError
 from dfs.records import QuotaInfo
 
 from . import quotas
-from .cluster import Cluster
+from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
 from .namespace import NAME_MAX, check_changes
@@ -29,10 +29,6 @@ STATFS_BSIZE = 4096
 MANY_FILES = 1 << 40
 
 
-def now_ns() -> int:
-    return time.time_ns()
-
-
 class MetaService:
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -44,7 +40,7 @@ class MetaService:
         """Prepare the store for serving: the root exists, old sessions get a fresh TTL."""
         def init(tx: Tx):
             if tx.get_inode(ROOT_INO) is None:
-                now = now_ns()
+                now = time.time_ns()
                 tx.next_id("inode")
                 tx.touch(Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, now, now, now,
                                ROOT_INO))
@@ -69,9 +65,21 @@ class MetaService:
 
     async def run_background(self) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._expire_sessions)
-            nursery.start_soon(self._expire_replies)
-            nursery.start_soon(self.cluster.run_replication)
+            nursery.start_soon(self._every, min(1.0, self.ctx.settings.session_ttl / 4),
+                               self._expire_sessions, "session expiry")
+            nursery.start_soon(self._every, 60.0, self._expire_replies, "token expiry")
+            nursery.start_soon(self._every, REPLICATION_INTERVAL, self.cluster.replicate,
+                               "re-replication")
+
+    @staticmethod
+    async def _every(interval: float, duty, name: str) -> None:
+        """Run `duty` every `interval` seconds; a failed round is logged, not fatal."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                await duty()
+            except DfsError as exc:
+                log.error("background duty failed", duty=name, error=str(exc))
 
     def _read(self, fn):
         return self.ctx.store.read(fn)
@@ -116,17 +124,13 @@ class MetaService:
         await self._write(close)
 
     async def _expire_sessions(self) -> None:
-        while True:
-            await trio.sleep(min(1.0, self.ctx.settings.session_ttl / 4))
-            for sid in self.ctx.sessions.expired():
-                log.warning("session expired", session=sid)
-                await self._end_session(sid)
+        for sid in self.ctx.sessions.expired():
+            log.warning("session expired", session=sid)
+            await self._end_session(sid)
 
     async def _expire_replies(self) -> None:
-        while True:
-            await trio.sleep(60.0)
-            cutoff = time.time() - REPLY_TTL
-            await self._write(lambda tx: tx.expire_replies(cutoff))
+        cutoff = time.time() - REPLY_TTL
+        await self._write(lambda tx: tx.expire_replies(cutoff))
 
     # --- reading the namespace ----------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> dict:
@@ -156,7 +160,7 @@ class MetaService:
         if "size" in changes:
             return await self.data.setattr_size(ino, changes, token)
         return await self._write(
-            lambda tx: self.ns.setattr(tx, now_ns(), ino, changes, {}), token)
+            lambda tx: self.ns.setattr(tx, time.time_ns(), ino, changes, {}), token)
 
     async def mknod(self, parent: int, name: bytes, mode: int, rdev: int, uid: int, gid: int,
                     session: int | None, token: bytes | None) -> dict:
@@ -164,7 +168,7 @@ class MetaService:
             self.ctx.sessions.check(session)
 
         def make(tx: Tx) -> dict:
-            inode = self.ns.mknod(tx, now_ns(), parent, name, mode, rdev, uid, gid)
+            inode = self.ns.mknod(tx, time.time_ns(), parent, name, mode, rdev, uid, gid)
             if session is not None:
                 tx.set_open_count(inode.ino, session, 1)
             return self.ns.attr(tx, inode)
@@ -174,34 +178,34 @@ class MetaService:
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
                     token: bytes | None) -> dict:
         return await self._write(lambda tx: self.ns.attr(
-            tx, self.ns.mkdir(tx, now_ns(), parent, name, mode, uid, gid)), token)
+            tx, self.ns.mkdir(tx, time.time_ns(), parent, name, mode, uid, gid)), token)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int,
                       token: bytes | None) -> dict:
         return await self._write(lambda tx: self.ns.attr(
-            tx, self.ns.symlink(tx, now_ns(), parent, name, target, uid, gid)), token)
+            tx, self.ns.symlink(tx, time.time_ns(), parent, name, target, uid, gid)), token)
 
     async def link(self, ino: int, parent: int, name: bytes, token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.link(tx, now_ns(), ino, parent, name),
+        return await self._write(lambda tx: self.ns.link(tx, time.time_ns(), ino, parent, name),
                                  token)
 
     async def unlink(self, parent: int, name: bytes, token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.unlink(tx, now_ns(), parent, name), token)
+        return await self._write(lambda tx: self.ns.unlink(tx, time.time_ns(), parent, name), token)
 
     async def rmdir(self, parent: int, name: bytes, token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.rmdir(tx, now_ns(), parent, name), token)
+        return await self._write(lambda tx: self.ns.rmdir(tx, time.time_ns(), parent, name), token)
 
     async def rename(self, parent: int, name: bytes, newparent: int, newname: bytes,
                      flags: int, token: bytes | None) -> dict:
         return await self._write(lambda tx: self.ns.rename(
-            tx, now_ns(), parent, name, newparent, newname, flags), token)
+            tx, time.time_ns(), parent, name, newparent, newname, flags), token)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> dict:
         return await self._write(
-            lambda tx: self.ns.setxattr(tx, now_ns(), ino, name, value, flags))
+            lambda tx: self.ns.setxattr(tx, time.time_ns(), ino, name, value, flags))
 
     async def removexattr(self, ino: int, name: bytes) -> dict:
-        return await self._write(lambda tx: self.ns.removexattr(tx, now_ns(), ino, name))
+        return await self._write(lambda tx: self.ns.removexattr(tx, time.time_ns(), ino, name))
 
     # --- open files -------------------------------------------------------------------
     async def open(self, ino: int, session: int) -> dict:
@@ -248,9 +252,9 @@ class MetaService:
         if quota is not None and quota.inodes_limit:
             files = quota.inodes_limit
             ffree = max(0, quota.inodes_limit - quota.inodes_used)
-        return {"bsize": STATFS_BSIZE, "blocks": total // STATFS_BSIZE, "bfree": free // STATFS_BSIZE,
-                "bavail": free // STATFS_BSIZE, "files": files, "ffree": ffree,
-                "namemax": NAME_MAX}
+        return {"bsize": STATFS_BSIZE, "blocks": total // STATFS_BSIZE,
+                "bfree": free // STATFS_BSIZE, "bavail": free // STATFS_BSIZE,
+                "files": files, "ffree": ffree, "namemax": NAME_MAX}
 
     async def quota_set(self, ino: int, bytes: int, inodes: int) -> dict:
         if bytes < 0 or inodes < 0:

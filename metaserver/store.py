@@ -44,11 +44,17 @@ MAX_BATCH = 512
 
 
 def u64(n: int) -> bytes:
-    return U64.pack(n)
+    try:
+        return U64.pack(n)
+    except struct.error:
+        raise DfsError(errno.EINVAL, f"{n} is not a valid id") from None
 
 
 def u64x2(a: int, b: int) -> bytes:
-    return U64x2.pack(a, b)
+    try:
+        return U64x2.pack(a, b)
+    except struct.error:
+        raise DfsError(errno.EINVAL, f"({a}, {b}) is not a valid pair of ids") from None
 
 
 def read_u64(data: bytes, offset: int = 0) -> int:
@@ -365,7 +371,7 @@ class Store:
                     break
             try:
                 await trio.to_thread.run_sync(self._apply, batch)
-            except lmdb.Error as exc:
+            except Exception as exc:
                 log.error("group commit failed", exc_info=True, batch=len(batch))
                 for failed in batch:
                     failed.result = None
@@ -381,7 +387,8 @@ class Store:
                     stored = Tx(txn, self.dbs).stored_reply(job.token)
                     if stored is not None:
                         job.result = stored.result
-                        job.error = DfsError(stored.errno, str(stored.result)) if stored.errno else None
+                        if stored.errno:
+                            job.error = DfsError(stored.errno, str(stored.result))
                         continue
                 child = self.env.begin(write=True, parent=txn)
                 tx = Tx(child, self.dbs)
@@ -396,6 +403,7 @@ class Store:
                     child.abort()
                     log.error("mutation failed", exc_info=True)
                     job.error = DfsError(errno.EIO, f"internal error: {exc}")
+                # An internal error may pass; a retry of it deserves a fresh try.
                 if job.token is not None and not (job.error and job.error.errno == errno.EIO):
                     reply = (StoredReply(now, job.error.errno, job.error.message) if job.error
                              else StoredReply(now, 0, job.result))

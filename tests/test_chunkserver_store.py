@@ -23,7 +23,8 @@ operations = st.lists(
 
 
 @pytest.mark.timeout(120)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations, seed=st.integers(0, 2**32))
 def test_replica_matches_a_byte_model(tmp_path, ops, seed):
     root = tmp_path / f"model-{seed}"

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -79,3 +81,28 @@ def test_mount_of_missing_subdir_fails_cleanly(shared_cluster, tmp_path):
     assert result.returncode != 0
     assert "No such file" in result.stderr or "ENOENT" in result.stderr
     assert not os.path.ismount(target)
+
+
+def test_foreground_mount_stops_on_sigterm(shared_cluster, tmp_path):
+    target = tmp_path / "fg"
+    target.mkdir()
+    env = dict(os.environ, DFS_SECRET_FILE=shared_cluster.ref.secret_file)
+    proc = subprocess.Popen(DFS + ["mount", "--meta", shared_cluster.ref.meta, "--foreground",
+                                   str(target)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(target) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.05)
+        assert os.path.ismount(target)
+        (target / "fg-file").write_bytes(b"through a foreground mount")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert not os.path.ismount(target)
+        assert (shared_cluster.mnt / "fg-file").read_bytes() == b"through a foreground mount"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if os.path.ismount(target):
+            subprocess.run(["umount", "-l", str(target)])

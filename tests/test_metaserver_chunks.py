@@ -151,6 +151,25 @@ def test_data_path_with_real_chunk_servers(meta_factory):
         assert status["under_replicated"] == 0 and status["chunks"] == 1
         assert [s["alive"] for s in status["chunkservers"]].count(False) == 1
 
+        # A replica reported bad is dropped and deleted.
+        csid = {srv["addr"]: srv["csid"] for srv in status["chunkservers"]}
+        await c.call("cs_bad_chunk", csid=csid[spare], chunk=read["chunk"], version=3)
+        survivor = bumped["servers"][1]
+        assert (await c.call("chunk_read", ino=ino, index=0))["servers"] == [survivor]
+        await wait_until(lambda: replicas.gone(spare, read["chunk"]))
+
+        # The dead server comes back with its current replica, which counts
+        # again (the spare may meanwhile have been given a fresh copy).
+        back = meta.start_chunkserver(f"cs{index}")
+
+        async def restored():
+            read = await c.call("chunk_read", ino=ino, index=0)
+            held = read["servers"]
+            return read if survivor in held and [victim[0], back] in held else None
+
+        read = await wait_until(restored)
+        assert await replicas.read(back, read["chunk"], 3, 100) == data[:100]
+
         # Deleting the file frees its chunk on every replica.
         await c.call("release", ino=ino, session=s)
         await c.call("unlink", parent=ROOT, name=b"f")

@@ -302,3 +302,38 @@ def test_concurrent_creates_are_group_committed(meta):
         assert status["commits"] < 600, "concurrent creates share synced commits"
 
     meta.run(body)
+
+
+def test_racing_creators_of_one_name(meta):
+    async def body(c):
+        results = []
+
+        async def create(token):
+            results.append(await error_of(c.call("mkdir", parent=ROOT, name=b"race",
+                                                 mode=0o755, uid=0, gid=0, token=token)))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(create, b"distinct-%d" % i)
+        assert sorted(results) == [0] + [errno.EEXIST] * 39
+
+        # The same token sent twice at once (a retry racing the original) is
+        # applied once, and both get the original's reply.
+        results.clear()
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(create, b"one-token")
+        assert results == [errno.EEXIST, errno.EEXIST]
+        replies = []
+
+        async def unlink_once():
+            replies.append(await error_of(c.call("rmdir", parent=ROOT, name=b"race",
+                                                 token=b"rm-token")))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(unlink_once)
+        assert replies == [0, 0, 0]
+        assert await names(c, ROOT) == []
+
+    meta.run(body)

@@ -1,8 +1,11 @@
 """Directory quotas: exact usage, EDQUOT, EXDEV, statfs and reservations."""
 
 import errno
+import random
 
 import pytest
+
+from dfs.errors import DfsError
 
 from test_metaserver_support import (ROOT, error_of, make_dir, make_file, meta, meta_factory,
                                      new_session)
@@ -187,5 +190,76 @@ def test_nested_quotas_and_statfs(meta):
 
         await c.call("unlink", parent=inner["ino"], name=b"f")
         assert await usage(c, outer["ino"]) == (0, 2)
+
+    meta.run(body)
+
+
+async def walk_usage(c, ino, seen=None) -> tuple[int, int]:
+    """Bytes and inodes beneath a directory, counted from the tree itself."""
+    seen = set() if seen is None else seen
+    nbytes = ninodes = 0
+    page = await c.call("readdir", ino=ino, offset=0, limit=1000)
+    for _, attr, _ in page["entries"]:
+        if attr["ino"] in seen:
+            continue
+        seen.add(attr["ino"])
+        ninodes += 1
+        if attr["mode"] & 0o170000 == 0o040000:
+            sub = await walk_usage(c, attr["ino"], seen)
+            nbytes, ninodes = nbytes + sub[0], ninodes + sub[1]
+        elif attr["mode"] & 0o170000 == 0o100000:
+            nbytes += attr["size"]
+    return nbytes, ninodes
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_usage_stays_exact_under_random_changes(meta, seed):
+    rng = random.Random(seed)
+
+    async def body(c):
+        s = await new_session(c)
+        outer = await make_dir(c, ROOT, b"outer")
+        vols = [outer, await make_dir(c, outer["ino"], b"inner"), await make_dir(c, ROOT, b"v")]
+        for vol in vols:
+            await c.call("quota_set", ino=vol["ino"], bytes=40 * MiB, inodes=30)
+        dirs = [ROOT] + [v["ino"] for v in vols]
+        dirs.append((await make_dir(c, vols[1]["ino"], b"sub"))["ino"])
+        names = [b"x", b"y", b"z"]
+        refusals = set()
+        for _ in range(250):
+            op = rng.choice(["create", "grow", "grow", "truncate", "unlink", "rename", "link"])
+            parent, name = rng.choice(dirs), rng.choice(names)
+            try:
+                if op == "create":
+                    await make_file(c, parent, name)
+                    continue
+                if op == "rename":
+                    await c.call("rename", parent=parent, name=name, newparent=rng.choice(dirs),
+                                 newname=rng.choice(names), flags=rng.choice([0, 2]))
+                    continue
+                if op == "unlink":
+                    await c.call("unlink", parent=parent, name=name)
+                    continue
+                f = await c.call("lookup", parent=parent, name=name)
+                if f["mode"] & 0o170000 != 0o100000:
+                    continue
+                if op == "link":
+                    await c.call("link", ino=f["ino"], parent=rng.choice(dirs),
+                                 name=rng.choice(names) + b"l")
+                elif op == "grow":
+                    await grow(c, s, f["ino"], f["size"] + rng.randrange(1, 8 * MiB))
+                else:
+                    await c.call("setattr", ino=f["ino"],
+                                 changes={"size": rng.randrange(0, 12 * MiB)})
+            except DfsError as exc:
+                assert exc.errno in (errno.ENOENT, errno.EEXIST, errno.EDQUOT, errno.EXDEV,
+                                     errno.EISDIR, errno.ENOTDIR, errno.ENOTEMPTY), exc
+                refusals.add(exc.errno)
+        assert {errno.EDQUOT, errno.EXDEV} <= refusals, "the limits were reached"
+        for vol in vols:
+            assert await usage(c, vol["ino"]) == await walk_usage(c, vol["ino"]), vol["ino"]
+            info = await c.call("quota_get", ino=vol["ino"])
+            assert info["bytes_used"] <= info["bytes_limit"]
+            assert info["inodes_used"] <= info["inodes_limit"]
 
     meta.run(body)

@@ -125,7 +125,9 @@ def meta_factory(tmp_path):
     started = []
 
     def make(**options) -> MetaProcess:
-        process = MetaProcess(tmp_path, **options)
+        base = tmp_path / f"cluster{len(started)}"
+        base.mkdir()
+        process = MetaProcess(base, **options)
         started.append(process)
         return process.start()
 

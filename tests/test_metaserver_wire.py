@@ -102,7 +102,10 @@ def test_bad_peers_are_refused_while_others_are_served(meta):
                                                 "token": b"t" * 1000}))[2] == errno.EINVAL
         assert (await ask(framed, 11, "resolve", {"path": b"/" + b"p" * 600}))[2] \
             == errno.ENAMETOOLONG
-        reply = await ask(framed, 12, "getattr", {"ino": ROOT})
+        assert (await ask(framed, 12, "getattr", {"ino": -1}))[2] == errno.EINVAL
+        assert (await ask(framed, 13, "chunk_read", {"ino": ROOT, "index": -5}))[2] \
+            == errno.EISDIR
+        reply = await ask(framed, 14, "getattr", {"ino": ROOT})
         assert reply[2] == 0 and reply[3]["ino"] == ROOT
         # Not a request at all: that connection is closed.
         await framed.stream.send_all(struct.pack(">I", 3) + encode([1, 2])[:3])

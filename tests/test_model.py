@@ -74,7 +74,7 @@ def apply(root, op):
 
 
 @pytest.mark.timeout(600)
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                     HealthCheck.data_too_large])
 @given(ops=st.lists(OPS, min_size=1, max_size=25))
 def test_mount_behaves_like_a_local_folder(shared_cluster, tmp_path_factory, ops):
