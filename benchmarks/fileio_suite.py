@@ -39,8 +39,9 @@ class FileioSuite(Suite):
         for mode in MODES:
             if mode == "seqrd" and not procs.drop_caches():
                 ctx.note("the page cache could not be dropped (not root?): cold reads are warm")
-            out = procs.run([*base, f"--file-test-mode={mode}", f"--time={ctx.scale.fileio_seconds}",
-                             "run"], timeout=ctx.scale.fileio_seconds + 600, cwd=folder).stdout
+            seconds = ctx.scale.fileio_seconds
+            out = procs.run([*base, f"--file-test-mode={mode}", f"--time={seconds}", "run"],
+                            timeout=seconds + 600, cwd=folder).stdout
             if mode == "seqwr":
                 figures.append((mode, "MB/s", _number("written, MiB/s:", out) * 1.048576))
             elif mode == "seqrd":

@@ -15,11 +15,7 @@ from pathlib import Path
 from benchmarks import procs
 from benchmarks.targets import Target
 
-NETNS = "dfsbench-mfs"
-HOST_IF = "dfsb-mfs-h"
-NS_IF = "dfsb-mfs-n"
-HOST_ADDR = "10.213.77.1"
-NS_ADDR = "10.213.77.2"
+SUBNETS = "10.213"      # each run takes a free /30 inside 10.213.0.0/16
 PREFIX = 30
 CLIENT_PORT = 9421
 EMPTY_METADATA = Path("/var/lib/mfs/metadata.mfs.empty")
@@ -28,30 +24,46 @@ CHUNKSERVERS = 3
 LEAVE_SPACE = 1 << 30
 
 
+def _free_pair() -> tuple[str, str]:
+    """Host and namespace addresses of a /30 no interface on this host uses yet."""
+    taken = procs.run(["ip", "-o", "-4", "addr", "show"], timeout=10).stdout
+    for third in range(256):
+        for fourth in range(0, 256, 4):
+            if f"{SUBNETS}.{third}.{fourth + 1}/" not in taken:
+                return f"{SUBNETS}.{third}.{fourth + 1}", f"{SUBNETS}.{third}.{fourth + 2}"
+    raise procs.BenchError(f"no free /30 left in {SUBNETS}.0.0/16 for MooseFS")
+
+
 class Namespace:
-    """The network namespace and veth pair the MooseFS servers live behind."""
+    """The network namespace and veth pair the MooseFS servers live behind, named after
+    this process so that two runs never share or remove each other's."""
+
+    def __init__(self):
+        self.name = f"dfsbench-{os.getpid()}"
+        self.host_if, self.ns_if = f"dfsb{os.getpid()}h", f"dfsb{os.getpid()}n"
+        self.host_addr = self.ns_addr = ""
 
     def up(self) -> None:
-        self.down()
-        for cmd in (["ip", "netns", "add", NETNS],
-                    ["ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF],
-                    ["ip", "link", "set", NS_IF, "netns", NETNS],
-                    ["ip", "addr", "add", f"{HOST_ADDR}/{PREFIX}", "dev", HOST_IF],
-                    ["ip", "link", "set", HOST_IF, "up"],
-                    ["ip", "netns", "exec", NETNS, "ip", "addr", "add", f"{NS_ADDR}/{PREFIX}",
-                     "dev", NS_IF],
-                    ["ip", "netns", "exec", NETNS, "ip", "link", "set", NS_IF, "up"],
-                    ["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"]):
+        self.host_addr, self.ns_addr = _free_pair()
+        inside = ["ip", "netns", "exec", self.name]
+        for cmd in (["ip", "netns", "add", self.name],
+                    ["ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if],
+                    ["ip", "link", "set", self.ns_if, "netns", self.name],
+                    ["ip", "addr", "add", f"{self.host_addr}/{PREFIX}", "dev", self.host_if],
+                    ["ip", "link", "set", self.host_if, "up"],
+                    [*inside, "ip", "addr", "add", f"{self.ns_addr}/{PREFIX}", "dev", self.ns_if],
+                    [*inside, "ip", "link", "set", self.ns_if, "up"],
+                    [*inside, "ip", "link", "set", "lo", "up"]):
             procs.run(cmd, timeout=10)
 
     def down(self) -> None:
         """Remove the pair and the namespace; deleting one end of a veth removes both."""
-        subprocess.run(["ip", "link", "del", HOST_IF], capture_output=True)
-        subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
     def spawn(self, cmd: list[str], log: Path) -> subprocess.Popen:
         with open(log, "ab") as out:
-            return subprocess.Popen(["ip", "netns", "exec", NETNS, *cmd],
+            return subprocess.Popen(["ip", "netns", "exec", self.name, *cmd],
                                     stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -102,30 +114,32 @@ class MooseFS(Target):
         return self.root
 
     def _start_master(self) -> None:
+        addr = self.netns.ns_addr
         data = self.work / "master"
         data.mkdir(exist_ok=True)
         shutil.copy(EMPTY_METADATA, data / "metadata.mfs")
         exports = self.work / "mfsexports.cfg"
-        exports.write_text(f"{HOST_ADDR}/32 / rw,alldirs,admin,maproot=0:0\n")
+        exports.write_text(f"{self.netns.host_addr}/32 / rw,alldirs,admin,maproot=0:0\n")
         topology = self.work / "mfstopology.cfg"
         topology.write_text("")
         cfg = _write_cfg(self.work / "mfsmaster.cfg", {
             "WORKING_USER": "root", "WORKING_GROUP": "root", "DATA_PATH": data,
             "EXPORTS_FILENAME": exports, "TOPOLOGY_FILENAME": topology,
-            "MATOML_LISTEN_HOST": NS_ADDR, "MATOCS_LISTEN_HOST": NS_ADDR,
-            "MATOCL_LISTEN_HOST": NS_ADDR, "MATOCL_LISTEN_PORT": CLIENT_PORT,
+            "MATOML_LISTEN_HOST": addr, "MATOCS_LISTEN_HOST": addr,
+            "MATOCL_LISTEN_HOST": addr, "MATOCL_LISTEN_PORT": CLIENT_PORT,
             # Replicate at once: the default waits 60 s after start before it replicates.
             "REPLICATIONS_DELAY_INIT": 0})
         self.master = self.netns.spawn(["mfsmaster", "-f", "-c", str(cfg)],
                                        self.work / "master.log")
         self.servers.append(self.master)
-        procs.wait_for(lambda: _accepts(NS_ADDR, CLIENT_PORT) or self.master.poll() is not None,
-                       30, f"mfsmaster to listen on {NS_ADDR}:{CLIENT_PORT}")
+        procs.wait_for(lambda: _accepts(addr, CLIENT_PORT) or self.master.poll() is not None,
+                       30, f"mfsmaster to listen on {addr}:{CLIENT_PORT}")
         if self.master.poll() is not None:
             raise procs.BenchError(f"mfsmaster exited with {self.master.returncode}; see "
                                    f"{self.work / 'master.log'}")
 
     def _start_chunkserver(self, index: int) -> None:
+        addr = self.netns.ns_addr
         data = self.work / f"chunkserver{index}"
         hdd = data / "hdd"
         hdd.mkdir(parents=True, exist_ok=True)
@@ -133,8 +147,8 @@ class MooseFS(Target):
         hdd_cfg.write_text(f"{hdd}\n")
         cfg = _write_cfg(data / "mfschunkserver.cfg", {
             "WORKING_USER": "root", "WORKING_GROUP": "root", "DATA_PATH": data,
-            "HDD_CONF_FILENAME": hdd_cfg, "MASTER_HOST": NS_ADDR, "BIND_HOST": NS_ADDR,
-            "CSSERV_LISTEN_HOST": NS_ADDR, "CSSERV_LISTEN_PORT": 9422 + index,
+            "HDD_CONF_FILENAME": hdd_cfg, "MASTER_HOST": addr, "BIND_HOST": addr,
+            "CSSERV_LISTEN_HOST": addr, "CSSERV_LISTEN_PORT": 9422 + index,
             "HDD_LEAVE_SPACE_DEFAULT": LEAVE_SPACE})
         self.servers.append(self.netns.spawn(["mfschunkserver", "-f", "-c", str(cfg)],
                                              self.work / f"chunkserver{index}.log"))
@@ -142,7 +156,8 @@ class MooseFS(Target):
     def _mount(self) -> None:
         with open(self.work / "mount.log", "ab") as log:
             self.mount = subprocess.Popen(
-                ["mfsmount", "-f", str(self.root), "-H", NS_ADDR, "-P", str(CLIENT_PORT)],
+                ["mfsmount", "-f", str(self.root), "-H", self.netns.ns_addr,
+                 "-P", str(CLIENT_PORT)],
                 stdout=log, stderr=subprocess.STDOUT)
         procs.wait_for(lambda: procs.is_mounted(self.root) or self.mount.poll() is not None,
                        30, f"mfsmount at {self.root}")

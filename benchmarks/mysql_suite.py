@@ -34,6 +34,16 @@ def _folder_bytes(folder: Path) -> int:
     return total
 
 
+def _parse_report(line: str) -> dict | None:
+    """One of sysbench's per-second lines (--report-interval=1), or None for other lines."""
+    found = REPORT_LINE.search(line)
+    if not found:
+        return None
+    return {"second": int(found.group(1)), "tps": float(found.group(2)),
+            "qps": float(found.group(3)), "p95_ms": float(found.group(4)),
+            "err_s": float(found.group(5))}
+
+
 class Growth(threading.Thread):
     """The bulk load: inserts rows once a second and samples the data folder's size."""
 
@@ -89,7 +99,7 @@ class MysqlSuite(Suite):
                 f"--tables={scale.mysql_tables}", f"--table-size={scale.mysql_table_rows}"]
         procs.run([*oltp, f"--threads={scale.mysql_tables}", "prepare"], timeout=900)
         schedule = [scale.mysql_seconds // 3, 2 * scale.mysql_seconds // 3]
-        sizes = [volume_bytes * (2 + k) // 2 for k in range(1, len(schedule) + 1)]
+        sizes = [volume_bytes * 3 // 2, volume_bytes * 2]
         started = time.monotonic()
         growth = Growth(db, scale.bulk_rows_per_second, started)
         growth.start()
@@ -101,16 +111,13 @@ class MysqlSuite(Suite):
         try:
             for line in run.stdout:
                 output.append(line)
-                found = REPORT_LINE.search(line)
-                if not found:
+                report = _parse_report(line)
+                if report is None:
                     continue
-                second = int(found.group(1))
-                per_second.append({"second": second, "tps": float(found.group(2)),
-                                   "qps": float(found.group(3)),
-                                   "p95_ms": float(found.group(4)),
-                                   "err_s": float(found.group(5))})
+                per_second.append(report)
+                second = report["second"]
                 if second % 10 == 0:
-                    ctx.say(f"  mysql on {target.name}: {second}s qps {found.group(3)}")
+                    ctx.say(f"  mysql on {target.name}: {second}s qps {report['qps']:,.0f}")
                 if schedule and second >= schedule[0]:
                     schedule.pop(0)
                     worker = threading.Thread(target=self._expand, daemon=True,
@@ -152,23 +159,23 @@ class MysqlSuite(Suite):
 
     @staticmethod
     def _figures(per_second: list[dict], expansions: list[dict], errors: int) -> list:
+        if not per_second:
+            raise procs.BenchError("sysbench reported no second of oltp_read_write")
         qps = {row["second"]: row["qps"] for row in per_second}
-        figures = [("oltp", "QPS", statistics.mean(qps.values()) if qps else 0.0),
-                   ("oltp", "TPS", statistics.mean(r["tps"] for r in per_second) if per_second else 0.0),
-                   ("oltp", "p95 ms", statistics.median(r["p95_ms"] for r in per_second)
-                    if per_second else 0.0),
+        figures = [("oltp", "QPS", statistics.mean(qps.values())),
+                   ("oltp", "TPS", statistics.mean(r["tps"] for r in per_second)),
+                   ("oltp", "p95 ms", statistics.median(r["p95_ms"] for r in per_second)),
                    ("oltp", "zero-QPS s", sum(1 for v in qps.values() if v == 0)),
                    ("oltp", "errors", errors)]
         for index, expansion in enumerate(sorted(expansions, key=lambda e: e["second"]), 1):
             at = expansion["second"]
             before = [qps[s] for s in range(at - WINDOW + 1, at + 1) if s in qps]
             after = [qps[s] for s in range(at + 1, at + WINDOW + 1) if s in qps]
-            if before and after:
-                figures += [(f"expansion {index}", "QPS 10 s before", statistics.mean(before)),
-                            (f"expansion {index}", "QPS 10 s after", statistics.mean(after)),
-                            (f"expansion {index}", "after/before",
-                             statistics.mean(after) / statistics.mean(before)
-                             if statistics.mean(before) else 0.0)]
+            if before and after and statistics.mean(before) > 0:
+                mean_before, mean_after = statistics.mean(before), statistics.mean(after)
+                figures += [(f"expansion {index}", "QPS 10 s before", mean_before),
+                            (f"expansion {index}", "QPS 10 s after", mean_after),
+                            (f"expansion {index}", "after/before", mean_after / mean_before)]
         return figures
 
     def finish(self, details: dict[str, list[dict]], ctx: Context) -> dict:

@@ -53,10 +53,9 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
                 lines.append(f"| {goal.describe()} | {_fmt(got)} | {verdict} |")
     else:
         lines.append(f"Not judged: {goals.REFERENCE} was not among the baselines of this run.")
-        lines.append("")
     checks = goals.absolute_checks(table, subject)
     if checks:
-        lines += ["| MySQL demo check | figure | verdict |", "|---|---|---|"]
+        lines += ["", "| MySQL demo check | figure | verdict |", "|---|---|---|"]
         lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in checks]
     if meta.get("memory"):
         lines += ["", "## Peak resident memory (VmHWM, MiB) at the end of the run", "",

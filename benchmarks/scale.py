@@ -21,7 +21,8 @@ class Scale:
     mysql_table_rows: int = 20000
     mysql_threads: int = 8
     bulk_rows_per_second: int = 2000
-    volume_mib: int = 1024
+    # Below what the bulk load writes in a full run: the demo needs its expansions.
+    volume_mib: int = 512
 
     def with_overrides(self, pairs: list[str]) -> "Scale":
         """Apply `name=value` overrides from the command line (e.g. seq_size=256m)."""

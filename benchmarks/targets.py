@@ -154,7 +154,7 @@ class Dfs(Target):
             shutil.rmtree(self.work, ignore_errors=True)
 
     def _pids(self) -> list[int]:
-        return sorted(set(procs.pids_matching(str(self.data)) + procs.pids_matching(str(self.root))))
+        return sorted({*procs.pids_matching(str(self.data)), *procs.pids_matching(str(self.root))})
 
     def processes(self) -> dict[str, list[int]]:
         roles: dict[str, list[int]] = {}
@@ -162,7 +162,7 @@ class Dfs(Target):
             line = procs.cmdline(pid)
             role = ("metaserver" if "metaserver" in line
                     else "chunkserver" if "chunkserver" in line
-                    else "csi controller" if "dfs-csi" in line else "client")
+                    else "csi" if "dfs-csi" in line else "client")
             roles.setdefault(role, []).append(pid)
         return roles
 

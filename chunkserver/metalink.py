@@ -23,7 +23,8 @@ log = logs.get_logger("chunkserver")
 
 CSID_FILE = "csid"
 REPLICATIONS_AT_ONCE = 2
-MAX_BACKOFF = 10.0
+# Kept short so that a restarted metaserver hears from every server soon.
+MAX_BACKOFF = 2.0
 CALL_TIMEOUT = 30.0
 
 

@@ -222,6 +222,21 @@ class ChunkService:
                 raise DfsError(errno.EIO, f"chunk {chunk}: replica failed its checksums")
             return {"length": handle.size, "version": handle.version}
 
+    async def list_chunks(self):
+        return {"chunks": [[chunk, version] for chunk, version in self.versions.items()]}
+
+    async def verify(self, chunk: int):
+        """Read every block of the replica against its CRC (fsck); EIO, logged
+        and reported like a failed read, if one does not match."""
+        offset = 0
+        while True:
+            length = await self.scrub(chunk, offset, MAX_DATA)
+            if length is None:
+                raise DfsError(errno.ENOENT, f"chunk {chunk}: no replica here")
+            offset += MAX_DATA
+            if offset >= length:
+                return await self.chunk_info(chunk)
+
     async def replicate(self, chunk: int, version: int, source: str):
         """Copy the replica at `version` from `source`; a sound replica already
         here at that version is kept (the call is idempotent), a newer one

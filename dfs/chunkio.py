@@ -23,6 +23,16 @@ REPLICA_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOU
                             errno.ESTALE, errno.ENOENT, errno.EIO, errno.ESHUTDOWN})
 
 
+class ReplicaFailure(DfsError):
+    """Some replicas failed an operation that must reach them all; `failed`
+    maps each one's address to its error (the first error gives the errno)."""
+
+    def __init__(self, chunk: int, failed: dict[str, DfsError]):
+        first = next(iter(failed.values()))
+        super().__init__(first.errno, f"chunk {chunk}: {first.message}")
+        self.failed = failed
+
+
 @dataclass(frozen=True, slots=True)
 class Placement:
     """A chunk id, its current version and the addresses of its live replicas."""
@@ -76,14 +86,14 @@ class ChunkIO:
     async def _on_all(self, placement: Placement, op: str, **args) -> None:
         if not placement.servers:
             raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
-        failures: list[DfsError] = []
+        failures: dict[str, DfsError] = {}
         packed = encode_args(dict(args, chunk=placement.chunk, version=placement.version))
 
         async def one(addr: str) -> None:
             try:
                 await self.pool.get(addr).call_packed(op, packed, timeout=self.timeout)
             except DfsError as exc:
-                failures.append(exc)
+                failures[addr] = exc
                 log.warning("replica failed", op=op, chunk=placement.chunk, server=addr,
                             error=str(exc))
 
@@ -91,7 +101,7 @@ class ChunkIO:
             for addr in placement.servers:
                 nursery.start_soon(one, addr)
         if failures:
-            raise failures[0]
+            raise ReplicaFailure(placement.chunk, failures)
 
     async def write(self, placement: Placement, offset: int, data: bytes) -> None:
         """Returns once every replica holds the data (not yet synced to disk)."""

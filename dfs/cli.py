@@ -4,10 +4,11 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import trio
 
-from . import logs, mounts
+from . import fsck, logs, mounts
 from .cluster import LocalCluster
 from .config import ConfigError, add_cluster_args, cluster_from_args
 from .errors import DfsError
@@ -135,7 +136,36 @@ def cmd_status(args) -> int:
     print(f"files: {status['files']}, directories: {status['directories']}, "
           f"data: {_human(status['bytes'])}")
     print(f"chunks: {status['chunks']}, under-replicated: {status['under_replicated']}")
+    _print_health(status, len(servers) - len(alive))
     return 0
+
+
+def _print_health(status: dict, dead: int) -> None:
+    """One line saying whether the cluster is healthy, then what is not."""
+    bad = status.get("bad_replicas", 0)
+    troubles = []
+    if dead:
+        troubles.append(f"{dead} chunk server(s) dead")
+    if status["under_replicated"]:
+        troubles.append(f"{status['under_replicated']} chunk(s) under-replicated")
+    if status.get("replicating"):
+        troubles.append(f"{status['replicating']} cop(ies) in progress")
+    print(f"health: {'DEGRADED: ' + '; '.join(troubles) if troubles else 'ok'}")
+    if bad:
+        print(f"bad replicas reported since the metaserver started: {bad}")
+        for report in status.get("recent_bad", []):
+            when = time.strftime("%H:%M:%S", time.localtime(report["at"]))
+            print(f"  {when} chunk {report['chunk']} version {report['version']} "
+                  f"on chunk server #{report['csid']} failed its checksum")
+
+
+def cmd_fsck(args) -> int:
+    report = fsck.run(cluster_from_args(args), verify=args.verify, repair=args.repair)
+    if args.json:
+        print(json.dumps(report.to_wire(), indent=2))
+    else:
+        print(fsck.format_report(report, args.repair))
+    return fsck.exit_code(report)
 
 
 def _print_quota(q: QuotaInfo) -> None:
@@ -231,6 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("fsck", help="check chunks against the chunk servers; --repair",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Check every chunk in the metadata against its chunk\n"
+                                   "servers (missing, stale, corrupt, dead and under-replicated\n"
+                                   "replicas, lost chunks) and every chunk server against the\n"
+                                   "metadata (orphan replicas). A progress bar goes to stderr,\n"
+                                   "the report to stdout.",
+                       epilog="exit status: 0 healthy, 1 problems remain, 2 data lost\n"
+                              "example: dfs fsck --data-dir /var/lib/dfs --verify --repair")
+    add_cluster_args(p)
+    p.add_argument("--verify", action="store_true",
+                   help="read every replica whole and check each block's CRC (slow: reads "
+                        "all data); without it only versions and presence are checked")
+    p.add_argument("--repair", action="store_true",
+                   help="drop missing, stale and corrupt replicas that have a good copy "
+                        "(re-replication then restores R) and delete orphan replicas")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=cmd_fsck)
 
     p = sub.add_parser("quota", help="directory quotas",
                        description="Byte and inode limits on directories. PATH is a path "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import trio
 
 from . import logs
-from .chunkio import REPLICA_ERRORS, ChunkIO, Placement
+from .chunkio import REPLICA_ERRORS, ChunkIO, Placement, ReplicaFailure
 from .errors import DfsError
 from .framing import MAX_DATA
 from .records import Attr
@@ -36,6 +36,7 @@ READ_CACHE_SEGMENTS = 24
 MAX_INFLIGHT_BATCHES = 16
 # A cached write lease is renewed well before the metaserver lets it lapse.
 LEASE_REUSE_SECONDS = 15.0
+LEASE_MARGIN_SECONDS = 2.0
 WRITE_RETRY_SECONDS = 60.0
 READ_RETRIES = 3
 
@@ -161,16 +162,16 @@ class OpenFile:
             within = batch.start - flight.index * self.chunk_size
             deadline = trio.current_time() + WRITE_RETRY_SECONDS
             delay = 0.1
+            failed = ()
             while True:
-                placement = await self._lease(flight.index)
+                placement = await self._lease(flight.index, failed)
                 try:
                     await self.chunkio.write(placement, within, batch.data)
                     self._to_sync[flight.index] = placement
                     break
                 except DfsError as exc:
-                    # A replica died or the version moved on: a fresh lease
-                    # names the live replicas once the metaserver has noticed.
-                    if exc.errno not in REPLICA_ERRORS or trio.current_time() > deadline:
+                    failed = self._failed_replicas(exc, placement)
+                    if trio.current_time() > deadline:
                         raise
                     self._leases.pop(flight.index, None)
                     await trio.sleep(delay)
@@ -191,14 +192,36 @@ class OpenFile:
             if not self._inflight:
                 self._idle.set()
 
-    async def _lease(self, index: int) -> Placement:
+    @staticmethod
+    def _failed_replicas(exc: DfsError, placement: Placement) -> tuple[str, ...]:
+        """The replicas to report to the metaserver after a failed write or
+        sync, or raise when trying again cannot help. A replica that died,
+        fell behind or ran out of room is dropped and the others carry on;
+        ENOSPC on every replica is the application's ENOSPC."""
+        if not isinstance(exc, ReplicaFailure):
+            if exc.errno not in REPLICA_ERRORS:
+                raise exc
+            return ()
+        codes = {e.errno for e in exc.failed.values()}
+        if codes == {errno.ENOSPC} and len(exc.failed) == len(placement.servers):
+            raise exc
+        if not codes <= REPLICA_ERRORS | {errno.ENOSPC}:
+            raise exc
+        return tuple(exc.failed)
+
+    async def _lease(self, index: int, failed: tuple[str, ...] = ()) -> Placement:
+        """A write placement; `failed` replicas are reported so the metaserver
+        drops them and moves the survivors to a new version."""
         lock = self._lease_locks.setdefault(index, trio.Lock())
         async with lock:
             cached = self._leases.get(index)
-            if cached is not None and trio.current_time() - cached[1] < LEASE_REUSE_SECONDS:
+            if (cached is not None and not failed
+                    and trio.current_time() - cached[1] < LEASE_REUSE_SECONDS
+                    and cached[0].lease_until - time.time() > LEASE_MARGIN_SECONDS):
                 return cached[0]
             reply = await self.meta.call("chunk_write", ino=self.ino, index=index,
-                                         session=self.meta.session)
+                                         session=self.meta.session,
+                                         failed=list(failed) or None)
             placement = Placement.from_wire(reply)
             self._leases[index] = (placement, trio.current_time())
             self._placements[index] = placement
@@ -222,11 +245,11 @@ class OpenFile:
         size and mtime on the metaserver. Returns the new attributes, if any."""
         await self.drain()
         if self._to_sync:
-            placements, self._to_sync = list(self._to_sync.values()), {}
+            placements, self._to_sync = self._to_sync, {}
             try:
                 async with trio.open_nursery() as nursery:
-                    for placement in placements:
-                        nursery.start_soon(self.chunkio.sync, placement)
+                    for index, placement in placements.items():
+                        nursery.start_soon(self._sync_chunk, index, placement)
             except* DfsError as group:
                 exc = group.exceptions[0]
                 raise DfsError(errno.EIO, f"sync of inode {self.ino} failed: {exc}") from None
@@ -238,6 +261,26 @@ class OpenFile:
         self.dirty = False
         self.seen = (attr.mtime, attr.size)
         return attr
+
+    async def _sync_chunk(self, index: int, placement: Placement) -> None:
+        """Sync one chunk on every replica. If a replica fails, the metaserver
+        drops it and moves the survivors on; they hold every byte written to
+        the chunk so far (each write reached all replicas of its placement),
+        so syncing them is enough."""
+        deadline = trio.current_time() + WRITE_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                await self.chunkio.sync(placement)
+                return
+            except DfsError as exc:
+                failed = self._failed_replicas(exc, placement)
+                if trio.current_time() > deadline:
+                    raise
+            self._leases.pop(index, None)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            placement = await self._lease(index, failed)
 
     def truncated(self, attr: Attr) -> None:
         self.forget_data()

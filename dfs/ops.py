@@ -126,8 +126,12 @@ META = _ops(
     Op("chunk_read", {"ino": int, "index": int}, idempotent=True),
     # Allocates the chunk if needed and grants a write lease; live replicas are
     # brought to the returned version first. -> same shape as chunk_read, plus
-    # "lease_until" (metaserver clock, seconds).
-    Op("chunk_write", {"ino": int, "index": int, "session": int}, idempotent=True),
+    # "lease_until" (metaserver clock, seconds). `failed` (optional): the
+    # "host:port" of replicas that failed this client; they are dropped and
+    # the survivors moved to a new version, so the failed ones can never serve
+    # or accept this chunk again.
+    Op("chunk_write", {"ino": int, "index": int, "session": int, "failed": Opt(list)},
+       idempotent=True),
     # Reserve quota for the file to grow to at least `end` bytes.
     # -> {"granted": end the client may write up to without asking again}; EDQUOT.
     Op("reserve", {"ino": int, "session": int, "end": int}, idempotent=True),
@@ -140,8 +144,26 @@ META = _ops(
     Op("quota_get", {"ino": int}, idempotent=True),
     Op("quota_list", {}, idempotent=True),   # -> {"quotas": [QuotaInfo + "path"]}
 
-    # -> {chunkservers: [...], files, directories, chunks, under_replicated, ...}
+    # -> {chunkservers: [...], files, directories, chunks, under_replicated,
+    #     replicating (copies in progress), bad_replicas (reports since start),
+    #     recent_bad: [{chunk, csid, version, at}], ...}
     Op("status", {}, idempotent=True),
+
+    # fsck, one page of the chunk table: the chunks with id > `after`, at most
+    # `limit`, each replica asked for its version (with `verify`, every block's
+    # checksum is read too). With `repair`, missing, stale and corrupt replicas
+    # are dropped (re-replication restores R from a good one).
+    # -> {"checked": n, "next": id to pass as `after` (0 = done),
+    #     "problems": [{"chunk", "kind", "csid", "detail", "repaired"}]}
+    # kinds: missing (replica absent), stale (older version), corrupt
+    # (checksum), dead (server not heard from), under_replicated, lost (no good
+    # replica left).
+    Op("fsck_chunks", {"after": int, "limit": int, "verify": bool, "repair": bool},
+       idempotent=True),
+    # fsck, what every live chunk server holds against the chunk table: kinds
+    # orphan (no such chunk), stale (older version), unlisted (right version,
+    # not recorded). With `repair` they are deleted. -> {"problems": [...]}
+    Op("fsck_servers", {"repair": bool}, idempotent=True),
 )
 
 # Metaserver, as seen by chunk servers.
@@ -178,4 +200,9 @@ CHUNK = _ops(
     # -> {"length": bytes stored, "version"}; EIO if the replica is known to
     # fail its checksums (so it is never confirmed as a good copy).
     Op("chunk_info", {"chunk": int}, idempotent=True),
+    # Every replica held. -> {"chunks": [[chunk, version], ...]}
+    Op("list_chunks", {}, idempotent=True),
+    # Read the whole replica, checking every block. -> like chunk_info; EIO
+    # (and a report to the metaserver) if a block fails its checksum.
+    Op("verify", {"chunk": int}, idempotent=True),
 )

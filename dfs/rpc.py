@@ -267,7 +267,10 @@ class Client:
                 return await self._call_once(op, args, timeout)
             except DfsError as exc:
                 transient = exc.errno in (errno.ECONNREFUSED, errno.ECONNRESET)
-                may_retry = spec.idempotent or (isinstance(args, dict) and "token" in args)
+                # ECONNREFUSED comes from connecting: the request never left,
+                # so any operation may be sent again (a restarting server).
+                may_retry = (spec.idempotent or exc.errno == errno.ECONNREFUSED
+                             or (isinstance(args, dict) and "token" in args))
                 if not (transient and may_retry) or trio.current_time() + delay > deadline:
                     raise
             await trio.sleep(delay)

@@ -4,7 +4,7 @@ replicas, and re-replication of chunks that have fewer live replicas than R.
 
 import errno
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from dfs import logs
@@ -14,33 +14,38 @@ from dfs.rpc import parse_addr
 from . import chunktable
 from .context import Context
 from .records import ChunkServerRecord
+from .replicas import Copy, Replicas
 from .store import Tx
 
 log = logs.get_logger("metaserver")
 
 # Garbage handed to one server per heartbeat.
 GC_PER_HEARTBEAT = 1000
-# Copies one server is asked to make at a time.
+# Copies one server is asked to make at a time: re-replication is throttled
+# so that client I/O keeps going (each chunk server also runs at most two).
 REPLICATIONS_PER_SERVER = 4
-# A copy not confirmed within this long is planned again.
-REPLICATION_DEADLINE = 60.0
+# A copy not confirmed within this long is abandoned and planned again.
+REPLICATION_DEADLINE = 30.0
 REPLICATION_INTERVAL = 1.0
+# Bad-replica reports kept for `status`.
+RECENT_BAD = 20
 
 
 @dataclass
-class Copy:
-    """A replica being made: `target` fetches `chunk` at `version` from `source`."""
+class BadReport:
     chunk: int
+    csid: int
     version: int
-    target: int
-    source: str
-    handed_at: float = 0.0
+    at: float
 
 
 class Cluster:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, replicas: Replicas):
         self.ctx = ctx
-        self.copies: dict[int, Copy] = {}
+        self.replicas = replicas
+        self.copies = replicas.copies
+        self.bad_total = 0
+        self.recent_bad: deque[BadReport] = deque(maxlen=RECENT_BAD)
 
     def load(self) -> None:
         for csid, record in self.ctx.store.read(lambda tx: list(tx.all_chunkservers())):
@@ -115,14 +120,25 @@ class Cluster:
         return {"delete": delete, "replicate": self._hand_out(csid)}
 
     async def cs_bad_chunk(self, csid: int, chunk: int, version: int) -> dict:
-        def drop(tx: Tx) -> None:
+        """Drop a replica that failed its checksum, unless it is the last one
+        (its good blocks are still worth more than nothing); re-replication
+        then copies a good replica in its place."""
+        def drop(tx: Tx) -> bool:
             record = tx.chunk(chunk)
-            if record is not None and csid in record.locations:
-                chunktable.drop_location(tx, chunk, record, csid)
-                tx.put_chunk(chunk, record)
+            if record is None or csid not in record.locations or record.version != version:
+                return False
+            if not any(c != csid for c in record.locations):
+                return False
+            chunktable.drop_location(tx, chunk, record, csid)
+            tx.put_chunk(chunk, record)
+            return True
 
-        await self.ctx.store.write(drop)
-        log.warning("bad replica reported", chunk=chunk, version=version, csid=csid)
+        async with self.replicas.locks.hold(chunk):
+            dropped = await self.ctx.store.write(drop)
+        self.bad_total += 1
+        self.recent_bad.append(BadReport(chunk, csid, version, time.time()))
+        log.warning("bad replica reported", chunk=chunk, version=version, csid=csid,
+                    dropped=dropped)
         return {}
 
     # --- status ---------------------------------------------------------------
@@ -134,6 +150,11 @@ class Cluster:
                  "capacity": s.capacity, "used": s.used,
                  "chunks": chunks_per_server.get(s.csid, 0)}
                 for s in sorted(self.ctx.registry.servers.values(), key=lambda s: s.csid)]
+
+    def health(self) -> dict:
+        return {"replicating": len(self.copies), "bad_replicas": self.bad_total,
+                "recent_bad": [{"chunk": b.chunk, "csid": b.csid, "version": b.version,
+                                "at": b.at} for b in self.recent_bad]}
 
     # --- re-replication -------------------------------------------------------
     async def replicate(self) -> None:
@@ -149,21 +170,47 @@ class Cluster:
             for chunk_id, chunk in tx.all_chunks():
                 live = [c for c in chunk.locations if registry.alive(c)]
                 if live and len(live) < settings.replicas and chunk_id not in self.copies:
-                    found.append((chunk_id, chunk, live))
+                    found.append(chunk_id)
             return found
 
-        for chunk_id, chunk, live in await self.ctx.store.read_in_thread(under):
+        for chunk_id in await self.ctx.store.read_in_thread(under):
             load = Counter(c.target for c in self.copies.values())
-            busy = {csid for csid, n in load.items() if n >= REPLICATIONS_PER_SERVER}
-            pending_gc = self.ctx.store.read(
-                lambda tx: {csid for csid in registry.servers if tx.has_garbage(csid, chunk_id)})
-            targets = registry.place(1, settings.chunk_size,
-                                     set(chunk.locations) | busy | pending_gc)
-            if targets:
-                self.copies[chunk_id] = Copy(chunk_id, chunk.version, targets[0].csid,
-                                             registry.addr(live[0]))
-                log.info("replication planned", chunk=chunk_id, version=chunk.version,
-                         target=targets[0].csid)
+            if all(load[s.csid] >= REPLICATIONS_PER_SERVER for s in registry.live()):
+                return
+            async with self.replicas.locks.hold(chunk_id):
+                if chunk_id not in self.copies:
+                    await self._plan_one(chunk_id, {c for c, n in load.items()
+                                                    if n >= REPLICATIONS_PER_SERVER})
+
+    async def _plan_one(self, chunk_id: int, busy: set[int]) -> None:
+        """Hand a copy to a server with room, fencing out a write lease first
+        (see replicas.py)."""
+        registry, settings = self.ctx.registry, self.ctx.settings
+        chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
+        if chunk is None:
+            return
+        live = [c for c in chunk.locations if registry.alive(c)]
+        if not live or len(live) >= settings.replicas:
+            return
+        pending_gc = self.ctx.store.read(
+            lambda tx: {csid for csid in registry.servers if tx.has_garbage(csid, chunk_id)})
+        exclude = set(chunk.locations) | busy | pending_gc
+        if not registry.candidates(settings.chunk_size, exclude):
+            return
+        version, holders = chunk.version, live
+        if self.ctx.leases.active(chunk_id) is not None:
+            try:
+                version, holders = await self.replicas.move_version(chunk_id, chunk)
+            except DfsError as exc:
+                log.warning("cannot fence a chunk for replication", chunk=chunk_id,
+                            error=str(exc))
+                return
+        targets = registry.place(1, settings.chunk_size, exclude)
+        if targets:
+            self.copies[chunk_id] = Copy(chunk_id, version, targets[0].csid,
+                                         registry.addr(holders[0]))
+            log.info("replication planned", chunk=chunk_id, version=version,
+                     target=targets[0].csid, source=holders[0])
 
     def _hand_out(self, csid: int) -> list[list]:
         now = time.monotonic()
@@ -179,7 +226,7 @@ class Cluster:
         for copy in list(self.copies.values()):
             if not copy.handed_at:
                 if not self.ctx.registry.alive(copy.target):
-                    del self.copies[copy.chunk]
+                    await self.replicas.abandon(copy, "target is dead")
                 continue
             try:
                 client = self.ctx.chunkservers.get(self.ctx.registry.addr(copy.target))
@@ -187,12 +234,13 @@ class Cluster:
             except DfsError:
                 info = {}
             if info.get("version") == copy.version:
-                await self.ctx.store.write(lambda tx, c=copy: self._record_copy(tx, c))
-                del self.copies[copy.chunk]
+                async with self.replicas.locks.hold(copy.chunk):
+                    await self.ctx.store.write(lambda tx, c=copy: self._record_copy(tx, c))
+                    self.replicas.finished(copy)
                 log.info("chunk replicated", chunk=copy.chunk, version=copy.version,
                          csid=copy.target)
             elif now - copy.handed_at > REPLICATION_DEADLINE:
-                del self.copies[copy.chunk]
+                await self.replicas.abandon(copy, "not confirmed in time")
 
     @staticmethod
     def _record_copy(tx: Tx, copy: Copy) -> None:

@@ -4,72 +4,32 @@ and truncation, which must reach the chunk servers before the metadata changes.
 
 import errno
 import time
-from contextlib import asynccontextmanager
 
 import trio
 
 from dfs import logs
 from dfs.errors import DfsError
 
-from . import chunktable, quotas
+from . import quotas
 from .context import Context
 from .records import Chunk
+from .replicas import POLL, SERVER_WAIT, KeyedLocks, Replicas, record_version
 from .sessions import Reservation
 from .store import Tx
 
 log = logs.get_logger("metaserver")
 
-CALL_TIMEOUT = 10.0
 # How far past the requested end a reservation reaches, so a streaming writer
 # asks again only every so often.
 GRANT_AHEAD = 64 << 20
 GRANT_UNLIMITED = 1 << 30
 
 
-class InodeLocks:
-    """Serialises the operations on one file that talk to chunk servers."""
-
-    def __init__(self):
-        self._locks: dict[int, tuple[trio.Lock, list]] = {}
-
-    @asynccontextmanager
-    async def hold(self, ino: int):
-        lock, users = self._locks.setdefault(ino, (trio.Lock(), []))
-        users.append(None)
-        try:
-            async with lock:
-                yield
-        finally:
-            users.pop()
-            if not users:
-                del self._locks[ino]
-
-
 class DataPath:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, replicas: Replicas):
         self.ctx = ctx
-        self.locks = InodeLocks()
-
-    # --- chunk servers ------------------------------------------------------
-    async def _on_replicas(self, chunk_id: int, servers: list, steps: list) -> list[int]:
-        """Run `steps` ([(op, args)...], in order) on each server; return the csids
-        where all succeeded."""
-        done = []
-
-        async def one(csid: int, addr: str) -> None:
-            client = self.ctx.chunkservers.get(addr)
-            try:
-                for op, args in steps:
-                    await client.call(op, timeout=CALL_TIMEOUT, **args)
-            except DfsError as exc:
-                log.warning("replica refused", op=op, chunk=chunk_id, csid=csid, error=str(exc))
-                return
-            done.append(csid)
-
-        async with trio.open_nursery() as nursery:
-            for csid, addr in servers:
-                nursery.start_soon(one, csid, addr)
-        return done
+        self.replicas = replicas
+        self.locks = KeyedLocks()
 
     def _reply(self, chunk_id: int, version: int, csids: list[int], until=None) -> dict:
         reply = {"chunk": chunk_id, "version": version,
@@ -99,71 +59,77 @@ class DataPath:
         chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
         if chunk is None:
             return {"chunk": 0, "version": 0, "servers": []}
+        await self.replicas.live_of(chunk_id, chunk)
         return self._reply(chunk_id, chunk.version, chunk.locations)
 
-    async def chunk_write(self, ino: int, index: int, session: int) -> dict:
+    async def chunk_write(self, ino: int, index: int, session: int, failed: list | None) -> dict:
+        """A write lease. The current one is handed out again only while every
+        replica is alive and none failed the client; otherwise the replicas
+        left are moved to a new version, so a replica that missed writes can
+        never serve or take this chunk again."""
         self.ctx.sessions.check(session)
+        failed = {addr for addr in failed or () if isinstance(addr, str)}
         async with self.locks.hold(ino):
             chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
             if chunk is None:
                 return await self._allocate(ino, index)
-            until = self.ctx.leases.active(chunk_id)
-            if until is not None:
-                return self._reply(chunk_id, chunk.version, chunk.locations, until)
-            return await self._bump(ino, index, chunk_id, chunk)
+            async with self.replicas.quiet(chunk_id):
+                chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
+                if chunk is None:
+                    raise DfsError(errno.ENOENT, f"chunk {chunk_id} of inode {ino} is gone")
+                registry = self.ctx.registry
+                exclude = {csid for csid in chunk.locations
+                           if csid in registry.servers and registry.addr(csid) in failed}
+                until = self.ctx.leases.active(chunk_id)
+                whole = all(registry.alive(csid) for csid in chunk.locations)
+                if until is not None and whole and not exclude:
+                    return self._reply(chunk_id, chunk.version, chunk.locations, until)
+                if exclude:
+                    log.warning("client reported failed replicas", chunk=chunk_id, ino=ino,
+                                csids=sorted(exclude))
+                version, holders = await self.replicas.move_version(chunk_id, chunk, exclude)
+                return self._reply(chunk_id, version, holders, self.ctx.leases.grant(chunk_id))
+
+    async def _place(self) -> list:
+        """Servers for a new chunk; while known servers are not heard from yet
+        (a restart) wait a little for them rather than answer ENOSPC."""
+        settings, registry = self.ctx.settings, self.ctx.registry
+        with trio.move_on_after(SERVER_WAIT):
+            while len(registry.live()) < min(settings.replicas, len(registry.servers)):
+                await trio.sleep(POLL)
+        return registry.place(settings.replicas, settings.chunk_size)
 
     async def _allocate(self, ino: int, index: int) -> dict:
-        settings = self.ctx.settings
-        chosen = self.ctx.registry.place(settings.replicas, settings.chunk_size)
+        chosen = await self._place()
         if not chosen:
             raise DfsError(errno.ENOSPC, "no live chunk server has room for a new chunk")
         chunk_id = await self.ctx.store.write(lambda tx: tx.next_id("chunk"))
-        created = await self._on_replicas(chunk_id, [(s.csid, s.addr) for s in chosen],
-                                          [("create", {"chunk": chunk_id, "version": 1})])
-        if not created:
-            raise DfsError(errno.ENOSPC, f"no chunk server could create chunk {chunk_id}")
+        self.replicas.creating.add(chunk_id)
+        try:
+            created = await self.replicas.on_servers(
+                chunk_id, [(s.csid, s.addr) for s in chosen],
+                [("create", {"chunk": chunk_id, "version": 1})])
+            if not created:
+                raise DfsError(errno.ENOSPC, f"no chunk server could create chunk {chunk_id}")
 
-        def record(tx: Tx) -> bool:
-            for server in chosen:
-                if server.csid not in created:
-                    tx.add_garbage(server.csid, chunk_id)
-            if tx.get_inode(ino) is None:
-                for csid in created:
-                    tx.add_garbage(csid, chunk_id)
-                return False
-            tx.map_chunk(ino, index, chunk_id)
-            tx.put_chunk(chunk_id, Chunk(1, created))
-            return True
+            def record(tx: Tx) -> bool:
+                for server in chosen:
+                    if server.csid not in created:
+                        tx.add_garbage(server.csid, chunk_id)
+                if tx.get_inode(ino) is None:
+                    for csid in created:
+                        tx.add_garbage(csid, chunk_id)
+                    return False
+                tx.map_chunk(ino, index, chunk_id)
+                tx.put_chunk(chunk_id, Chunk(1, created))
+                return True
 
-        if not await self.ctx.store.write(record):
-            raise DfsError(errno.ENOENT, f"inode {ino} was deleted")
+            if not await self.ctx.store.write(record):
+                raise DfsError(errno.ENOENT, f"inode {ino} was deleted")
+        finally:
+            self.replicas.creating.discard(chunk_id)
         log.info("chunk created", chunk=chunk_id, ino=ino, index=index, csids=created)
         return self._reply(chunk_id, 1, created, self.ctx.leases.grant(chunk_id))
-
-    async def _bump(self, ino: int, index: int, chunk_id: int, chunk: Chunk) -> dict:
-        live = self.ctx.registry.live_locations(chunk.locations)
-        if not live:
-            raise DfsError(errno.EIO, f"chunk {chunk_id} has no live replica")
-        new = chunk.version + 1
-        bumped = await self._on_replicas(
-            chunk_id, live, [("set_version", {"chunk": chunk_id, "old": chunk.version,
-                                              "new": new})])
-        if not bumped:
-            raise DfsError(errno.EIO, f"no replica of chunk {chunk_id} took version {new}")
-        await self.ctx.store.write(lambda tx: self._set_version(tx, chunk_id, new, bumped))
-        log.info("chunk version bumped", chunk=chunk_id, ino=ino, index=index, version=new)
-        return self._reply(chunk_id, new, bumped, self.ctx.leases.grant(chunk_id))
-
-    @staticmethod
-    def _set_version(tx: Tx, chunk_id: int, version: int, holders: list[int]) -> None:
-        chunk = tx.chunk(chunk_id)
-        if chunk is None:
-            return
-        for csid in list(chunk.locations):
-            if csid not in holders:
-                chunktable.drop_location(tx, chunk_id, chunk, csid)
-        chunk.version = version
-        tx.put_chunk(chunk_id, chunk)
 
     # --- sizes: reservations, commits, truncation -----------------------------
     def reserved(self, skip) -> dict[int, int]:
@@ -214,26 +180,30 @@ class DataPath:
                 plan = None
             else:
                 plan = self.ctx.store.read(lambda tx: self._cut_plan(tx, ino, changes["size"]))
-            cut = None
-            if plan is not None:
-                chunk_id, version, locations, length = plan
-                new = version + 1
-                done = await self._on_replicas(
-                    chunk_id, self.ctx.registry.live_locations(locations),
-                    [("set_version", {"chunk": chunk_id, "old": version, "new": new}),
+            if plan is None:
+                return await self._apply_size(ino, changes, token, None)
+            chunk_id, length = plan
+            async with self.replicas.quiet(chunk_id):
+                chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
+                new = chunk.version + 1
+                done = await self.replicas.on_servers(
+                    chunk_id, await self.replicas.live_of(chunk_id, chunk),
+                    [("set_version", {"chunk": chunk_id, "old": chunk.version, "new": new}),
                      ("truncate", {"chunk": chunk_id, "version": new, "length": length})])
                 if not done:
                     raise DfsError(errno.EIO, f"no replica of chunk {chunk_id} could be cut")
                 self.ctx.leases.revoke(chunk_id)
-                cut = (chunk_id, new, done)
-            held = self.reserved(lambda s, i: i == ino)
+                return await self._apply_size(ino, changes, token, (chunk_id, new, done))
 
-            def apply(tx: Tx) -> dict:
-                if cut is not None:
-                    self._set_version(tx, *cut)
-                return self.ctx.namespace.setattr(tx, time.time_ns(), ino, changes, held)
+    async def _apply_size(self, ino: int, changes: dict, token, cut) -> dict:
+        held = self.reserved(lambda s, i: i == ino)
 
-            return await self.ctx.store.write(apply, token)
+        def apply(tx: Tx) -> dict:
+            if cut is not None:
+                record_version(tx, *cut)
+            return self.ctx.namespace.setattr(tx, time.time_ns(), ino, changes, held)
+
+        return await self.ctx.store.write(apply, token)
 
     def _cut_plan(self, tx: Tx, ino: int, size: int):
         inode = self._regular(tx, ino)
@@ -244,5 +214,4 @@ class DataPath:
         chunk_id = tx.chunk_id(ino, index)
         if not chunk_id:
             return None
-        chunk = tx.chunk(chunk_id)
-        return chunk_id, chunk.version, chunk.locations, size - index * chunk_size
+        return chunk_id, size - index * chunk_size

@@ -49,15 +49,19 @@ class Registry:
     def live_locations(self, locations: list[int]) -> list[list]:
         return [[csid, self.servers[csid].addr] for csid in locations if self.alive(csid)]
 
+    def candidates(self, room: int, exclude=()) -> list[ServerState]:
+        """Live servers with `room` bytes free, most free first."""
+        found = [s for s in self.live() if s.free >= room and s.csid not in exclude]
+        found.sort(key=lambda s: s.free, reverse=True)
+        return found
+
     def place(self, count: int, room: int, exclude=()) -> list[ServerState]:
         """Up to `count` live servers with `room` bytes free, most free first.
 
         The chosen servers are charged `room` at once, so placements between two
         heartbeats spread instead of piling onto the same server.
         """
-        candidates = [s for s in self.live() if s.free >= room and s.csid not in exclude]
-        candidates.sort(key=lambda s: s.free, reverse=True)
-        chosen = candidates[:count]
+        chosen = self.candidates(room, exclude)[:count]
         for server in chosen:
             server.used += room
         return chosen

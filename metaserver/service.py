@@ -19,7 +19,9 @@ from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
 from .namespace import NAME_MAX, check_changes
 from .quotas import ROOT_INO
+from .fsck import Fsck
 from .records import Inode, Quota, SessionRecord
+from .replicas import Replicas
 from .store import REPLY_TTL, Tx
 
 log = logs.get_logger("metaserver")
@@ -33,8 +35,10 @@ class MetaService:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.ns = ctx.namespace
-        self.data = DataPath(ctx)
-        self.cluster = Cluster(ctx)
+        self.replicas = Replicas(ctx)
+        self.data = DataPath(ctx, self.replicas)
+        self.cluster = Cluster(ctx, self.replicas)
+        self.fsck = Fsck(ctx, self.replicas)
 
     def start(self) -> None:
         """Prepare the store for serving: the root exists, old sessions get a fresh TTL."""
@@ -61,6 +65,8 @@ class MetaService:
             table[name] = getattr(self.data, name)
         for name in ("cs_register", "cs_heartbeat", "cs_bad_chunk"):
             table[name] = getattr(self.cluster, name)
+        for name in ("fsck_chunks", "fsck_servers"):
+            table[name] = getattr(self.fsck, name)
         return table
 
     async def run_background(self) -> None:
@@ -317,4 +323,5 @@ class MetaService:
         counts["chunkservers"] = self.cluster.servers_status(counts.pop("per_server"))
         counts["sessions"] = len(self.ctx.sessions.deadlines)
         counts["commits"] = self.ctx.store.batches
+        counts.update(self.cluster.health())
         return counts

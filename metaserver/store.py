@@ -190,8 +190,9 @@ class Tx:
     def delete_chunk(self, chunk_id: int) -> None:
         self._delete("chunks", u64(chunk_id))
 
-    def all_chunks(self):
-        for key, value in self.scan("chunks"):
+    def all_chunks(self, after: int = 0):
+        """Yield (chunk id, Chunk) in id order, from the first id above `after`."""
+        for key, value in self.scan("chunks", b"", u64(after + 1)):
             yield read_u64(key), unpack(Chunk, value)
 
     # --- garbage: replicas a chunk server should delete ----------------------

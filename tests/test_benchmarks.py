@@ -50,15 +50,17 @@ def bench(tmp_path: Path, *args: str, limit: float) -> subprocess.CompletedProce
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    done = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    done.pid = proc.pid
+    return done
 
 
-def assert_nothing_left(tmp_path: Path) -> None:
+def assert_nothing_left(tmp_path: Path, runner_pid: int) -> None:
     mounts = Path("/proc/self/mounts").read_text()
     assert str(tmp_path) not in mounts
     assert not list((tmp_path / "work").iterdir()), "the work folder is removed after a run"
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert "dfsbench" not in netns
+    assert f"dfsbench-{runner_pid}" not in [line.split()[0] for line in netns.splitlines()]
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert leftover.stdout == "", f"processes left behind: {leftover.stdout}"
 
@@ -90,7 +92,7 @@ def test_every_suite_on_dfs_against_a_local_folder(tmp_path):
     expansions = data["suites"]["mysql"]["details"]["dfs"][0]["expansions"]
     assert [e["error"] for e in expansions] == ["", ""], "both online expansions went through"
     assert (folder / "mysql-qps.png").stat().st_size > 0
-    assert_nothing_left(tmp_path)
+    assert_nothing_left(tmp_path, done.pid)
 
 
 @_needs("fio", "bindfs", "mfsmaster", "mfschunkserver", "mfsmount")
@@ -107,7 +109,7 @@ def test_baselines_fusepass_and_moosefs_come_up_measure_and_go(tmp_path):
     assert order == ["fusepass", "moosefs", "fusepass", "moosefs"], "rounds interleave A B A B"
     assert "| meta create ops/s >= 1x moosefs |" in markdown
     assert set(data["memory"]) == {"fusepass", "moosefs"}
-    assert_nothing_left(tmp_path)
+    assert_nothing_left(tmp_path, done.pid)
 
 
 @pytest.mark.timeout(30)

@@ -108,6 +108,8 @@ def test_bad_replica_is_repaired_through_the_metaserver(tmp_path):
             with trio.fail_after(30):
                 while good_addr not in await locations() or len(await locations()) != 2:
                     await trio.sleep(0.2)
+            # The copy was made under a new version, fencing out the lease holder.
+            version = (await client.call("chunk_read", ino=attr["ino"], index=0))["version"]
             for addr in await locations():
                 holder = Client(addr, SECRET, ops.CHUNK)
                 clients.append(holder)

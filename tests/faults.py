@@ -1,0 +1,221 @@
+"""Fault injection for the fault tests and the soak: killing and stopping
+servers of a local cluster, flipping bytes in replicas on disk, tiny disks
+(tmpfs with a size limit) and network namespaces joined by a bridge.
+
+Everything here undoes itself: the context managers tear down what they made
+even when the test body fails.
+"""
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from chunkserver.chunkfile import CRC_OFFSET, decode_header
+from chunkserver.chunkstore import ChunkStore
+from dfs.config import ClusterRef
+from dfs.ops import CHUNK, META
+from dfs.rpc import Client
+
+MiB = 1024 * 1024
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll `predicate` until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def meta_call(ref: ClusterRef, op: str, schema=META, addr: str | None = None, **fields):
+    """One RPC from the test process (retrying while a server restarts)."""
+    async def run():
+        client = Client(addr or ref.meta, ref.secret, schema, retry_for=30.0)
+        try:
+            return await client.call(op, timeout=60.0, **fields)
+        finally:
+            await client.aclose()
+
+    return trio.run(run)
+
+
+def chunk_call(ref: ClusterRef, addr: str, op: str, **fields):
+    return meta_call(ref, op, schema=CHUNK, addr=addr, **fields)
+
+
+def status(ref: ClusterRef) -> dict:
+    return meta_call(ref, "status")
+
+
+def healthy(ref: ClusterRef, servers: int) -> bool:
+    """Every server alive, every chunk at R live replicas, no copy running."""
+    st = status(ref)
+    return (sum(cs["alive"] for cs in st["chunkservers"]) >= servers
+            and st["under_replicated"] == 0 and st["replicating"] == 0)
+
+
+def chunks_of(ref: ClusterRef, path: str, chunk_size: int) -> list[dict]:
+    """chunk_read replies for every chunk of a file, given its dfs path."""
+    attr = meta_call(ref, "resolve", path=path.encode())
+    return [meta_call(ref, "chunk_read", ino=attr["ino"], index=i)
+            for i in range(-(-attr["size"] // chunk_size))]
+
+
+def alive(ref: ClusterRef, addr: str) -> bool:
+    return any(cs["alive"] for cs in status(ref)["chunkservers"] if cs["addr"] == addr)
+
+
+# ---- processes of a LocalCluster ------------------------------------------
+
+def signal_server(local, name: str, sig: int) -> None:
+    os.kill(int((local.dir / name / "pid").read_text()), sig)
+
+
+def kill_server(local, name: str) -> None:
+    """SIGKILL a server ('meta' or 'csN') and wait until it is gone."""
+    pid = int((local.dir / name / "pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists()
+             or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+             10, f"{name} to die")
+
+
+def restart_server(local, name: str) -> None:
+    layout = local.load()
+    if name == "meta":
+        local.start_metaserver(layout)
+    else:
+        local.start_chunkserver(layout, int(name[2:]) - 1)
+
+
+def addr_of(local, name: str) -> str:
+    return local.load().chunkservers[int(name[2:]) - 1]
+
+
+def name_of(local, addr: str) -> str:
+    return f"cs{local.load().chunkservers.index(addr) + 1}"
+
+
+# ---- replicas on disk -------------------------------------------------------
+
+def replica_paths(data_dir: Path, chunk: int) -> tuple[Path, Path]:
+    return ChunkStore(data_dir).paths(chunk)
+
+
+def replica_version(data_dir: Path, chunk: int) -> int | None:
+    """The version in a replica's header on disk, None if there is no replica."""
+    _, meta_path = replica_paths(data_dir, chunk)
+    try:
+        with open(meta_path, "rb") as f:
+            return decode_header(f.read(CRC_OFFSET), chunk)
+    except FileNotFoundError:
+        return None
+
+
+def flip_bytes(data_dir: Path, chunk: int, offset: int, count: int = 16) -> None:
+    """Corrupt a replica's data in place, as a failing disk would."""
+    data_path, _ = replica_paths(data_dir, chunk)
+    with open(data_path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0x5A for b in old))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---- tiny disks ---------------------------------------------------------------
+
+@contextmanager
+def tiny_disk(path: Path, size: str):
+    """A tmpfs of `size` (e.g. '3m') mounted at `path` for the duration."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "dfs-tiny", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        _umount(path)
+
+
+def _umount(path: Path) -> None:
+    if subprocess.run(["umount", str(path)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+# ---- network namespaces -------------------------------------------------------
+
+SUBNET = "10.213.77"
+
+
+class Network:
+    """Namespaces joined by a bridge in a hub namespace of their own, on the
+    private subnet 10.213.77.0/24 that exists only inside them. Each member
+    gets one address; `cut` and `heal` take its link down and up."""
+
+    def __init__(self):
+        self.tag = uuid.uuid4().hex[:6]
+        self.hub = f"dfs{self.tag}-hub"
+        self.members: dict[str, tuple[str, str, str]] = {}
+        self.made: list[str] = []
+
+    def _ip(self, *args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    def __enter__(self) -> "Network":
+        try:
+            self._ip("netns", "add", self.hub)
+            self.made.append(self.hub)
+            self._ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+            self._ip("-n", self.hub, "link", "set", "br0", "up")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def add(self, name: str) -> str:
+        """A namespace for `name`; returns its address."""
+        ns = f"dfs{self.tag}-{name}"
+        host = len(self.members) + 2
+        addr = f"{SUBNET}.{host}"
+        hub_end = f"v{self.tag}{host}"
+        self._ip("netns", "add", ns)
+        self.made.append(ns)
+        self._ip("-n", ns, "link", "set", "lo", "up")
+        self._ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", hub_end,
+                 "netns", self.hub)
+        self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+        self._ip("-n", ns, "link", "set", "eth0", "up")
+        self._ip("-n", self.hub, "link", "set", hub_end, "master", "br0")
+        self._ip("-n", self.hub, "link", "set", hub_end, "up")
+        self.members[name] = (ns, addr, hub_end)
+        return addr
+
+    def ns(self, name: str) -> str:
+        return self.members[name][0]
+
+    def run_in(self, name: str) -> list[str]:
+        """Command prefix running a program in `name`'s network namespace only
+        (the mount namespace stays the host's, so FUSE mounts are visible)."""
+        return ["nsenter", f"--net=/run/netns/{self.ns(name)}"]
+
+    def cut(self, name: str) -> None:
+        self._ip("-n", self.hub, "link", "set", self.members[name][2], "down")
+
+    def heal(self, name: str) -> None:
+        self._ip("-n", self.hub, "link", "set", self.members[name][2], "up")
+
+    def __exit__(self, *exc) -> None:
+        for ns in reversed(self.made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made.clear()
