@@ -59,7 +59,12 @@ class FioSuite(Suite):
         cpu_before = procs.cpu_seconds(pids)
         done = procs.run(["fio", "--output-format=json", str(job.file)], timeout=900, env=env)
         cpu = procs.cpu_seconds(pids) - cpu_before
-        return Outcome(self._figures(job, json.loads(done.stdout), cpu, bool(pids)))
+        try:
+            # fio may print warnings before its JSON.
+            report = json.loads(done.stdout[done.stdout.index("{"):])
+        except ValueError:
+            raise procs.BenchError(f"fio printed no JSON report:\n{done.stdout[-1500:]}") from None
+        return Outcome(self._figures(job, report, cpu, bool(pids)))
 
     @staticmethod
     def _figures(job: Job, report: dict, cpu: float, has_processes: bool) -> list:

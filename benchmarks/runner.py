@@ -69,6 +69,7 @@ def _stopper(target: Target, ctx: Context, failures: list[str]):
         return False
     return stop
 
+
 def _attempt(suite: Suite, case: str, target: Target, root: Path, label: str,
              ctx: Context, failures: list[str]) -> Outcome | None:
     """Run one case on one target. A failed case must not cost the figures of the others:
@@ -76,7 +77,7 @@ def _attempt(suite: Suite, case: str, target: Target, root: Path, label: str,
     ctx.say(f"{suite.name} {case}, {label}, on {target.name}")
     try:
         outcome = suite.run(case, target, root, ctx)
-    except procs.BenchError as exc:
+    except (procs.BenchError, OSError) as exc:
         failures.append(f"{suite.name} {case} {label} on {target.name}: {str(exc)[:600]}")
         ctx.say(f"    FAILED: {exc}")
         return None
@@ -89,6 +90,9 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
     """Run everything; returns the folder the results were written to."""
     suites = [cls() for cls in pick(suite_names, SUITES, "suite")]
     target_classes = pick([subject, *baselines], TARGETS, "target")
+    if len(set(target_classes)) != len(target_classes):
+        raise procs.BenchError(f"each target may appear once: subject {subject}, baselines "
+                               f"{', '.join(baselines)}")
     for suite in suites:
         for tool in suite.tools:
             if shutil.which(tool) is None:

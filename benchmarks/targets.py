@@ -17,6 +17,8 @@ class Target:
 
     name = ""
     has_quota = False
+    # How this target raises a volume's size online, for the written results.
+    expands_with = "nothing (no quota)"
 
     def __init__(self, work: Path):
         self.work = work / self.name
@@ -31,9 +33,6 @@ class Target:
     def processes(self) -> dict[str, list[int]]:
         """Processes serving this filesystem by role (client, master, chunkserver)."""
         return {}
-
-    # How this target raises a volume's size online, for the written results.
-    expands_with = "nothing (no quota)"
 
     def log_files(self) -> list[Path]:
         """The logs of this target's own processes, kept with the results of a failed run."""
@@ -55,6 +54,7 @@ class Target:
 
     def remove_volume(self, name: str) -> None:
         shutil.rmtree(self.root / "volumes" / name, ignore_errors=True)
+
 
 class Local(Target):
     """A plain folder on the local disk: the ceiling."""

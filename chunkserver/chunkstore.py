@@ -102,6 +102,9 @@ class ChunkStore:
         _fsync_dir(folder)
         return self.open(chunk)
 
+    def exists(self, chunk: int) -> bool:
+        return all(path.exists() for path in self.paths(chunk))
+
     def delete(self, chunk: int) -> bool:
         """Remove a replica (metadata first: without it the data is an orphan)."""
         data_path, meta_path = self.paths(chunk)

@@ -217,6 +217,12 @@ class ChunkService:
         """A replica known to fail its checksums answers EIO, so nobody counts
         it as a good copy (the metaserver confirms copies this way)."""
         async with self._locked(chunk):
+            if chunk in self.versions and not await self._io(chunk, self.store.exists, chunk):
+                # Removed behind our back (an operator, a failing disk): an
+                # open handle would still answer, so look at the disk.
+                log.error("replica vanished from disk", chunk=chunk)
+                self._forget(chunk)
+                self.versions.pop(chunk, None)
             handle = await self._replica(chunk)
             if (chunk, handle.version) in self._bad_seen:
                 raise DfsError(errno.EIO, f"chunk {chunk}: replica failed its checksums")

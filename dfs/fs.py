@@ -308,8 +308,8 @@ class DfsFS(pyfuse3.Operations):
             self._check_writable()
         ino = self._real(inode)
         async with _errno(by_inode=True):
-            attr = Attr.from_wire(await self.meta.call("open", ino=ino,
-                                                       session=self.meta.session))
+            attr = Attr.from_wire(await self.meta.mutate("open", ino=ino,
+                                                         session=self.meta.session))
         opened, unchanged = self._open_file(attr)
         fh = self._handle(opened, flags)
         if flags & os.O_TRUNC and attr.size:

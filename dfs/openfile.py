@@ -207,7 +207,8 @@ class OpenFile:
             raise exc
         if not codes <= REPLICA_ERRORS | {errno.ENOSPC}:
             raise exc
-        return tuple(exc.failed)
+        # ESTALE only says the version moved on: the replica itself is fine.
+        return tuple(addr for addr, e in exc.failed.items() if e.errno != errno.ESTALE)
 
     async def _lease(self, index: int, failed: tuple[str, ...] = ()) -> Placement:
         """A write placement; `failed` replicas are reported so the metaserver

@@ -109,8 +109,8 @@ META = _ops(
     # Offsets are stable: an entry keeps its offset while it exists.
     Op("readdir", {"ino": int, "offset": int, "limit": int}, idempotent=True),
     # Records that `session` has the inode open, so an unlink keeps its data.
-    # -> Attr
-    Op("open", {"ino": int, "session": int}),
+    # `token` (optional) makes a retry after a lost reply count once. -> Attr
+    Op("open", {"ino": int, "session": int, "token": Opt(bytes)}),
     Op("release", {"ino": int, "session": int}, idempotent=True),
     # flags: XATTR_CREATE (1), XATTR_REPLACE (2)
     Op("setxattr", {"ino": int, "name": bytes, "value": bytes, "flags": int}),

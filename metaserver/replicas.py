@@ -123,10 +123,15 @@ class Replicas:
         """Move the live replicas not in `exclude` to version+1 and record it;
         the others are dropped. Caller holds the chunk's lock. Returns
         (version, holders); EIO when no replica could be moved (nothing is
-        dropped then)."""
-        live = [loc for loc in await self.live_of(chunk_id, chunk) if loc[0] not in exclude]
+        dropped then).
+
+        `exclude` never empties the set: when a client reports every live
+        replica as failed, it is more likely cut off itself, and dropping
+        them all would lose the chunk."""
+        live = await self.live_of(chunk_id, chunk)
         if not live:
             raise DfsError(errno.EIO, f"chunk {chunk_id} has no live replica")
+        live = [loc for loc in live if loc[0] not in exclude] or live
         new = chunk.version + 1
         moved = await self.on_servers(
             chunk_id, live, [("set_version", {"chunk": chunk_id, "old": chunk.version,

@@ -214,7 +214,7 @@ class MetaService:
         return await self._write(lambda tx: self.ns.removexattr(tx, time.time_ns(), ino, name))
 
     # --- open files -------------------------------------------------------------------
-    async def open(self, ino: int, session: int) -> dict:
+    async def open(self, ino: int, session: int, token: bytes | None) -> dict:
         self.ctx.sessions.check(session)
 
         def record(tx: Tx) -> dict:
@@ -222,7 +222,7 @@ class MetaService:
             tx.set_open_count(ino, session, tx.open_count(ino, session) + 1)
             return self.ns.attr(tx, inode)
 
-        return await self._write(record)
+        return await self._write(record, token)
 
     async def release(self, ino: int, session: int) -> dict:
         def record(tx: Tx) -> int:

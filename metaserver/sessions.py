@@ -1,6 +1,7 @@
 """What the metaserver holds in memory only: session deadlines, quota
 reservations and write leases. All of it may be lost on restart: sessions get
-a fresh deadline, clients reserve again, and a lost lease costs one version bump.
+a fresh deadline, clients reserve again, and leases are assumed held for one
+lease length.
 """
 
 import errno
@@ -79,17 +80,26 @@ class Reservations:
 
 
 class Leases:
-    """Write leases on chunks: while one is active the version stays put."""
+    """Write leases on chunks: while one is active the version stays put.
+
+    The leases granted before a restart are not known, yet clients may still
+    write under them; so for one lease length after the start every chunk
+    counts as leased (until revoked), and whatever relies on "no lease, no
+    writer" (a copy without fencing) waits or fences instead.
+    """
 
     def __init__(self, duration: float):
         self.duration = duration
         self.until: dict[int, float] = {}
+        self.grace_until = time.time() + duration
 
     def active(self, chunk_id: int) -> float | None:
-        until = self.until.get(chunk_id)
-        if until is not None and until > time.time():
+        now = time.time()
+        until = self.until.get(chunk_id, self.grace_until)
+        if until > now:
             return until
-        self.until.pop(chunk_id, None)
+        if now >= self.grace_until:
+            self.until.pop(chunk_id, None)
         return None
 
     def grant(self, chunk_id: int) -> float:
@@ -97,4 +107,4 @@ class Leases:
         return until
 
     def revoke(self, chunk_id: int) -> None:
-        self.until.pop(chunk_id, None)
+        self.until[chunk_id] = 0.0

@@ -123,8 +123,10 @@ def replica_version(data_dir: Path, chunk: int) -> int | None:
 
 
 def flip_bytes(data_dir: Path, chunk: int, offset: int, count: int = 16) -> None:
-    """Corrupt a replica's data in place, as a failing disk would."""
+    """Corrupt a replica's data in place, as a failing disk would (at the end
+    of the data if `offset` lies beyond it)."""
     data_path, _ = replica_paths(data_dir, chunk)
+    offset = max(0, min(offset, data_path.stat().st_size - count))
     with open(data_path, "r+b") as f:
         f.seek(offset)
         old = f.read(count)
@@ -155,12 +157,12 @@ def _umount(path: Path) -> None:
 
 # ---- network namespaces -------------------------------------------------------
 
-SUBNET = "10.213.77"
+SUBNET = "10.231.19"
 
 
 class Network:
     """Namespaces joined by a bridge in a hub namespace of their own, on the
-    private subnet 10.213.77.0/24 that exists only inside them. Each member
+    private subnet 10.231.19.0/24 that exists only inside them. Each member
     gets one address; `cut` and `heal` take its link down and up."""
 
     def __init__(self):
@@ -214,6 +216,13 @@ class Network:
 
     def heal(self, name: str) -> None:
         self._ip("-n", self.hub, "link", "set", self.members[name][2], "up")
+
+    def block(self, name: str, addr: str) -> None:
+        """Cut `name` off from one address only (a blackhole route)."""
+        self._ip("-n", self.ns(name), "route", "add", "blackhole", f"{addr}/32")
+
+    def unblock(self, name: str, addr: str) -> None:
+        self._ip("-n", self.ns(name), "route", "del", "blackhole", f"{addr}/32")
 
     def __exit__(self, *exc) -> None:
         for ns in reversed(self.made):

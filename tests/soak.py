@@ -1,0 +1,242 @@
+"""Soak: fio with CRC32C verification on a dfs mount while a chaos loop
+SIGKILLs and restarts chunk servers and the metaserver.
+
+    .venv/bin/python tests/soak.py --minutes 3
+
+It brings up its own local cluster with `dfs up` in a fresh folder, runs fio
+rounds (each writes a new set of files, fsyncs and reads them back verifying
+every block) until the time is up, then stops the chaos, remounts (so nothing
+comes from the page cache) and verifies every file of every finished round
+once more. It prints a summary and exits 0 only with zero verify errors, zero
+fio errors and zero lost files. Everything is torn down at the end, also on
+failure or Ctrl-C; --keep leaves the folder (logs) behind.
+"""
+
+import argparse
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from dfs.cluster import ClusterLayout, LocalCluster, _free_port  # noqa: E402
+from faults import kill_server, restart_server, status  # noqa: E402
+
+CHUNK_SIZE = 4 << 20
+SERVERS = 3
+# Short, so a killed server is noticed within the soak's pace.
+HEARTBEAT_TIMEOUT = 3
+ROUND_SIZE = "24m"
+JOBS = 2
+# The chaos waits for full health before each kill, so one kill never takes
+# the last replica of anything, then pauses this long between faults.
+CHAOS_PAUSE = (4.0, 8.0)
+HEAL_TIMEOUT = 90.0
+
+
+@dataclass
+class Summary:
+    minutes: float
+    rounds: int = 0
+    files_written: int = 0
+    bytes_written: int = 0
+    verify_errors: int = 0
+    fio_errors: int = 0
+    lost_files: int = 0
+    chunkserver_kills: int = 0
+    metaserver_kills: int = 0
+    final_verify_ok: bool = False
+    failures: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return (self.rounds > 0 and self.final_verify_ok and not self.verify_errors
+                and not self.fio_errors and not self.lost_files)
+
+
+def dfs_command() -> str:
+    return shutil.which("dfs") or str(Path(sys.executable).parent / "dfs")
+
+
+def fio_args(mount: Path, round_no: int, verify_only: bool = False) -> list[str]:
+    args = ["fio", f"--name=soak{round_no}", f"--directory={mount}",
+            f"--filename_format=round{round_no}.$jobnum", "--rw=randwrite", "--bs=128k",
+            f"--size={ROUND_SIZE}", f"--numjobs={JOBS}", "--ioengine=psync",
+            "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0", "--end_fsync=1",
+            f"--randseed={1000 + round_no}", "--output-format=json", "--group_reporting"]
+    if verify_only:
+        args.append("--verify_only")
+    return args
+
+
+def run_fio(mount: Path, round_no: int, verify_only: bool = False) -> dict:
+    result = subprocess.run(fio_args(mount, round_no, verify_only), capture_output=True,
+                            text=True, timeout=600, cwd=mount.parent)
+    out = result.stdout
+    try:
+        job = json.loads(out[out.index("{"):])["jobs"][0]
+    except (ValueError, KeyError, IndexError):
+        job = {"error": -1}
+    verify_failed = "verify" in result.stderr.lower() and "bad" in result.stderr.lower()
+    return {"code": result.returncode, "error": job.get("error", -1),
+            "verify_failed": verify_failed, "stderr": result.stderr[-1500:],
+            "written": job.get("write", {}).get("io_bytes", 0)}
+
+
+class Chaos(threading.Thread):
+    """Kill (SIGKILL) and restart a random chunk server or the metaserver,
+    one fault at a time, each only once the cluster is fully healthy."""
+
+    def __init__(self, local: LocalCluster, summary: Summary, seed: int):
+        super().__init__(daemon=True)
+        self.local = local
+        self.summary = summary
+        self.rng = random.Random(seed)
+        self.halt = threading.Event()
+        self.error: str | None = None
+
+    def _healthy(self) -> bool:
+        st = status(self.local.ref())
+        return (sum(cs["alive"] for cs in st["chunkservers"]) >= SERVERS
+                and st["under_replicated"] == 0 and st["replicating"] == 0)
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + HEAL_TIMEOUT
+        while not self._healthy():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not heal within {HEAL_TIMEOUT:.0f}s")
+            if self.halt.wait(0.5):
+                return
+
+    def run(self) -> None:
+        try:
+            while not self.halt.wait(self.rng.uniform(*CHAOS_PAUSE)):
+                self._wait_healthy()
+                if self.halt.is_set():
+                    return
+                victim = self.rng.choice(["meta"] + [f"cs{i}" for i in range(1, SERVERS + 1)])
+                kill_server(self.local, victim)
+                if victim == "meta":
+                    self.summary.metaserver_kills += 1
+                else:
+                    self.summary.chunkserver_kills += 1
+                print(f"  chaos: SIGKILL {victim}", flush=True)
+                time.sleep(self.rng.uniform(0.5, 4.0))
+                restart_server(self.local, victim)
+                print(f"  chaos: restarted {victim}", flush=True)
+        except Exception as exc:
+            self.error = f"chaos loop failed: {exc}"
+
+
+def prepare(folder: Path) -> LocalCluster:
+    """A cluster layout with a short heartbeat timeout, for `dfs up` to use."""
+    local = LocalCluster(folder / "cluster", say=lambda *_: None)
+    local.dir.mkdir(parents=True)
+    local.save(ClusterLayout(meta=f"127.0.0.1:{_free_port()}",
+                             chunkservers=[f"127.0.0.1:{_free_port()}" for _ in range(SERVERS)],
+                             replicas=2, chunk_size=CHUNK_SIZE,
+                             extra_args={"heartbeat_timeout": HEARTBEAT_TIMEOUT}))
+    return local
+
+
+def soak(minutes: float, folder: Path, seed: int) -> Summary:
+    summary = Summary(minutes)
+    local = prepare(folder)
+    mount = folder / "mnt"
+    dfs = dfs_command()
+    subprocess.run([dfs, "up", "--data-dir", str(local.dir), "--mount", str(mount),
+                    "--chunkservers", str(SERVERS)], check=True, capture_output=True)
+    try:
+        chaos = Chaos(local, summary, seed)
+        chaos.start()
+        deadline = time.monotonic() + minutes * 60
+        finished = []
+        while time.monotonic() < deadline and chaos.error is None:
+            result = run_fio(mount, summary.rounds)
+            print(f"  round {summary.rounds}: fio exit {result['code']}, "
+                  f"error {result['error']}, {result['written'] >> 20} MiB written", flush=True)
+            if result["verify_failed"]:
+                summary.verify_errors += 1
+            if result["code"] or result["error"]:
+                summary.fio_errors += 1
+                summary.failures.append(result["stderr"])
+            else:
+                finished.append(summary.rounds)
+                summary.files_written += JOBS
+                summary.bytes_written += result["written"]
+            summary.rounds += 1
+        chaos.halt.set()
+        chaos.join(HEAL_TIMEOUT + 30)
+        if chaos.error:
+            summary.failures.append(chaos.error)
+        for name in ["meta"] + [f"cs{i}" for i in range(1, SERVERS + 1)]:
+            restart_server(local, name)
+
+        # Verify again on a fresh mount, so every byte comes from the chunk servers.
+        subprocess.run([dfs, "umount", str(mount)], check=True, capture_output=True)
+        subprocess.run([dfs, "up", "--data-dir", str(local.dir), "--mount", str(mount)],
+                       check=True, capture_output=True)
+        present = {p.name for p in mount.iterdir()}
+        ok = True
+        for round_no in finished:
+            names = [f"round{round_no}.{job}" for job in range(JOBS)]
+            lost = [n for n in names if n not in present]
+            summary.lost_files += len(lost)
+            if lost:
+                summary.failures.append(f"lost files: {lost}")
+                ok = False
+                continue
+            result = run_fio(mount, round_no, verify_only=True)
+            if result["code"] or result["error"] or result["verify_failed"]:
+                summary.verify_errors += 1
+                summary.failures.append(f"final verify of round {round_no}: "
+                                        f"{result['stderr']}")
+                ok = False
+        summary.final_verify_ok = ok
+    finally:
+        subprocess.run([dfs, "down", "--data-dir", str(local.dir)], capture_output=True)
+        for name in ["meta"] + [f"cs{i}" for i in range(1, SERVERS + 1)]:
+            local.stop(local.dir / name, sig=signal.SIGKILL)
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="soak.py", description=__doc__.split("\n\n")[0],
+        epilog="example: .venv/bin/python tests/soak.py --minutes 3 (needs root, "
+               "/dev/fuse and fio)")
+    parser.add_argument("--minutes", type=float, default=3.0,
+                        help="how long fio runs under chaos (default 3)")
+    parser.add_argument("--seed", type=int, default=int(time.time()),
+                        help="seed of the chaos loop's choices (default: the time)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the cluster folder (logs) instead of removing it")
+    args = parser.parse_args(argv)
+    if shutil.which("fio") is None:
+        parser.error("fio is not installed")
+    folder = Path(tempfile.mkdtemp(prefix="dfs-soak-"))
+    print(f"soak: {args.minutes:g} min, seed {args.seed}, folder {folder}", flush=True)
+    try:
+        summary = soak(args.minutes, folder, args.seed)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps({**asdict(summary), "passed": summary.passed}, indent=2))
+    print(f"soak {'PASSED' if summary.passed else 'FAILED'}: {summary.rounds} rounds, "
+          f"{summary.bytes_written >> 20} MiB verified, {summary.verify_errors} verify errors, "
+          f"{summary.lost_files} lost files, {summary.chunkserver_kills} chunk server and "
+          f"{summary.metaserver_kills} metaserver kills")
+    return 0 if summary.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
