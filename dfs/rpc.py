@@ -36,10 +36,27 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# A peer cut off by the network sends no reset: without these a call waits
+# on the dead connection for the kernel's ~15 minutes of retransmissions.
+# With them the connection breaks (ECONNRESET, retried on a new connection)
+# after KEEPALIVE_IDLE + KEEPALIVE_INTERVAL * KEEPALIVE_COUNT idle seconds, or
+# USER_TIMEOUT_MS with data unacknowledged.
+KEEPALIVE_IDLE = 10
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
+USER_TIMEOUT_MS = 30_000
+
+
 def _tune(stream: trio.SocketStream) -> None:
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         stream.socket.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for opt, value in ((socket.TCP_KEEPIDLE, KEEPALIVE_IDLE),
+                       (socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL),
+                       (socket.TCP_KEEPCNT, KEEPALIVE_COUNT),
+                       (socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)):
+        stream.socket.setsockopt(socket.IPPROTO_TCP, opt, value)
 
 
 class Server:

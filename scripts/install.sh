@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install what dfs needs on a Debian host (as root): the FUSE 3 runtime and
 # headers, the tools the tests and benchmarks drive, and a virtualenv in .venv
-# holding dfs with its test and CSI extras.
+# holding dfs with its CSI, test and benchmark extras.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -16,5 +16,5 @@ PYTHON="${PYTHON:-python3}"
 echo "dfs install: virtualenv .venv with $($PYTHON --version)"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[csi,test]'
+.venv/bin/pip install -q -e '.[csi,test,bench]'
 echo "dfs install: done; the commands are in $(pwd)/.venv/bin (dfs, dfs-metaserver, dfs-chunkserver)"
