@@ -4,6 +4,7 @@ written; deleted and truncated data is reclaimed, referenced data never."""
 
 import errno
 import os
+import shutil
 from contextlib import ExitStack
 
 import pytest
@@ -11,6 +12,10 @@ import pytest
 from conftest import TEST_CHUNK_SIZE, Cluster
 from faults import MiB, chunks_of, name_of, replica_version, tiny_disk, wait_for
 
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("mount", "umount")),
+    reason="needs root and mount and umount")
 
 @pytest.fixture
 def disks(tmp_path):
