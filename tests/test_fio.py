@@ -17,7 +17,8 @@ def test_fio_verify(mnt, pattern):
     result = subprocess.run(
         ["fio", "--name=verify", f"--directory={mnt}", f"--rw={pattern}", "--bs=64k",
          "--size=24m", "--numjobs=2", "--verify=crc32c", "--verify_fatal=1",
-         "--do_verify=1", "--end_fsync=1", "--verify_state_save=0", "--output-format=json", "--group_reporting"],
+         "--do_verify=1", "--end_fsync=1", "--verify_state_save=0", "--output-format=json",
+         "--group_reporting"],
         capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{"):])
