@@ -1,13 +1,14 @@
 """The CSI Controller service: volumes as quota directories on the metaserver."""
 
 from dfs import logs
+from dfs.errors import DfsError
 
 from . import capabilities as caps
 from . import csi_pb2 as csi
 from . import csi_pb2_grpc
 from . import parameters as params
-from .errors import (CsiError, aborted, already_exists, grpc_method, invalid, not_found,
-                     precondition)
+from .errors import (CsiError, aborted, already_exists, from_dfs, grpc_method, invalid,
+                     not_found, precondition)
 from .ids import check_node_id, check_volume_id, volume_id_for
 from .volumes import PUBLISH_READONLY, Publication, Volume, VolumeStore
 
@@ -90,7 +91,18 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             elif not caps.size_fits(volume.capacity, wanted_range):
                 raise already_exists(f"volume {request.name!r} exists with capacity "
                                      f"{volume.capacity} bytes, outside the requested range")
+            # Also on a compatible re-create: a creation cut short after the
+            # volume record was written has not set the factor yet.
+            if "replicas" in settings:
+                self._set_replicas(volume, settings["replicas"])
         return csi.CreateVolumeResponse(volume=volume_message(volume))
+
+    def _set_replicas(self, volume: Volume, replicas: int) -> None:
+        try:
+            self.store.meta.call("replicas_set", ino=volume.ino, replicas=replicas)
+        except DfsError as exc:
+            raise from_dfs(exc, f"setting the replication factor of volume "
+                                f"{volume.volume_id}") from None
 
     @grpc_method(log)
     def DeleteVolume(self, request, context):

@@ -17,8 +17,9 @@ def _count(key: str, text: str, low: int, high: int) -> int:
 def parse(parameters) -> dict:
     """The dfs settings in `parameters`, normalised; INVALID_ARGUMENT on anything else.
 
-    - `replicas`: copies of each chunk of the volume's files (1..16); recorded
-      with the volume and handed to nodes in the volume context.
+    - `replicas`: copies of each chunk of the volume's files (1..16); set as
+      the replication factor of the volume directory, recorded with the
+      volume and handed to nodes in the volume context.
     - `inodeLimit`: most files and directories the volume may hold (0 = no limit).
     """
     settings = {}

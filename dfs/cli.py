@@ -206,6 +206,26 @@ def cmd_quota_ls(args) -> int:
     return 0
 
 
+def _print_replicas(path: str, reply: dict) -> None:
+    source = "its own" if reply["replicas"] else "the cluster default"
+    print(f"{path}: {reply['effective']} replicas ({source})")
+
+
+def cmd_replicas_set(args) -> int:
+    reply = _call(args, "replicas_set", ino=_resolve(args, args.path), replicas=args.replicas)
+    _print_replicas(args.path, reply)
+    return 0
+
+
+def cmd_replicas_get(args) -> int:
+    reply = _call(args, "replicas_get", ino=_resolve(args, args.path))
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    else:
+        _print_replicas(args.path, reply)
+    return 0
+
+
 # ---- argument parsing ------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -300,6 +320,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_args(q)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quota_ls)
+
+    p = sub.add_parser("replicas", help="replication factor of a directory or file",
+                       description="How many chunk servers hold each chunk. PATH is a path "
+                                   "inside dfs (e.g. /volumes/pvc-1), not a local path. On a "
+                                   "directory the factor applies to files and directories "
+                                   "created in it afterwards; on a file it applies at once "
+                                   "(raising it makes the metaserver copy the file's chunks; "
+                                   "lowering it keeps the copies already made).")
+    rsub = p.add_subparsers(dest="replicas_command", required=True, metavar="ACTION")
+    r = rsub.add_parser("set", help="set the factor of a directory or file (1..16)")
+    add_cluster_args(r)
+    r.add_argument("path")
+    r.add_argument("replicas", type=int, metavar="N", help="copies of each chunk, 1..16")
+    r.set_defaults(func=cmd_replicas_set)
+    r = rsub.add_parser("get", help="show the factor of a directory or file")
+    add_cluster_args(r)
+    r.add_argument("path")
+    r.add_argument("--json", action="store_true",
+                   help='print {"replicas": stored factor (0 = none), "effective": N}')
+    r.set_defaults(func=cmd_replicas_get)
     return parser
 
 

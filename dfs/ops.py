@@ -144,6 +144,14 @@ META = _ops(
     Op("quota_get", {"ino": int}, idempotent=True),
     Op("quota_list", {}, idempotent=True),   # -> {"quotas": [QuotaInfo + "path"]}
 
+    # Replication factor (copies of each chunk, 1..16, else EINVAL). On a
+    # directory: what files and directories created inside it from now on
+    # inherit. On a regular file: its own chunks' count; raising it makes
+    # re-replication add copies, lowering it keeps the copies already made.
+    # -> {"replicas": the stored factor (0 = none), "effective": what applies}
+    Op("replicas_set", {"ino": int, "replicas": int}, idempotent=True),
+    Op("replicas_get", {"ino": int}, idempotent=True),
+
     # -> {chunkservers: [...], files, directories, chunks, under_replicated,
     #     replicating (copies in progress), bad_replicas (reports since start),
     #     recent_bad: [{chunk, csid, version, at}], ...}

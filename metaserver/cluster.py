@@ -1,5 +1,6 @@
 """Chunk servers talking to the metaserver: registration, heartbeats, bad
-replicas, and re-replication of chunks that have fewer live replicas than R.
+replicas, and re-replication of chunks that have fewer live replicas than
+their file's replication factor (the cluster's R when it has none).
 """
 
 import errno
@@ -169,7 +170,8 @@ class Cluster:
             found = []
             for chunk_id, chunk in tx.all_chunks():
                 live = [c for c in chunk.locations if registry.alive(c)]
-                if live and len(live) < settings.replicas and chunk_id not in self.copies:
+                wanted = settings.wanted(chunk.replicas)
+                if live and len(live) < wanted and chunk_id not in self.copies:
                     found.append(chunk_id)
             return found
 
@@ -190,7 +192,7 @@ class Cluster:
         if chunk is None:
             return
         live = [c for c in chunk.locations if registry.alive(c)]
-        if not live or len(live) >= settings.replicas:
+        if not live or len(live) >= settings.wanted(chunk.replicas):
             return
         pending_gc = self.ctx.store.read(
             lambda tx: {csid for csid in registry.servers if tx.has_garbage(csid, chunk_id)})

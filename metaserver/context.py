@@ -21,6 +21,10 @@ class Settings:
     session_ttl: float
     lease_seconds: float
 
+    def wanted(self, factor: int) -> int:
+        """Copies a chunk or file with replication factor `factor` should have."""
+        return factor or self.replicas
+
 
 @dataclass
 class Context:

@@ -90,17 +90,18 @@ class DataPath:
                 version, holders = await self.replicas.move_version(chunk_id, chunk, exclude)
                 return self._reply(chunk_id, version, holders, self.ctx.leases.grant(chunk_id))
 
-    async def _place(self) -> list:
-        """Servers for a new chunk; while known servers are not heard from yet
-        (a restart) wait a little for them rather than answer ENOSPC."""
-        settings, registry = self.ctx.settings, self.ctx.registry
+    async def _place(self, count: int) -> list:
+        """`count` servers for a new chunk; while known servers are not heard
+        from yet (a restart) wait a little for them rather than answer ENOSPC."""
+        registry = self.ctx.registry
         with trio.move_on_after(SERVER_WAIT):
-            while len(registry.live()) < min(settings.replicas, len(registry.servers)):
+            while len(registry.live()) < min(count, len(registry.servers)):
                 await trio.sleep(POLL)
-        return registry.place(settings.replicas, settings.chunk_size)
+        return registry.place(count, self.ctx.settings.chunk_size)
 
     async def _allocate(self, ino: int, index: int) -> dict:
-        chosen = await self._place()
+        wanted = self.ctx.settings.wanted(self.ctx.store.read(lambda tx: tx.inode(ino).replicas))
+        chosen = await self._place(wanted)
         if not chosen:
             raise DfsError(errno.ENOSPC, "no live chunk server has room for a new chunk")
         chunk_id = await self.ctx.store.write(lambda tx: tx.next_id("chunk"))
@@ -121,14 +122,15 @@ class DataPath:
                         tx.add_garbage(csid, chunk_id)
                     return False
                 tx.map_chunk(ino, index, chunk_id)
-                tx.put_chunk(chunk_id, Chunk(1, created))
+                tx.put_chunk(chunk_id, Chunk(1, created, replicas=tx.inode(ino).replicas))
                 return True
 
             if not await self.ctx.store.write(record):
                 raise DfsError(errno.ENOENT, f"inode {ino} was deleted")
         finally:
             self.replicas.creating.discard(chunk_id)
-        log.info("chunk created", chunk=chunk_id, ino=ino, index=index, csids=created)
+        log.info("chunk created", chunk=chunk_id, ino=ino, index=index, csids=created,
+                 wanted=wanted)
         return self._reply(chunk_id, 1, created, self.ctx.leases.grant(chunk_id))
 
     # --- sizes: reservations, commits, truncation -----------------------------

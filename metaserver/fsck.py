@@ -2,9 +2,9 @@
 chunk servers hold, a page of chunks at a time, repairing on request.
 
 Repair never drops the last good replica of a chunk: it drops missing, stale
-and corrupt replicas when a good one exists (re-replication then restores R
-from it) and deletes replicas nobody records. Under-replicated chunks need no
-repair here, re-replication handles them on its own.
+and corrupt replicas when a good one exists (re-replication then restores
+the file's factor from it) and deletes replicas nobody records.
+Under-replicated chunks need no repair here, re-replication handles them.
 """
 
 import errno
@@ -88,7 +88,7 @@ class Fsck:
             await self.ctx.store.write(drop)
             log.warning("fsck dropped bad replicas", chunk=chunk_id,
                         csids=[p["csid"] for p in doomed])
-        wanted = self.ctx.settings.replicas
+        wanted = self.ctx.settings.wanted(chunk.replicas)
         if not good:
             problems.append(_problem(chunk_id, "lost", 0, "no good replica is reachable"))
         elif len(good) < wanted:

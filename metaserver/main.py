@@ -40,7 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="size of a file chunk, fixed for the life of the cluster "
                              "(default: 64 MiB)")
     parser.add_argument("--replicas", type=int, default=2, metavar="R",
-                        help="how many chunk servers hold each chunk (default: 2)")
+                        help="how many chunk servers hold each chunk of a file that has no "
+                             "replication factor of its own (see `dfs replicas`; default: 2)")
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="a chunk server not heard from for this long is dead: no reads "
                              "or new chunks go to it and its chunks are re-replicated "

@@ -130,7 +130,8 @@ class Namespace:
         is_dir = stat.S_ISDIR(mode)
         inode = Inode(ino=tx.next_id("inode"), mode=mode, nlink=2 if is_dir else 1, uid=uid,
                       gid=gid, rdev=rdev, size=len(target), atime=now, mtime=now, ctime=now,
-                      parent=parent, target=target, name=name)
+                      parent=parent, target=target, name=name,
+                      replicas=directory.replicas)
         if is_dir:
             directory.nlink += 1
         self._add_entry(tx, directory, name, inode.ino, now)

@@ -39,6 +39,9 @@ class Inode:
     name: bytes = b""
     # Directories: the cookie the next entry gets, so readdir offsets are stable.
     next_cookie: int = 1
+    # Copies of each chunk (0 = the cluster default). Files: their own chunks;
+    # directories: what files and directories created inside them inherit.
+    replicas: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -61,6 +64,9 @@ class Chunk:
     # csids holding the replica at `version`.
     locations: list = field(default_factory=list)
     refs: int = 1
+    # Copies wanted (0 = the cluster default): the owning file's factor, kept
+    # here so re-replication need not look the file up for every chunk.
+    replicas: int = 0
 
 
 @dataclass(slots=True)

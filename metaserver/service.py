@@ -13,7 +13,7 @@ from dfs import logs
 from dfs.errors import DfsError
 from dfs.records import QuotaInfo
 
-from . import quotas
+from . import factors, quotas
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
@@ -59,7 +59,7 @@ class MetaService:
         names = ("session_open session_renew session_close lookup resolve getattr setattr "
                  "mknod mkdir symlink link unlink rmdir rename readlink readdir open release "
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
-                 "quota_list status").split()
+                 "quota_list replicas_set replicas_get status").split()
         table = {name: getattr(self, name) for name in names}
         for name in ("chunk_read", "chunk_write", "reserve", "commit"):
             table[name] = getattr(self.data, name)
@@ -244,10 +244,10 @@ class MetaService:
         def look(tx: Tx):
             inode = tx.inode(ino)
             chain = quotas.chain(tx, ino if inode.is_dir else inode.parent)
-            return tx.quota(chain[0]) if chain else None
+            return (tx.quota(chain[0]) if chain else None), inode.replicas
 
-        quota = self._read(look)
-        replicas = self.ctx.settings.replicas
+        quota, factor = self._read(look)
+        replicas = self.ctx.settings.wanted(factor)
         live = self.ctx.registry.live()
         total = sum(s.capacity for s in live) // replicas
         free = sum(s.free for s in live) // replicas
@@ -294,6 +294,20 @@ class MetaService:
         return self._read(lambda tx: {"quotas": [self._quota_info(tx, ino, quota)
                                                  for ino, quota in tx.all_quotas()]})
 
+    def _factor_info(self, inode: Inode) -> dict:
+        return {"replicas": inode.replicas,
+                "effective": self.ctx.settings.wanted(inode.replicas)}
+
+    async def replicas_set(self, ino: int, replicas: int) -> dict:
+        factors.check(replicas)
+        inode = await self._write(lambda tx: factors.set_factor(tx, ino, replicas))
+        log.info("replication factor set", ino=ino, replicas=replicas,
+                 kind="directory" if inode.is_dir else "file")
+        return self._factor_info(inode)
+
+    async def replicas_get(self, ino: int) -> dict:
+        return self._factor_info(self._read(lambda tx: tx.inode(ino)))
+
     @staticmethod
     def _quota_info(tx: Tx, ino: int, quota: Quota) -> dict:
         return QuotaInfo(ino, quota.bytes_limit, quota.inodes_limit, quota.bytes_used,
@@ -312,7 +326,8 @@ class MetaService:
             per_server: dict[int, int] = {}
             for _, chunk in tx.all_chunks():
                 chunks += 1
-                if self.cluster.live_count(chunk.locations) < self.ctx.settings.replicas:
+                wanted = self.ctx.settings.wanted(chunk.replicas)
+                if self.cluster.live_count(chunk.locations) < wanted:
                     under += 1
                 for csid in chunk.locations:
                     per_server[csid] = per_server.get(csid, 0) + 1
