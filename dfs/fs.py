@@ -21,7 +21,8 @@ import trio
 from . import logs
 from .chunkio import ChunkIO
 from .errors import DfsError
-from .openfile import MAX_INFLIGHT_BATCHES, OpenFile
+from .openfile import MAX_INFLIGHT_BATCHES, READ_CACHE_SEGMENTS, OpenFile
+from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
 
@@ -80,6 +81,7 @@ class DfsFS(pyfuse3.Operations):
         self.nursery = nursery
         self.read_only = read_only
         self.send_limit = trio.CapacityLimiter(MAX_INFLIGHT_BATCHES)
+        self.read_cache = ReadCache(READ_CACHE_SEGMENTS)
         self.files: dict[int, OpenFile] = {}
         # (mtime, size) of recently closed files, to keep their page cache on reopen.
         self.seen: OrderedDict[int, tuple[int, int]] = OrderedDict()
@@ -299,7 +301,8 @@ class DfsFS(pyfuse3.Operations):
         opened = self.files.get(attr.ino)
         if opened is None:
             opened = self.files[attr.ino] = OpenFile(attr.ino, attr, self.meta, self.chunkio,
-                                                     self.nursery, self.send_limit)
+                                                     self.nursery, self.send_limit,
+                                                     self.read_cache)
             return opened, self.seen.pop(attr.ino, None) == (attr.mtime, attr.size)
         return opened, opened.refresh(attr)
 
@@ -372,6 +375,7 @@ class DfsFS(pyfuse3.Operations):
 
     def _forget_file(self, opened: OpenFile) -> None:
         del self.files[opened.ino]
+        self.read_cache.drop_file(opened.ino)
         self.no_capability.pop(opened.ino, None)
         self.seen[opened.ino] = opened.seen
         while len(self.seen) > SEEN_MEMORY:

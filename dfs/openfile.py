@@ -10,13 +10,12 @@ has recorded the new size.
 
 Memory: at most MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) are
 being sent across the whole mount,
-plus one open batch per chunk being written, plus READ_CACHE_SEGMENTS
-segments of read-ahead per open inode.
+plus one open batch per chunk being written, plus the mount's read cache
+(READ_CACHE_SEGMENTS segments of SEGMENT bytes, shared by all open files).
 """
 
 import errno
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import trio
@@ -25,6 +24,7 @@ from . import logs
 from .chunkio import REPLICA_ERRORS, ChunkIO, Placement, ReplicaFailure
 from .errors import DfsError
 from .framing import MAX_DATA
+from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
 
@@ -32,7 +32,9 @@ log = logs.get_logger("client")
 
 SEGMENT = 1024 * 1024
 READ_AHEAD_SEGMENTS = 8
-READ_CACHE_SEGMENTS = 24
+# Shared by all files of a mount: four sequential readers, each with room for
+# its read-ahead window twice over.
+READ_CACHE_SEGMENTS = 4 * 2 * READ_AHEAD_SEGMENTS
 MAX_INFLIGHT_BATCHES = 16
 # A cached write lease is renewed well before the metaserver lets it lapse.
 LEASE_REUSE_SECONDS = 15.0
@@ -57,12 +59,13 @@ class _InFlight:
 
 class OpenFile:
     def __init__(self, ino: int, attr: Attr, meta: MetaLink, chunkio: ChunkIO,
-                 nursery: trio.Nursery, send_limit: trio.CapacityLimiter):
+                 nursery: trio.Nursery, send_limit: trio.CapacityLimiter, cache: ReadCache):
         self.ino = ino
         self.meta = meta
         self.chunkio = chunkio
         self.nursery = nursery
         self.send_limit = send_limit
+        self.cache = cache
         self.chunk_size = meta.chunk_size
         self.segment = min(SEGMENT, self.chunk_size)
         self.handles = 0
@@ -80,7 +83,6 @@ class OpenFile:
         self._idle.set()
         self._error: DfsError | None = None
         self._to_sync: dict[int, Placement] = {}
-        self._segments: OrderedDict[int, bytes] = OrderedDict()
         self._fetching: dict[int, trio.Event] = {}
         self._last_read_end = -1
         self._generation = 0
@@ -102,7 +104,7 @@ class OpenFile:
         """Drop cached placements and read-ahead (after a truncate or a change elsewhere)."""
         self._placements.clear()
         self._leases.clear()
-        self._segments.clear()
+        self.cache.drop_file(self.ino)
         self._generation += 1
 
     @property
@@ -300,7 +302,8 @@ class OpenFile:
         sequential = offset == self._last_read_end
         self._last_read_end = end
         first, last = offset // self.segment, (end - 1) // self.segment
-        if not sequential and not all(s in self._segments for s in range(first, last + 1)):
+        if not sequential and not all(self.cache.has(self.ino, s)
+                                      for s in range(first, last + 1)):
             return await self._read_range(offset, end)
         parts = []
         for s in range(first, last + 1):
@@ -312,28 +315,29 @@ class OpenFile:
         return b"".join(parts)
 
     async def _segment(self, s: int) -> bytes:
-        while s not in self._segments:
+        while True:
+            data = self.cache.get(self.ino, s)
+            if data is not None:
+                return data
             pending = self._fetching.get(s)
             if pending is None:
-                await self._fetch_segment(s, self._begin_fetch(s))
-            else:
-                await pending.wait()
-        self._segments.move_to_end(s)
-        return self._segments[s]
+                return await self._fetch_segment(s, self._begin_fetch(s))
+            # A read-ahead is under way: use it, or fetch again if it failed
+            # or was evicted already.
+            await pending.wait()
 
     def _begin_fetch(self, s: int) -> trio.Event:
         done = self._fetching[s] = trio.Event()
         return done
 
-    async def _fetch_segment(self, s: int, done: trio.Event) -> None:
+    async def _fetch_segment(self, s: int, done: trio.Event) -> bytes:
         generation = self._generation
         try:
             start = s * self.segment
             data = await self._read_range(start, min(start + self.segment, self.size))
             if generation == self._generation:
-                self._segments[s] = data
-                while len(self._segments) > READ_CACHE_SEGMENTS:
-                    self._segments.popitem(last=False)
+                self.cache.put(self.ino, s, data)
+            return data
         finally:
             if self._fetching.get(s) is done:
                 del self._fetching[s]
@@ -343,7 +347,7 @@ class OpenFile:
         for ahead in range(s, s + READ_AHEAD_SEGMENTS):
             if ahead * self.segment >= self.size:
                 break
-            if ahead not in self._segments and ahead not in self._fetching:
+            if not self.cache.has(self.ino, ahead) and ahead not in self._fetching:
                 self.nursery.start_soon(self._prefetch, ahead, self._begin_fetch(ahead))
 
     async def _prefetch(self, s: int, done: trio.Event) -> None:
@@ -354,11 +358,10 @@ class OpenFile:
             log.debug("read-ahead failed", ino=self.ino, segment=s, error=str(exc))
 
     def _drop_segments(self, start: int, end: int) -> None:
-        if self._segments or self._fetching:
-            for s in range(start // self.segment, (end - 1) // self.segment + 1):
-                self._segments.pop(s, None)
-            if self._fetching:
-                self._generation += 1
+        for s in range(start // self.segment, (end - 1) // self.segment + 1):
+            self.cache.drop(self.ino, s)
+        if self._fetching:
+            self._generation += 1
 
     async def _read_range(self, start: int, end: int) -> bytes:
         parts = []
