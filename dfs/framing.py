@@ -114,8 +114,11 @@ class FramedStream:
             raise ProtocolError(f"refusing to send a frame of {len(packed_args)} bytes")
         head = _request_head(request_id, op, len(packed_args))
         async with self._send_lock:
-            await self.stream.send_all(head)
-            await self.stream.send_all(packed_args)
+            if len(packed_args) < 65536:
+                await self.stream.send_all(head + packed_args)
+            else:
+                await self.stream.send_all(head)
+                await self.stream.send_all(packed_args)
 
     async def aclose(self) -> None:
         await self.stream.aclose()
