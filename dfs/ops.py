@@ -160,7 +160,7 @@ META = _ops(
     # fsck, one page of the chunk table: the chunks with id > `after`, at most
     # `limit`, each replica asked for its version (with `verify`, every block's
     # checksum is read too). With `repair`, missing, stale and corrupt replicas
-    # are dropped (re-replication restores R from a good one).
+    # are dropped (re-replication restores the replication factor from a good one).
     # -> {"checked": n, "next": id to pass as `after` (0 = done),
     #     "problems": [{"chunk", "kind", "csid", "detail", "repaired"}]}
     # kinds: missing (replica absent), stale (older version), corrupt
