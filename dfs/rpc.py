@@ -191,6 +191,8 @@ class Client:
         self._closed = False
 
     async def _connect(self) -> FramedStream:
+        if self._framed is not None:
+            return self._framed
         async with self._connect_lock:
             if self._framed is not None:
                 return self._framed
