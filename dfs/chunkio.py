@@ -89,17 +89,25 @@ class ChunkIO:
         failures: dict[str, DfsError] = {}
         packed = encode_args(dict(args, chunk=placement.chunk, version=placement.version))
 
-        async def one(addr: str) -> None:
-            try:
-                await self.pool.get(addr).call_packed(op, packed, timeout=self.timeout)
-            except DfsError as exc:
-                failures[addr] = exc
-                log.warning("replica failed", op=op, chunk=placement.chunk, server=addr,
-                            error=str(exc))
+        def failed(addr: str, exc: DfsError) -> None:
+            failures[addr] = exc
+            log.warning("replica failed", op=op, chunk=placement.chunk, server=addr,
+                        error=str(exc))
 
-        async with trio.open_nursery() as nursery:
-            for addr in placement.servers:
-                nursery.start_soon(one, addr)
+        # Every replica gets the request before any reply is awaited: the
+        # replicas work in parallel without a task per replica.
+        sent = []
+        for addr in placement.servers:
+            try:
+                sent.append((addr, await self.pool.get(addr).send_packed(op, packed)))
+            except DfsError as exc:
+                failed(addr, exc)
+        deadline = trio.current_time() + self.timeout
+        for addr, reply in sent:
+            try:
+                await reply.result(max(deadline - trio.current_time(), 0.0))
+            except DfsError as exc:
+                failed(addr, exc)
         if failures:
             raise ReplicaFailure(placement.chunk, failures)
 

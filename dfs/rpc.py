@@ -9,6 +9,7 @@ nothing else.
 
 import errno
 import itertools
+import math
 import socket
 from typing import Awaitable, Callable
 
@@ -169,6 +170,29 @@ class _Pending:
         self.result = "connection lost before the reply"
 
 
+class PendingReply:
+    """A request on the wire; `result` waits for its reply."""
+
+    def __init__(self, client: "Client", op: str, request_id: int, pending: _Pending):
+        self.client = client
+        self.op = op
+        self.request_id = request_id
+        self.pending = pending
+
+    async def result(self, timeout: float | None = None):
+        try:
+            if not self.pending.event.is_set():
+                with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+                    await self.pending.event.wait()
+                if scope.cancelled_caught:
+                    raise DfsError(errno.ETIMEDOUT, f"{self.op} on {self.client.addr} timed out")
+        finally:
+            self.client._pending.pop(self.request_id, None)
+        if self.pending.errno:
+            raise DfsError(self.pending.errno, str(self.pending.result))
+        return self.pending.result
+
+
 class Client:
     """A connection to one server, opened lazily and reopened after a failure.
 
@@ -241,39 +265,37 @@ class Client:
         with trio.CancelScope(shield=True):
             await framed.aclose()
 
-    async def _call_once(self, op: str, args: dict | bytes, timeout: float | None):
+    async def _send(self, op: str, args: dict | bytes) -> "PendingReply":
         framed = await self._connect()
         request_id = next(self._ids)
-        pending = _Pending()
-        self._pending[request_id] = pending
+        pending = self._pending[request_id] = _Pending()
         try:
-            try:
-                if isinstance(args, dict):
-                    await framed.send([REQUEST, request_id, op, args])
-                else:
-                    await framed.send_request(request_id, op, args)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await self._drop(framed)
-                raise DfsError(errno.ECONNRESET, f"connection to {self.addr} lost") from None
-            if timeout is None:
-                await pending.event.wait()
+            if isinstance(args, dict):
+                await framed.send([REQUEST, request_id, op, args])
             else:
-                with trio.move_on_after(timeout) as scope:
-                    await pending.event.wait()
-                if scope.cancelled_caught:
-                    raise DfsError(errno.ETIMEDOUT, f"{op} on {self.addr} timed out")
-        finally:
+                await framed.send_request(request_id, op, args)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             self._pending.pop(request_id, None)
-        if pending.errno:
-            raise DfsError(pending.errno, str(pending.result))
-        return pending.result
+            await self._drop(framed)
+            raise DfsError(errno.ECONNRESET, f"connection to {self.addr} lost") from None
+        except BaseException:
+            self._pending.pop(request_id, None)
+            raise
+        return PendingReply(self, op, request_id, pending)
+
+    async def _call_once(self, op: str, args: dict | bytes, timeout: float | None):
+        return await (await self._send(op, args)).result(timeout)
 
     async def call(self, op: str, timeout: float | None = None, **args):
         return await self._call(op, args, timeout)
 
-    async def call_packed(self, op: str, packed_args: bytes, timeout: float | None = None):
-        """Like call, with fields packed by framing.encode_args (shared by several calls)."""
-        return await self._call(op, packed_args, timeout)
+    async def send_packed(self, op: str, packed_args: bytes) -> "PendingReply":
+        """Send a request whose fields were packed by framing.encode_args (the
+        same bytes may go to several servers) without waiting for the reply,
+        so one task can have it in flight on many connections. No retries."""
+        if op not in self.schema:
+            raise ValueError(f"unknown operation {op!r}")
+        return await self._send(op, packed_args)
 
     async def _call(self, op: str, args: dict | bytes, timeout: float | None):
         spec = self.schema.get(op)
