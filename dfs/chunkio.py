@@ -12,7 +12,7 @@ import trio
 
 from . import logs
 from .errors import DfsError
-from .framing import encode_args
+from .framing import encode
 from .ops import CHUNK
 from .rpc import ClientPool
 
@@ -87,7 +87,7 @@ class ChunkIO:
         if not placement.servers:
             raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
         failures: dict[str, DfsError] = {}
-        packed = encode_args(dict(args, chunk=placement.chunk, version=placement.version))
+        packed = encode(dict(args, chunk=placement.chunk, version=placement.version))
 
         def failed(addr: str, exc: DfsError) -> None:
             failures[addr] = exc

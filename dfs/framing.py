@@ -39,17 +39,6 @@ def decode(payload) -> object:
         raise ProtocolError(f"malformed msgpack frame: {exc}") from None
 
 
-def encode_args(args: dict) -> bytes:
-    """Pack a request's fields once, to send the same request to several peers."""
-    return encode(args)
-
-
-def _request_head(request_id: int, op: str, packed_args_size: int) -> bytes:
-    # A msgpack array of four whose last element is the already packed fields.
-    prefix = b"\x94" + encode(REQUEST) + encode(request_id) + encode(op)
-    return _HEADER.pack(len(prefix) + packed_args_size) + prefix
-
-
 class FramedStream:
     """Reads and writes whole frames; sends are serialised, receives are not shared."""
 
@@ -98,27 +87,27 @@ class FramedStream:
         return decode(await self._receive_body(length))
 
     async def send(self, message) -> None:
-        payload = encode(message)
-        if len(payload) > self.max_frame:
-            raise ProtocolError(f"refusing to send a frame of {len(payload)} bytes")
-        header = _HEADER.pack(len(payload))
-        async with self._send_lock:
-            if len(payload) < 65536:
-                await self.stream.send_all(header + payload)
-            else:
-                await self.stream.send_all(header)
-                await self.stream.send_all(payload)
+        await self._send_frame(b"", encode(message))
 
     async def send_request(self, request_id: int, op: str, packed_args: bytes) -> None:
-        if len(packed_args) > self.max_frame - 64:
-            raise ProtocolError(f"refusing to send a frame of {len(packed_args)} bytes")
-        head = _request_head(request_id, op, len(packed_args))
+        """Send a request whose fields were packed beforehand with `encode`, so
+        the same bytes can go to several peers without packing them again."""
+        # A msgpack array of four whose last element is the packed fields.
+        prefix = b"\x94" + encode(REQUEST) + encode(request_id) + encode(op)
+        await self._send_frame(prefix, packed_args)
+
+    async def _send_frame(self, prefix: bytes, body: bytes) -> None:
+        length = len(prefix) + len(body)
+        if length > self.max_frame:
+            raise ProtocolError(f"refusing to send a frame of {length} bytes")
+        head = _HEADER.pack(length) + prefix
         async with self._send_lock:
-            if len(packed_args) < 65536:
-                await self.stream.send_all(head + packed_args)
+            # One system call for small frames; no copy of large bodies.
+            if len(body) < 65536:
+                await self.stream.send_all(head + body)
             else:
                 await self.stream.send_all(head)
-                await self.stream.send_all(packed_args)
+                await self.stream.send_all(body)
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -88,7 +88,7 @@ class DfsFS(pyfuse3.Operations):
         # The kernel asks for security.capability before every write; a recent
         # "none" is answered here instead of costing a metaserver round trip.
         self.no_capability: dict[int, float] = {}
-        self.handles: dict[int, tuple[OpenFile, int]] = {}
+        self.handles: dict[int, OpenFile] = {}
         self._next_fh = 1
 
     # ---- inode numbers ---------------------------------------------------
@@ -267,13 +267,12 @@ class DfsFS(pyfuse3.Operations):
         if capability and trio.current_time() < self.no_capability.get(ino, 0.0):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
-            return (await self.meta.call("getxattr", ino=ino, name=name))["value"]
-        except DfsError as exc:
-            if exc.errno != errno.ENODATA:
-                raise pyfuse3.FUSEError(exc.errno) from None
-            if capability:
+            async with _errno(by_inode=True):
+                return (await self.meta.call("getxattr", ino=ino, name=name))["value"]
+        except pyfuse3.FUSEError as exc:
+            if capability and exc.errno == pyfuse3.ENOATTR:
                 self.no_capability[ino] = trio.current_time() + ATTR_TIMEOUT
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+            raise
 
     async def listxattr(self, inode, ctx):
         async with _errno(by_inode=True):
@@ -281,18 +280,15 @@ class DfsFS(pyfuse3.Operations):
 
     async def removexattr(self, inode, name, ctx):
         self._check_writable()
-        try:
+        async with _errno(by_inode=True):
             await self.meta.call("removexattr", ino=self._real(inode), name=name)
-        except DfsError as exc:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if exc.errno == errno.ENODATA
-                                    else exc.errno) from None
 
     # ---- files -----------------------------------------------------------
 
-    def _handle(self, opened: OpenFile, flags: int) -> int:
+    def _handle(self, opened: OpenFile) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self.handles[fh] = (opened, flags)
+        self.handles[fh] = opened
         opened.handles += 1
         self.meta.open_inodes[opened.ino] = self.meta.open_inodes.get(opened.ino, 0) + 1
         return fh
@@ -314,7 +310,7 @@ class DfsFS(pyfuse3.Operations):
             attr = Attr.from_wire(await self.meta.mutate("open", ino=ino,
                                                          session=self.meta.session))
         opened, unchanged = self._open_file(attr)
-        fh = self._handle(opened, flags)
+        fh = self._handle(opened)
         if flags & os.O_TRUNC and attr.size:
             # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us.
             try:
@@ -336,20 +332,20 @@ class DfsFS(pyfuse3.Operations):
                 mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0, session=self.meta.session,
                 **self._ids(ctx))
         opened, _ = self._open_file(Attr.from_wire(reply))
-        return pyfuse3.FileInfo(fh=self._handle(opened, flags)), self._entry(reply)
+        return pyfuse3.FileInfo(fh=self._handle(opened)), self._entry(reply)
 
     async def read(self, fh, off, size):
-        opened, _ = self.handles[fh]
+        opened = self.handles[fh]
         async with _errno():
             return await opened.read(off, size)
 
     async def write(self, fh, off, buf):
-        opened, _ = self.handles[fh]
+        opened = self.handles[fh]
         async with _errno():
             return await opened.write(off, buf)
 
     async def flush(self, fh):
-        opened, _ = self.handles[fh]
+        opened = self.handles[fh]
         async with _errno():
             await opened.flush()
 
@@ -357,7 +353,7 @@ class DfsFS(pyfuse3.Operations):
         await self.flush(fh)
 
     async def release(self, fh):
-        opened, _ = self.handles.pop(fh)
+        opened = self.handles.pop(fh)
         opened.handles -= 1
         try:
             async with _errno():

@@ -162,22 +162,10 @@ class OpenFile:
             for other in earlier:
                 await other.done.wait()
             within = batch.start - flight.index * self.chunk_size
-            deadline = trio.current_time() + WRITE_RETRY_SECONDS
-            delay = 0.1
-            failed = ()
-            while True:
-                placement = await self._lease(flight.index, failed)
-                try:
-                    await self.chunkio.write(placement, within, batch.data)
-                    self._to_sync[flight.index] = placement
-                    break
-                except DfsError as exc:
-                    failed = self._failed_replicas(exc, placement)
-                    if trio.current_time() > deadline:
-                        raise
-                    self._leases.pop(flight.index, None)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
+            placement = await self._on_live_replicas(
+                flight.index, None,
+                lambda placement: self.chunkio.write(placement, within, batch.data))
+            self._to_sync[flight.index] = placement
         except DfsError as exc:
             log.error("write failed", ino=self.ino, chunk_index=flight.index, error=str(exc))
             if self._error is None:
@@ -270,20 +258,30 @@ class OpenFile:
         drops it and moves the survivors on; they hold every byte written to
         the chunk so far (each write reached all replicas of its placement),
         so syncing them is enough."""
+        await self._on_live_replicas(index, placement, self.chunkio.sync)
+
+    async def _on_live_replicas(self, index: int, placement: Placement | None,
+                                action) -> Placement:
+        """Run `action(placement)` for chunk `index` until every replica of a
+        placement has done it; replicas that fail are reported and a fresh
+        lease names the survivors. Returns the placement that succeeded."""
         deadline = trio.current_time() + WRITE_RETRY_SECONDS
         delay = 0.1
+        failed = ()
         while True:
+            if placement is None:
+                placement = await self._lease(index, failed)
             try:
-                await self.chunkio.sync(placement)
-                return
+                await action(placement)
+                return placement
             except DfsError as exc:
                 failed = self._failed_replicas(exc, placement)
                 if trio.current_time() > deadline:
                     raise
             self._leases.pop(index, None)
+            placement = None
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
-            placement = await self._lease(index, failed)
 
     def truncated(self, attr: Attr) -> None:
         self.forget_data()

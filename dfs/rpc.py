@@ -161,36 +161,31 @@ class Server:
             raise DfsError(errno.EIO, f"{op_name}: internal error on {self.name}") from None
 
 
-class _Pending:
-    __slots__ = ("event", "errno", "result")
-
-    def __init__(self):
-        self.event = trio.Event()
-        self.errno = errno.ECONNRESET
-        self.result = "connection lost before the reply"
-
-
 class PendingReply:
-    """A request on the wire; `result` waits for its reply."""
+    """A request on the wire; the reader fills in its reply, `result` waits for it."""
 
-    def __init__(self, client: "Client", op: str, request_id: int, pending: _Pending):
+    __slots__ = ("client", "op", "request_id", "event", "errno", "result_value")
+
+    def __init__(self, client: "Client", op: str, request_id: int):
         self.client = client
         self.op = op
         self.request_id = request_id
-        self.pending = pending
+        self.event = trio.Event()
+        self.errno = errno.ECONNRESET
+        self.result_value = "connection lost before the reply"
 
     async def result(self, timeout: float | None = None):
         try:
-            if not self.pending.event.is_set():
+            if not self.event.is_set():
                 with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                    await self.pending.event.wait()
+                    await self.event.wait()
                 if scope.cancelled_caught:
                     raise DfsError(errno.ETIMEDOUT, f"{self.op} on {self.client.addr} timed out")
         finally:
             self.client._pending.pop(self.request_id, None)
-        if self.pending.errno:
-            raise DfsError(self.pending.errno, str(self.pending.result))
-        return self.pending.result
+        if self.errno:
+            raise DfsError(self.errno, str(self.result_value))
+        return self.result_value
 
 
 class Client:
@@ -209,7 +204,7 @@ class Client:
         self.connect_timeout = connect_timeout
         self.retry_for = retry_for
         self._framed: FramedStream | None = None
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, PendingReply] = {}
         self._ids = itertools.count(1)
         self._connect_lock = trio.Lock()
         self._closed = False
@@ -246,7 +241,7 @@ class Client:
                     raise ProtocolError("not a reply")
                 pending = self._pending.pop(message[1], None)
                 if pending is not None:
-                    pending.errno, pending.result = message[2], message[3]
+                    pending.errno, pending.result_value = message[2], message[3]
                     pending.event.set()
         except (EOFError, ProtocolError, trio.BrokenResourceError,
                 trio.ClosedResourceError, OSError):
@@ -268,7 +263,7 @@ class Client:
     async def _send(self, op: str, args: dict | bytes) -> "PendingReply":
         framed = await self._connect()
         request_id = next(self._ids)
-        pending = self._pending[request_id] = _Pending()
+        pending = self._pending[request_id] = PendingReply(self, op, request_id)
         try:
             if isinstance(args, dict):
                 await framed.send([REQUEST, request_id, op, args])
@@ -281,23 +276,23 @@ class Client:
         except BaseException:
             self._pending.pop(request_id, None)
             raise
-        return PendingReply(self, op, request_id, pending)
+        return pending
 
-    async def _call_once(self, op: str, args: dict | bytes, timeout: float | None):
+    async def _call_once(self, op: str, args: dict, timeout: float | None):
         return await (await self._send(op, args)).result(timeout)
 
     async def call(self, op: str, timeout: float | None = None, **args):
         return await self._call(op, args, timeout)
 
     async def send_packed(self, op: str, packed_args: bytes) -> "PendingReply":
-        """Send a request whose fields were packed by framing.encode_args (the
+        """Send a request whose fields were packed by framing.encode (the
         same bytes may go to several servers) without waiting for the reply,
         so one task can have it in flight on many connections. No retries."""
         if op not in self.schema:
             raise ValueError(f"unknown operation {op!r}")
         return await self._send(op, packed_args)
 
-    async def _call(self, op: str, args: dict | bytes, timeout: float | None):
+    async def _call(self, op: str, args: dict, timeout: float | None):
         spec = self.schema.get(op)
         if spec is None:
             raise ValueError(f"unknown operation {op!r}")
@@ -311,7 +306,7 @@ class Client:
                 # ECONNREFUSED comes from connecting: the request never left,
                 # so any operation may be sent again (a restarting server).
                 may_retry = (spec.idempotent or exc.errno == errno.ECONNREFUSED
-                             or (isinstance(args, dict) and "token" in args))
+                             or "token" in args)
                 if not (transient and may_retry) or trio.current_time() + delay > deadline:
                     raise
             await trio.sleep(delay)

@@ -5,8 +5,11 @@ import os
 import random
 
 import pytest
+import trio
 
 from conftest import TEST_CHUNK_SIZE
+from dfs.ops import CHUNK, META
+from dfs.rpc import Client
 
 MiB = 1024 * 1024
 
@@ -80,12 +83,32 @@ def test_read_your_writes_before_close(mnt):
 
 
 def test_replicas_hold_the_data(shared_cluster, mnt):
-    """Every chunk of a synced file is on two chunk servers' disks."""
-    path = mnt / "replicated"
+    """Every chunk of a synced file is on two chunk servers, each with every byte."""
     payload = os.urandom(2 * TEST_CHUNK_SIZE)
-    with open(path, "wb") as f:
+    with open(mnt / "replicated", "wb") as f:
         f.write(payload)
         os.fsync(f.fileno())
-    disks = [shared_cluster.local.dir / f"cs{i}" / "data" for i in (1, 2, 3)]
-    stored = sum(sum(p.stat().st_size for p in disk.rglob("*") if p.is_file()) for disk in disks)
-    assert stored >= 2 * len(payload)
+    ref = shared_cluster.ref
+
+    async def read_every_replica():
+        meta = Client(ref.meta, ref.secret, META)
+        ino = (await meta.call("resolve", path=f"/{mnt.name}/replicated".encode()))["ino"]
+        copies = []
+        for index in range(2):
+            where = await meta.call("chunk_read", ino=ino, index=index)
+            for _csid, addr in where["servers"]:
+                server = Client(addr, ref.secret, CHUNK)
+                reply = await server.call("read", chunk=where["chunk"],
+                                          version=where["version"], offset=0,
+                                          length=TEST_CHUNK_SIZE)
+                copies.append((index, addr, reply["data"]))
+                await server.aclose()
+        await meta.aclose()
+        return copies
+
+    copies = trio.run(read_every_replica)
+    for index in range(2):
+        replicas = [(addr, data) for i, addr, data in copies if i == index]
+        assert len({addr for addr, _ in replicas}) == 2, "two distinct chunk servers"
+        piece = payload[index * TEST_CHUNK_SIZE:(index + 1) * TEST_CHUNK_SIZE]
+        assert all(data == piece for _, data in replicas)

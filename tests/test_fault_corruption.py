@@ -92,7 +92,6 @@ def test_fsck_reports_and_repairs(fault_cluster):
     chunks = chunks_of(c.ref, "/f", TEST_CHUNK_SIZE)
     # A missing replica: its files removed behind the chunk server's back.
     gone_name = name_of(c.local, chunks[0]["servers"][0][1])
-    from faults import replica_paths
     for path in replica_paths(c.local.dir / gone_name / "data", chunks[0]["chunk"]):
         path.unlink()
     # An orphan: a replica no file refers to.
