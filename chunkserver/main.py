@@ -11,7 +11,7 @@ from pathlib import Path
 import trio
 
 from dfs import logs, ops
-from dfs.config import ConfigError, load_secret
+from dfs.config import ConfigError, load_secret, write_ready_file
 from dfs.rpc import Server, parse_addr
 
 from .chunkstore import ChunkStore
@@ -89,12 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_ready_file(path: Path, addr: str) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(addr + "\n")
-    os.replace(temp, path)
-
-
 def _lock_data_dir(data_dir: Path) -> int:
     """Hold a lock on the folder for the life of the process, so two chunk
     servers can never share (and corrupt) one set of replicas."""
@@ -131,7 +125,7 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
                 advertise = args.advertise or _advertised(host, bound_port)
                 log.info("listening", addr=listen, advertise=advertise, meta=args.meta)
                 if args.ready_file:
-                    _write_ready_file(args.ready_file, listen)
+                    write_ready_file(args.ready_file, listen)
                 link = MetaLink(service, args.meta, secret, advertise, args.data_dir,
                                 args.heartbeat_interval)
                 nursery.start_soon(link.run)

@@ -86,3 +86,11 @@ def cluster_from_args(args: argparse.Namespace) -> ClusterRef:
     info = read_cluster_file(data_dir)
     secret_path = data_dir / SECRET_FILE
     return ClusterRef(info["meta"], load_secret(str(secret_path)), str(secret_path))
+
+
+def write_ready_file(path: Path, addr: str) -> None:
+    """Tell whoever started a service where it listens (port 0 picks one).
+    Written under a temporary name and renamed, so a reader never sees half."""
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(addr + "\n")
+    os.replace(temp, path)

@@ -1,7 +1,6 @@
 """dfs-metaserver: the metadata service of a dfs cluster."""
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import trio
 
 from dfs import logs
-from dfs.config import ConfigError, load_secret
+from dfs.config import ConfigError, load_secret, write_ready_file
 from dfs.ops import META, META_CS
 from dfs.rpc import Server, parse_addr
 
@@ -71,12 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(f"--listen: {exc}")
     return args
-
-
-def write_ready_file(path: Path, addr: str) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(addr + "\n")
-    os.replace(temp, path)
 
 
 async def serve(args: argparse.Namespace, secret: bytes) -> None:
