@@ -13,7 +13,7 @@ that describes it, and the header never runs ahead of the data.
   CRCs. A crash in between leaves new data under old CRCs or the reverse, which
   fails verification (EIO, the replica is reported and repaired from another):
   it never passes off wrong data as good.
-- sync: fsync the data, then the metadata.
+- sync: fdatasync the data, then the metadata.
 - version change: fsync the data, then rewrite the header (one small write
   inside the first sector, with its own CRC so a torn header is detected) and
   fsync it. The version on disk therefore never claims more than the data that
@@ -236,6 +236,11 @@ class ChunkFile:
         self._write_crcs(min(first, old_blocks), last + 1)
         self.size = max(self.size, end)
 
+    def write_pieces(self, pieces) -> None:
+        """Apply (offset, data) writes in order."""
+        for offset, data in pieces:
+            self.write(offset, data)
+
     def truncate(self, length: int) -> None:
         """Cut or extend the replica to `length`; what lies beyond reads as zeros."""
         if length == self.size:
@@ -264,5 +269,7 @@ class ChunkFile:
         self.version = version
 
     def sync(self) -> None:
-        os.fsync(self.data_fd)
-        os.fsync(self.meta_fd)
+        # fdatasync still flushes a size change; timestamps are all it skips,
+        # and nothing reads a replica's timestamps.
+        os.fdatasync(self.data_fd)
+        os.fdatasync(self.meta_fd)

@@ -181,14 +181,39 @@ class ChunkService:
             log.info("replica version set", chunk=chunk, old=old, version=new)
         return {}
 
-    async def write(self, chunk: int, version: int, offset: int, data: bytes):
-        _check_range(chunk, offset, len(data))
-        if offset + len(data) > MAX_CHUNK:
-            raise DfsError(errno.EFBIG, f"chunk {chunk}: write past {MAX_CHUNK} bytes")
+    async def write(self, chunk: int, version: int, offset: int, data: bytes,
+                    sync: bool | None):
+        return await self._write(chunk, version, [(offset, data)], sync)
+
+    async def write_extents(self, chunk: int, version: int, extents: list, sync: bool | None):
+        if len(extents) > ops.MAX_EXTENTS:
+            raise DfsError(errno.EINVAL, f"chunk {chunk}: {len(extents)} extents in one "
+                                         f"request, the limit is {ops.MAX_EXTENTS}")
+        pieces = []
+        for extent in extents:
+            if not (isinstance(extent, list) and len(extent) == 2
+                    and isinstance(extent[0], int) and not isinstance(extent[0], bool)
+                    and isinstance(extent[1], bytes)):
+                raise DfsError(errno.EINVAL, f"chunk {chunk}: an extent is [offset, data]")
+            pieces.append((extent[0], extent[1]))
+        return await self._write(chunk, version, pieces, sync)
+
+    async def _write(self, chunk: int, version: int, pieces: list[tuple[int, bytes]],
+                     sync: bool | None):
+        """Apply writes in order; all are checked before the first is applied."""
+        total = 0
+        for offset, data in pieces:
+            _check_range(chunk, offset, len(data))
+            if offset + len(data) > MAX_CHUNK:
+                raise DfsError(errno.EFBIG, f"chunk {chunk}: write past {MAX_CHUNK} bytes")
+            total += len(data)
+        _check_range(chunk, 0, total)
         async with self._locked(chunk):
             handle = await self._replica(chunk, version)
-            await self._verified_io(handle, handle.write, offset, data,
-                                    inline=len(data) <= INLINE_IO)
+            await self._verified_io(handle, handle.write_pieces, pieces,
+                                    inline=total <= INLINE_IO)
+            if sync:
+                await self._io(chunk, handle.sync)
         return {}
 
     async def read(self, chunk: int, version: int, offset: int, length: int):

@@ -111,9 +111,16 @@ class ChunkIO:
         if failures:
             raise ReplicaFailure(placement.chunk, failures)
 
-    async def write(self, placement: Placement, offset: int, data: bytes) -> None:
-        """Returns once every replica holds the data (not yet synced to disk)."""
-        await self._on_all(placement, "write", offset=offset, data=data)
+    async def write(self, placement: Placement, extents: list[tuple[int, bytes]],
+                    sync: bool = False) -> None:
+        """Write (offset, data) extents in order; returns once every replica
+        holds them, and with `sync` once they are on disk."""
+        if len(extents) == 1:
+            offset, data = extents[0]
+            await self._on_all(placement, "write", offset=offset, data=data, sync=sync)
+        else:
+            await self._on_all(placement, "write_extents", sync=sync,
+                               extents=[[offset, data] for offset, data in extents])
 
     async def sync(self, placement: Placement) -> None:
         """Returns once every replica has the chunk durably on disk."""

@@ -1,12 +1,14 @@
 """The client's state for one open inode: buffered writes, read-ahead, chunk
 placements and the size this mount has written.
 
-Writes are gathered per chunk into contiguous batches of up to MAX_DATA bytes
-and sent to every replica in the background, many batches in flight; a batch
-waits only for earlier batches that overlap it, so the order of overlapping
-writes is kept. Errors surface at the next write, flush or fsync. `flush`
-(close) and `fsync` return once every replica has synced and the metaserver
-has recorded the new size.
+Writes are gathered per chunk into batches of up to MAX_DATA bytes and
+MAX_EXTENTS extents (contiguous writes join one extent; scattered small writes,
+such as a database's page writes between two fsyncs, travel together in one
+request) and sent to every replica in the background, many batches in flight;
+a batch waits only for earlier batches that overlap it, so the order of
+overlapping writes is kept. Errors surface at the next write, flush or fsync.
+`flush` (close) and `fsync` return once every replica has synced and the
+metaserver has recorded the new size.
 
 Memory: at most MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) are
 being sent across the whole mount,
@@ -16,7 +18,7 @@ plus one open batch per chunk being written, plus the mount's read cache
 
 import errno
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -24,6 +26,7 @@ from . import logs
 from .chunkio import REPLICA_ERRORS, ChunkIO, Placement, ReplicaFailure
 from .errors import DfsError
 from .framing import MAX_DATA
+from .ops import MAX_EXTENTS
 from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
@@ -45,8 +48,29 @@ READ_RETRIES = 3
 
 @dataclass(slots=True, eq=False)
 class _Batch:
-    start: int
-    data: bytearray
+    """Writes to one chunk not sent yet, in the order they were made:
+    [file offset, data] extents, contiguous writes joined."""
+
+    extents: list = field(default_factory=list)
+    size: int = 0
+    start: int = -1
+    end: int = -1
+
+    def add(self, pos: int, piece: memoryview) -> None:
+        last = self.extents[-1] if self.extents else None
+        if last is not None and last[0] + len(last[1]) == pos:
+            last[1] += piece
+        else:
+            self.extents.append([pos, bytearray(piece)])
+        self.size += len(piece)
+        self.start = pos if self.start < 0 else min(self.start, pos)
+        self.end = max(self.end, pos + len(piece))
+
+    def takes(self, pos: int, length: int) -> bool:
+        if self.size + length > MAX_DATA:
+            return False
+        last = self.extents[-1]
+        return last[0] + len(last[1]) == pos or len(self.extents) < MAX_EXTENTS
 
 
 @dataclass(slots=True, eq=False)
@@ -137,35 +161,41 @@ class OpenFile:
 
     async def _add(self, index: int, pos: int, piece: memoryview) -> None:
         batch = self._batches.get(index)
-        if batch is not None and batch.start + len(batch.data) == pos \
-                and len(batch.data) + len(piece) <= MAX_DATA:
-            batch.data += piece
-        else:
-            if batch is not None:
-                await self._launch(index)
-            self._batches[index] = _Batch(pos, bytearray(piece))
-        if len(self._batches[index].data) >= MAX_DATA:
+        if batch is not None and not batch.takes(pos, len(piece)):
+            await self._launch(index)
+            batch = None
+        if batch is None:
+            batch = self._batches[index] = _Batch()
+        batch.add(pos, piece)
+        if batch.size >= MAX_DATA:
             await self._launch(index)
 
-    async def _launch(self, index: int) -> None:
+    async def _launch(self, index: int, sync: bool = False) -> None:
+        """Send the chunk's open batch. A batch that also syncs the replica
+        waits for every earlier batch to the chunk, so it is the last to land."""
         batch = self._batches.pop(index)
         await self.send_limit.acquire_on_behalf_of(batch)
         earlier = [f for f in self._inflight if f.index == index
-                   and f.start < batch.start + len(batch.data) and batch.start < f.end]
-        flight = _InFlight(index, batch.start, batch.start + len(batch.data), trio.Event())
+                   and (sync or (f.start < batch.end and batch.start < f.end))]
+        flight = _InFlight(index, batch.start, batch.end, trio.Event())
         self._inflight.append(flight)
         self._idle = trio.Event()
-        self.nursery.start_soon(self._send, batch, flight, earlier)
+        self.nursery.start_soon(self._send, batch, flight, earlier, sync)
 
-    async def _send(self, batch: _Batch, flight: _InFlight, earlier: list[_InFlight]) -> None:
+    async def _send(self, batch: _Batch, flight: _InFlight, earlier: list[_InFlight],
+                    sync: bool) -> None:
         try:
             for other in earlier:
                 await other.done.wait()
-            within = batch.start - flight.index * self.chunk_size
+            base = flight.index * self.chunk_size
+            extents = [(pos - base, data) for pos, data in batch.extents]
             placement = await self._on_live_replicas(
                 flight.index, None,
-                lambda placement: self.chunkio.write(placement, within, batch.data))
-            self._to_sync[flight.index] = placement
+                lambda placement: self.chunkio.write(placement, extents, sync))
+            if sync:
+                self._to_sync.pop(flight.index, None)
+            else:
+                self._to_sync[flight.index] = placement
         except DfsError as exc:
             log.error("write failed", ino=self.ino, chunk_index=flight.index, error=str(exc))
             if self._error is None:
@@ -233,25 +263,38 @@ class OpenFile:
 
     async def flush(self) -> Attr | None:
         """Make everything written so far durable on every replica and record
-        size and mtime on the metaserver. Returns the new attributes, if any."""
-        await self.drain()
-        if self._to_sync:
-            placements, self._to_sync = self._to_sync, {}
-            try:
-                async with trio.open_nursery() as nursery:
-                    for index, placement in placements.items():
-                        nursery.start_soon(self._sync_chunk, index, placement)
-            except* DfsError as group:
-                exc = group.exceptions[0]
-                raise DfsError(errno.EIO, f"sync of inode {self.ino} failed: {exc}") from None
-        if not self.dirty:
-            return None
+        size and mtime on the metaserver. Returns the new attributes, if any.
+
+        The last batch to each chunk carries the sync, saving a round trip.
+        When the file did not grow, the metaserver records the new mtime
+        while the replicas sync: no size then runs ahead of its data."""
+        for index in list(self._batches):
+            await self._launch(index, sync=True)
+        grew = self.size > self.seen[1]
+        committed: list[Attr] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.dirty and not grew:
+                    nursery.start_soon(self._commit, committed)
+                await self.drain()
+                placements, self._to_sync = self._to_sync, {}
+                for index, placement in placements.items():
+                    nursery.start_soon(self._sync_chunk, index, placement)
+        except* DfsError as group:
+            exc = group.exceptions[0]
+            raise DfsError(exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                           else errno.EIO, f"sync of inode {self.ino} failed: {exc}") from None
+        if self.dirty and grew:
+            await self._commit(committed)
+        return committed[0] if committed else None
+
+    async def _commit(self, committed: list[Attr]) -> None:
         reply = await self.meta.call("commit", ino=self.ino, session=self.meta.session,
                                      size=self.size, mtime=self.mtime)
         attr = Attr.from_wire(reply)
         self.dirty = False
         self.seen = (attr.mtime, attr.size)
-        return attr
+        committed.append(attr)
 
     async def _sync_chunk(self, index: int, placement: Placement) -> None:
         """Sync one chunk on every replica. If a replica fails, the metaserver

@@ -42,26 +42,49 @@ def _matches(value, kind) -> bool:
     return isinstance(value, kind)
 
 
+# Per operation, its fields as (name, exact type or None, accepted types,
+# optional), built on first use. Keyed by id with the Op kept alongside, so an
+# id is never reused while its entry exists (an Op holds a dict: unhashable).
+_FIELD_TABLES: dict[int, tuple[Op, tuple]] = {}
+
+
+def _field_table(op: Op) -> tuple:
+    entry = _FIELD_TABLES.get(id(op))
+    if entry is None or entry[0] is not op:
+        table = []
+        for name, kind in op.fields.items():
+            optional = isinstance(kind, Opt)
+            if optional:
+                kind = kind.kind
+            # A value of exactly this type passes at once; others go to _matches.
+            exact = kind if isinstance(kind, type) else None
+            table.append((name, exact, kind, optional))
+        entry = _FIELD_TABLES[id(op)] = (op, tuple(table))
+    return entry[1]
+
+
 def check_fields(op: Op, args) -> dict:
     """Return the arguments with absent optional fields set to None, or raise EINVAL."""
     if not isinstance(args, dict):
         raise DfsError(errno.EINVAL, f"{op.name}: arguments must be a map")
-    unknown = set(args) - set(op.fields)
-    if unknown:
-        raise DfsError(errno.EINVAL, f"{op.name}: unknown field(s) {sorted(map(str, unknown))}")
     checked = {}
-    for name, kind in op.fields.items():
-        optional = isinstance(kind, Opt)
-        if optional:
-            kind = kind.kind
+    present = 0
+    for name, exact, kind, optional in _field_table(op):
         value = args.get(name)
         if value is None:
             if not optional:
                 raise DfsError(errno.EINVAL, f"{op.name}: missing field {name!r}")
-        elif not _matches(value, kind):
-            raise DfsError(errno.EINVAL,
-                           f"{op.name}: field {name!r} must be {_TYPE_NAMES.get(kind, kind)}")
+        else:
+            present += 1
+            if type(value) is not exact and not _matches(value, kind):
+                raise DfsError(errno.EINVAL,
+                               f"{op.name}: field {name!r} must be {_TYPE_NAMES.get(kind, kind)}")
         checked[name] = value
+    if len(args) > present:
+        unknown = set(args) - set(op.fields)
+        if unknown:
+            raise DfsError(errno.EINVAL,
+                           f"{op.name}: unknown field(s) {sorted(map(str, unknown))}")
     return checked
 
 
@@ -89,7 +112,7 @@ META = _ops(
     # mtime_now (bool). -> Attr
     Op("setattr", {"ino": int, "changes": dict, "token": Opt(bytes)}),
     # mode carries the file type bits (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK).
-    # With `session`, the new file is recorded open by that session. -> Attr
+    # With `session`, the new file is held open by that session (as by `open`). -> Attr
     Op("mknod", {"parent": int, "name": bytes, "mode": int, "rdev": int, "uid": int,
                  "gid": int, "session": Opt(int), "token": Opt(bytes)}),
     Op("mkdir", {"parent": int, "name": bytes, "mode": int, "uid": int, "gid": int,
@@ -108,9 +131,17 @@ META = _ops(
     # -> {"entries": [[name, Attr, next_offset], ...], "eof": bool}
     # Offsets are stable: an entry keeps its offset while it exists.
     Op("readdir", {"ino": int, "offset": int, "limit": int}, idempotent=True),
-    # Records that `session` has the inode open, so an unlink keeps its data.
-    # `token` (optional) makes a retry after a lost reply count once. -> Attr
-    Op("open", {"ino": int, "session": int, "token": Opt(bytes)}),
+    # Records that `session` holds the inode open once more, so an unlink keeps
+    # its data until the matching `release`. The hold lives in the metaserver's
+    # memory: after reconnecting, a client re-announces every inode it holds
+    # with `count` (its number of open handles, which sets rather than adds),
+    # before any other request on the new connection; a restored session's
+    # first other request tells the metaserver it has re-announced all.
+    # `token` is ignored (accepted from older clients): a retried open at worst
+    # over-counts until the next re-announce. -> Attr
+    Op("open", {"ino": int, "session": int, "token": Opt(bytes), "count": Opt(int)},
+       idempotent=True),
+    # One handle fewer; the last one lets an unlinked inode go.
     Op("release", {"ino": int, "session": int}, idempotent=True),
     # flags: XATTR_CREATE (1), XATTR_REPLACE (2)
     Op("setxattr", {"ino": int, "name": bytes, "value": bytes, "flags": int}),
@@ -186,6 +217,11 @@ META_CS = _ops(
     Op("cs_bad_chunk", {"csid": int, "chunk": int, "version": int}),
 )
 
+# How many pieces one write_extents request may carry: enough for a burst of
+# small random writes between two fsyncs, few enough that their framing fits
+# in the room MAX_FRAME leaves beside MAX_DATA.
+MAX_EXTENTS = 1024
+
 # Chunk servers, as seen by clients, the metaserver and other chunk servers.
 # `version` guards every access: a replica whose version differs is stale
 # (ESTALE) and is neither read nor written.
@@ -194,7 +230,15 @@ CHUNK = _ops(
     # kept); ESTALE if the existing one is already newer.
     Op("create", {"chunk": int, "version": int}, idempotent=True),
     Op("set_version", {"chunk": int, "old": int, "new": int}, idempotent=True),
-    Op("write", {"chunk": int, "version": int, "offset": int, "data": bytes}, idempotent=True),
+    # With `sync`, the whole replica is durable on disk before the reply, as
+    # after a `sync` request.
+    Op("write", {"chunk": int, "version": int, "offset": int, "data": bytes,
+                 "sync": Opt(bool)}, idempotent=True),
+    # Several writes in one request: [[offset, data], ...], applied in order
+    # (where two overlap the later wins), at most MAX_EXTENTS extents and
+    # MAX_DATA bytes in all. Retrying the whole request is safe.
+    Op("write_extents", {"chunk": int, "version": int, "extents": list, "sync": Opt(bool)},
+       idempotent=True),
     # -> {"data": bytes}, zeros beyond what was written, EIO on checksum failure
     Op("read", {"chunk": int, "version": int, "offset": int, "length": int}, idempotent=True),
     # Durable on disk before the reply.

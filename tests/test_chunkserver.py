@@ -11,8 +11,9 @@ import subprocess
 import pytest
 import trio
 
-from chunkserver.chunkfile import BLOCK
+from chunkserver.chunkfile import BLOCK, MAX_CHUNK
 from chunkserver.chunkstore import ChunkStore
+from dfs import ops
 from dfs.errors import DfsError
 from dfs.framing import MAX_DATA, REPLY, REQUEST
 from dfs.rpc import parse_addr
@@ -87,6 +88,46 @@ def test_concurrent_small_writes_sharing_blocks(tmp_path):
             for offset, data in sorted(pieces):
                 expected += data
             assert await read_all(cs, 5, 1, len(expected)) == bytes(expected)
+
+    trio.run(scenario)
+
+
+@pytest.mark.timeout(60)
+def test_write_extents_apply_in_order_and_sync(tmp_path):
+    """Scattered pieces in one request land as if written one by one, in
+    order (a later piece wins where two overlap); a bad request changes nothing."""
+    rng = random.Random(23)
+    extents = [[rng.randrange(0, 3 * MiB), rng.randbytes(rng.choice((1, 512, 4096, 70_000)))]
+               for _ in range(200)]
+    extents += [[1000, b"a" * 100], [1050, b"b" * 100]]
+
+    async def scenario():
+        async with cluster(tmp_path) as c:
+            cs = c.client()
+            await cs.call("create", chunk=31, version=1)
+            await cs.call("write", chunk=31, version=1, offset=0, data=b"base" * 1000,
+                          sync=True)
+            model = bytearray(b"base" * 1000)
+            await cs.call("write_extents", chunk=31, version=1, extents=extents, sync=True)
+            for offset, data in extents:
+                apply(model, offset, data)
+            assert await read_all(cs, 31, 1, len(model)) == bytes(model)
+            assert model[1000:1150] == b"a" * 50 + b"b" * 100
+
+            for bad, code in [([[0, b"x"]] * (ops.MAX_EXTENTS + 1), errno.EINVAL),
+                              ([[0, b"x"], [5]], errno.EINVAL),
+                              ([[0, b"x"], ["0", b"x"]], errno.EINVAL),
+                              ([[0, b"x"], [True, b"x"]], errno.EINVAL),
+                              ([[0, b"x"], [-1, b"x"]], errno.EINVAL),
+                              ([[0, b"x"], [MAX_CHUNK - 1, b"xy"]], errno.EFBIG),
+                              ([[0, bytes(MAX_DATA // 2)], [0, bytes(MAX_DATA // 2 + 1)]],
+                               errno.EINVAL)]:
+                error = await expect_errno(code, cs.call("write_extents", chunk=31, version=1,
+                                                         extents=bad))
+                assert "chunk 31" in str(error)
+            await expect_errno(errno.ESTALE, cs.call("write_extents", chunk=31, version=2,
+                                                     extents=[[0, b"old"], [9, b"old"]]))
+            assert await read_all(cs, 31, 1, len(model)) == bytes(model)
 
     trio.run(scenario)
 

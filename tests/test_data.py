@@ -72,6 +72,30 @@ def test_random_writes_match_a_model(mnt):
         assert f.read() == bytes(model)
 
 
+def test_scattered_small_writes_reach_another_mount_on_fsync(shared_cluster, mnt):
+    """Small writes scattered over two chunks, more of them than one request
+    carries and some overwriting others, are all on the replicas once fsync
+    returns: a second mount sees them while the writer still has the file open."""
+    rng = random.Random(11)
+    path = mnt / "scattered"
+    size = 2 * TEST_CHUNK_SIZE
+    model = bytearray(rng.randbytes(size))
+    path.write_bytes(model)
+    other = shared_cluster.mount()
+    with open(path, "r+b") as f:
+        for round_ in range(3):
+            for _ in range(1500 if round_ == 0 else 40):
+                offset = rng.randrange(0, size - 4096) & ~511
+                data = rng.randbytes(rng.choice([512, 4096]))
+                f.seek(offset)
+                f.write(data)
+                model[offset:offset + len(data)] = data
+            f.flush()
+            os.fsync(f.fileno())
+            assert (other / mnt.name / "scattered").read_bytes() == bytes(model)
+    assert path.read_bytes() == bytes(model)
+
+
 def test_read_your_writes_before_close(mnt):
     path = mnt / "ryw"
     with open(path, "w+b") as f:
