@@ -350,7 +350,9 @@ class DfsFS(pyfuse3.Operations):
             await opened.flush()
 
     async def fsync(self, fh, datasync):
-        await self.flush(fh)
+        opened = self.handles[fh]
+        async with _errno():
+            await opened.flush(datasync=bool(datasync))
 
     async def release(self, fh):
         opened = self.handles.pop(fh)

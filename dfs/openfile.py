@@ -107,6 +107,7 @@ class OpenFile:
         self._idle.set()
         self._error: DfsError | None = None
         self._to_sync: dict[int, Placement] = {}
+        self._mtime_commit: trio.Event | None = None
         self._fetching: dict[int, trio.Event] = {}
         self._last_read_end = -1
         self._generation = 0
@@ -261,21 +262,29 @@ class OpenFile:
         if self._error is not None:
             self._raise_error()
 
-    async def flush(self) -> Attr | None:
+    async def flush(self, datasync: bool = False) -> Attr | None:
         """Make everything written so far durable on every replica and record
         size and mtime on the metaserver. Returns the new attributes, if any.
 
         The last batch to each chunk carries the sync, saving a round trip.
         When the file did not grow, the metaserver records the new mtime
-        while the replicas sync: no size then runs ahead of its data."""
+        while the replicas sync: no size then runs ahead of its data. After
+        `datasync` (fdatasync, which need not make an mtime durable) that
+        commit is not awaited at all: a database's log syncs then wait for
+        the replicas only."""
+        # What this flush makes durable; writes made while it runs wait for the next.
+        size, mtime = self.size, self.mtime
         for index in list(self._batches):
             await self._launch(index, sync=True)
-        grew = self.size > self.seen[1]
+        if self._mtime_commit is not None:
+            # Commits from one file go one at a time, or an older mtime could land last.
+            await self._mtime_commit.wait()
+        grew = size > self.seen[1]
         committed: list[Attr] = []
         try:
             async with trio.open_nursery() as nursery:
-                if self.dirty and not grew:
-                    nursery.start_soon(self._commit, committed)
+                if self.dirty and not grew and not datasync:
+                    nursery.start_soon(self._commit, size, mtime, committed)
                 await self.drain()
                 placements, self._to_sync = self._to_sync, {}
                 for index, placement in placements.items():
@@ -285,16 +294,32 @@ class OpenFile:
             raise DfsError(exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                            else errno.EIO, f"sync of inode {self.ino} failed: {exc}") from None
         if self.dirty and grew:
-            await self._commit(committed)
+            await self._commit(size, mtime, committed)
+        elif self.dirty and datasync:
+            self._mtime_commit = trio.Event()
+            self.nursery.start_soon(self._commit_mtime, size, mtime, self._mtime_commit)
         return committed[0] if committed else None
 
-    async def _commit(self, committed: list[Attr]) -> None:
+    async def _commit(self, size: int, mtime: int, committed: list[Attr]) -> None:
         reply = await self.meta.call("commit", ino=self.ino, session=self.meta.session,
-                                     size=self.size, mtime=self.mtime)
+                                     size=size, mtime=mtime)
         attr = Attr.from_wire(reply)
-        self.dirty = False
+        # Writes made since the flush began still need committing.
+        if (self.size, self.mtime) == (size, mtime):
+            self.dirty = False
         self.seen = (attr.mtime, attr.size)
         committed.append(attr)
+
+    async def _commit_mtime(self, size: int, mtime: int, done: trio.Event) -> None:
+        try:
+            await self._commit(size, mtime, [])
+        except DfsError as exc:
+            log.warning("mtime commit failed; the next flush tries again", ino=self.ino,
+                        error=str(exc))
+        finally:
+            if self._mtime_commit is done:
+                self._mtime_commit = None
+            done.set()
 
     async def _sync_chunk(self, index: int, placement: Placement) -> None:
         """Sync one chunk on every replica. If a replica fails, the metaserver

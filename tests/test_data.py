@@ -96,6 +96,34 @@ def test_scattered_small_writes_reach_another_mount_on_fsync(shared_cluster, mnt
     assert path.read_bytes() == bytes(model)
 
 
+def test_fdatasync_makes_data_visible_and_close_records_mtime(shared_cluster, mnt):
+    """fdatasync waits for the replicas, not for the mtime: another mount reads
+    the new bytes at once, and the mtime is on the metaserver by the close."""
+    path = mnt / "log"
+    path.write_bytes(bytes(1 << 20))
+    before = os.stat(path).st_mtime_ns
+    other = shared_cluster.mount() / mnt.name / "log"
+    with open(path, "r+b") as f:
+        for i in range(20):
+            f.seek(i * 4096)
+            f.write(b"%04d" % i * 1024)
+            f.flush()
+            os.fdatasync(f.fileno())
+            with open(other, "rb") as g:
+                g.seek(i * 4096)
+                assert g.read(4096) == b"%04d" % i * 1024
+        grown = os.fstat(f.fileno()).st_size + 5000
+        f.seek(grown - 4)
+        f.write(b"tail")
+        f.flush()
+        os.fdatasync(f.fileno())
+        # A growing fdatasync records the size before it returns.
+        assert os.stat(shared_cluster.mount() / mnt.name / "log").st_size == grown
+    fresh = shared_cluster.mount() / mnt.name / "log"
+    assert os.stat(fresh).st_mtime_ns > before
+    assert fresh.read_bytes()[:4096 * 20] == b"".join(b"%04d" % i * 1024 for i in range(20))
+
+
 def test_read_your_writes_before_close(mnt):
     path = mnt / "ryw"
     with open(path, "w+b") as f:
