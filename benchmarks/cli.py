@@ -25,9 +25,9 @@ def _parser() -> argparse.ArgumentParser:
                     "each suite on all of them in turn (A B A B ...), and write results.json "
                     "and results.md (with ratios subject/baseline) into a new timestamped "
                     "folder under --results.")
-    run.add_argument("--suite", default="fio,meta,sysbench,mysql",
-                     help="comma-separated suites: fio, meta, sysbench, mysql "
-                          "(default: all)")
+    run.add_argument("--suite", default="fio,meta,sysbench,mysql,memory",
+                     help="comma-separated suites: fio, meta, sysbench, mysql, memory "
+                          "(peak memory of each process against file size; default: all)")
     run.add_argument("--compare", default="local,fusepass,moosefs",
                      help="comma-separated baselines: local (a plain folder), fusepass "
                           "(bindfs), moosefs (MooseFS, goal 2 on three chunk servers); "

@@ -106,6 +106,14 @@ def peak_rss_mib(pid: int) -> float:
     return 0.0
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Start VmHWM afresh from the current resident memory (Linux 4.0 and later)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5\n")
+    except OSError:
+        pass
+
+
 def socket_folder(prefix: str) -> Path:
     """A new folder with a short path for a unix socket: a socket path may hold only
     107 bytes, which a pytest temporary folder alone can exceed."""

@@ -4,7 +4,7 @@ ratio of the subject to each baseline, the targets, memory and the MySQL summary
 import json
 from pathlib import Path
 
-from benchmarks import goals
+from benchmarks import goals, memory_suite
 from benchmarks.results import Row, lower_is_better, medians, ratio
 
 
@@ -57,6 +57,10 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
     if checks:
         lines += ["", "| MySQL demo check | figure | verdict |", "|---|---|---|"]
         lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in checks]
+    growth = memory_suite.growth_checks(table, subject, meta["scale"].get("mem_sizes", ""))
+    if growth:
+        lines += ["", "| memory check | peak ratio | verdict |", "|---|---|---|"]
+        lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in growth]
     if meta.get("memory"):
         lines += ["", "## Peak resident memory (VmHWM, MiB) at the end of the run", "",
                   "| target | role | peak MiB |", "|---|---|---|"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from benchmarks import procs, report
 from benchmarks.fileio_suite import FileioSuite
 from benchmarks.fio_suite import FioSuite
+from benchmarks.memory_suite import MemorySuite
 from benchmarks.meta_suite import MetaSuite
 from benchmarks.moosefs import MooseFS
 from benchmarks.profile import Profiles, py_spy
@@ -22,7 +23,8 @@ from benchmarks.scale import Scale
 from benchmarks.suite import Context, Outcome, Suite
 from benchmarks.targets import Dfs, FusePass, Local, Target
 
-SUITES: dict[str, type[Suite]] = {s.name: s for s in (FioSuite, MetaSuite, FileioSuite, MysqlSuite)}
+SUITES: dict[str, type[Suite]] = {s.name: s for s in (FioSuite, MetaSuite, FileioSuite, MysqlSuite,
+                                                       MemorySuite)}
 TARGETS: dict[str, type[Target]] = {t.name: t for t in (Local, FusePass, MooseFS, Dfs)}
 
 

@@ -23,6 +23,8 @@ class Scale:
     bulk_rows_per_second: int = 2000
     # Below what the bulk load writes in a full run: the demo needs its expansions.
     volume_mib: int = 512
+    # File sizes the memory suite writes and reads, smallest first.
+    mem_sizes: str = "64m,1g,4g"
 
     def with_overrides(self, pairs: list[str]) -> "Scale":
         """Apply `name=value` overrides from the command line (e.g. seq_size=256m)."""
@@ -41,4 +43,4 @@ FULL = Scale()
 SMOKE = Scale(seq_size="8m", par_size="2m", rand_size="4m", fio_runtime=1, meta_files=100,
               meta_dirs=20, fileio_size="8M", fileio_seconds=1, mysql_seconds=7,
               mysql_tables=1, mysql_table_rows=200, mysql_threads=8, bulk_rows_per_second=200,
-              volume_mib=256)
+              volume_mib=256, mem_sizes="1m,4m")

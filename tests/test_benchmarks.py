@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/ is run from the repository (python -m benchmarks), not installed with dfs.
 sys.path.insert(0, str(REPO))
 
-from benchmarks import goals, report  # noqa: E402
+from benchmarks import goals, memory_suite, report  # noqa: E402
 from benchmarks.procs import BenchError  # noqa: E402
 from benchmarks.results import Row, medians  # noqa: E402
 from benchmarks.scale import SMOKE  # noqa: E402
@@ -76,7 +76,7 @@ def only_result(tmp_path: Path) -> tuple[dict, str, Path]:
 @pytest.mark.timeout(150)
 def test_every_suite_runs_on_dfs(tmp_path):
     done = bench(tmp_path, "--smoke", "--rounds", "1", "--subject", "dfs", "--compare", "",
-                 "--suite", "fio,meta,sysbench,mysql", limit=130)
+                 "--suite", "fio,meta,sysbench,mysql,memory", limit=130)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "round 1/1, on dfs" in done.stderr, "progress is shown while it runs"
     data, markdown, folder = only_result(tmp_path)
@@ -86,9 +86,12 @@ def test_every_suite_runs_on_dfs(tmp_path):
                    ("fio", "rand-write", "p99 ms"), ("fio", "par-write", "MB/s"),
                    ("meta", "create", "ops/s"), ("meta", "rmdir", "ops/s"),
                    ("sysbench", "rndrw", "IOPS"), ("mysql", "oltp", "QPS"),
-                   ("mysql", "oltp", "zero-QPS s"), ("mysql", "expansion 2", "after/before")]:
+                   ("mysql", "oltp", "zero-QPS s"), ("mysql", "expansion 2", "after/before"),
+                   ("memory", "1m file", "client peak MiB"),
+                   ("memory", "4m file", "chunkserver peak MiB")]:
         assert figure in seen
     assert "| fio | seq-write | MB/s |" in markdown
+    assert "| dfs client peak MiB: 4m file against 1m file" in markdown
     expansions = data["suites"]["mysql"]["details"]["dfs"][0]["expansions"]
     assert [e["error"] for e in expansions] == ["", ""], "both online expansions went through"
     if importlib.util.find_spec("matplotlib"):
@@ -137,6 +140,16 @@ def test_scale_overrides_apply_by_name_and_type():
     assert (scale.seq_size, scale.mysql_seconds) == ("64m", 30)
     with pytest.raises(BenchError):
         SMOKE.with_overrides(["mysql_seconds"])
+
+
+def test_memory_that_grows_with_the_file_is_flagged():
+    rows = [Row("memory", f"{size} file", f"{role} peak MiB", "dfs", 1, mib)
+            for size, role, mib in (("64m", "client", 100), ("4g", "client", 110),
+                                    ("64m", "chunkserver", 50), ("4g", "chunkserver", 400))]
+    checks = {what.split(":")[0]: (verdict, value) for what, verdict, value in
+              memory_suite.growth_checks(medians(rows), "dfs", "64m,1g,4g")}
+    assert checks == {"dfs client peak MiB": ("met", 1.1),
+                      "dfs chunkserver peak MiB": ("NOT MET", 8.0)}
 
 
 def test_targets_are_judged_on_medians_against_moosefs():
