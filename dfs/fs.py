@@ -21,7 +21,7 @@ import trio
 from . import logs
 from .chunkio import ChunkIO
 from .errors import DfsError
-from .openfile import MAX_INFLIGHT_BATCHES, READ_CACHE_SEGMENTS, OpenFile
+from .openfile import MAX_INFLIGHT_BATCHES, READ_CACHE_BYTES, OpenFile
 from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
@@ -81,7 +81,7 @@ class DfsFS(pyfuse3.Operations):
         self.nursery = nursery
         self.read_only = read_only
         self.send_limit = trio.CapacityLimiter(MAX_INFLIGHT_BATCHES)
-        self.read_cache = ReadCache(READ_CACHE_SEGMENTS)
+        self.read_cache = ReadCache(READ_CACHE_BYTES)
         self.files: dict[int, OpenFile] = {}
         # (mtime, size) of recently closed files, to keep their page cache on reopen.
         self.seen: OrderedDict[int, tuple[int, int]] = OrderedDict()
@@ -350,9 +350,7 @@ class DfsFS(pyfuse3.Operations):
             await opened.flush()
 
     async def fsync(self, fh, datasync):
-        opened = self.handles[fh]
-        async with _errno():
-            await opened.flush(datasync=bool(datasync))
+        await self.flush(fh)
 
     async def release(self, fh):
         opened = self.handles.pop(fh)

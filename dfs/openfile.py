@@ -13,7 +13,7 @@ metaserver has recorded the new size.
 Memory: at most MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) are
 being sent across the whole mount,
 plus one open batch per chunk being written, plus the mount's read cache
-(READ_CACHE_SEGMENTS segments of SEGMENT bytes, shared by all open files).
+(READ_CACHE_BYTES, shared by all open files).
 """
 
 import errno
@@ -37,7 +37,7 @@ SEGMENT = 1024 * 1024
 READ_AHEAD_SEGMENTS = 8
 # Shared by all files of a mount: four sequential readers, each with room for
 # its read-ahead window twice over.
-READ_CACHE_SEGMENTS = 4 * 2 * READ_AHEAD_SEGMENTS
+READ_CACHE_BYTES = 4 * 2 * READ_AHEAD_SEGMENTS * SEGMENT
 MAX_INFLIGHT_BATCHES = 16
 # A cached write lease is renewed well before the metaserver lets it lapse.
 LEASE_REUSE_SECONDS = 15.0
@@ -92,6 +92,7 @@ class OpenFile:
         self.cache = cache
         self.chunk_size = meta.chunk_size
         self.segment = min(SEGMENT, self.chunk_size)
+        self.block = meta.block_size
         self.handles = 0
         self.size = attr.size
         self.seen = (attr.mtime, attr.size)
@@ -107,7 +108,6 @@ class OpenFile:
         self._idle.set()
         self._error: DfsError | None = None
         self._to_sync: dict[int, Placement] = {}
-        self._mtime_commit: trio.Event | None = None
         self._fetching: dict[int, trio.Event] = {}
         self._last_read_end = -1
         self._generation = 0
@@ -146,7 +146,10 @@ class OpenFile:
             reply = await self.meta.call("reserve", ino=self.ino, session=self.meta.session,
                                          end=end)
             self.granted_end = reply["granted"]
-        self._drop_segments(offset, end)
+        self._drop_cached(offset, end)
+        if offset > self.size > 0:
+            # The cached piece that ends at the old end is short: it would hide the hole.
+            self._drop_cached(self.size - 1, self.size)
         view = memoryview(data)
         pos = offset
         while view:
@@ -262,28 +265,24 @@ class OpenFile:
         if self._error is not None:
             self._raise_error()
 
-    async def flush(self, datasync: bool = False) -> Attr | None:
+    async def flush(self) -> Attr | None:
         """Make everything written so far durable on every replica and record
         size and mtime on the metaserver. Returns the new attributes, if any.
 
         The last batch to each chunk carries the sync, saving a round trip.
         When the file did not grow, the metaserver records the new mtime
-        while the replicas sync: no size then runs ahead of its data. After
-        `datasync` (fdatasync, which need not make an mtime durable) that
-        commit is not awaited at all: a database's log syncs then wait for
-        the replicas only."""
+        while the replicas sync: no size then runs ahead of its data. The
+        mtime is committed even for fdatasync: another mount decides by it
+        whether its page cache of the file is still good."""
         # What this flush makes durable; writes made while it runs wait for the next.
         size, mtime = self.size, self.mtime
         for index in list(self._batches):
             await self._launch(index, sync=True)
-        if self._mtime_commit is not None:
-            # Commits from one file go one at a time, or an older mtime could land last.
-            await self._mtime_commit.wait()
         grew = size > self.seen[1]
         committed: list[Attr] = []
         try:
             async with trio.open_nursery() as nursery:
-                if self.dirty and not grew and not datasync:
+                if self.dirty and not grew:
                     nursery.start_soon(self._commit, size, mtime, committed)
                 await self.drain()
                 placements, self._to_sync = self._to_sync, {}
@@ -295,9 +294,6 @@ class OpenFile:
                            else errno.EIO, f"sync of inode {self.ino} failed: {exc}") from None
         if self.dirty and grew:
             await self._commit(size, mtime, committed)
-        elif self.dirty and datasync:
-            self._mtime_commit = trio.Event()
-            self.nursery.start_soon(self._commit_mtime, size, mtime, self._mtime_commit)
         return committed[0] if committed else None
 
     async def _commit(self, size: int, mtime: int, committed: list[Attr]) -> None:
@@ -309,17 +305,6 @@ class OpenFile:
             self.dirty = False
         self.seen = (attr.mtime, attr.size)
         committed.append(attr)
-
-    async def _commit_mtime(self, size: int, mtime: int, done: trio.Event) -> None:
-        try:
-            await self._commit(size, mtime, [])
-        except DfsError as exc:
-            log.warning("mtime commit failed; the next flush tries again", ino=self.ino,
-                        error=str(exc))
-        finally:
-            if self._mtime_commit is done:
-                self._mtime_commit = None
-            done.set()
 
     async def _sync_chunk(self, index: int, placement: Placement) -> None:
         """Sync one chunk on every replica. If a replica fails, the metaserver
@@ -367,10 +352,9 @@ class OpenFile:
             return b""
         sequential = offset == self._last_read_end
         self._last_read_end = end
+        if not sequential and not self._cached(self.segment, offset, end):
+            return await self._read_blocks(offset, end)
         first, last = offset // self.segment, (end - 1) // self.segment
-        if not sequential and not all(self.cache.has(self.ino, s)
-                                      for s in range(first, last + 1)):
-            return await self._read_range(offset, end)
         parts = []
         for s in range(first, last + 1):
             data = await self._segment(s)
@@ -380,9 +364,31 @@ class OpenFile:
             self._read_ahead(last + 1)
         return b"".join(parts)
 
+    def _cached(self, unit: int, start: int, end: int) -> bool:
+        return all(self.cache.has(self.ino, unit, i)
+                   for i in range(start // unit, (end - 1) // unit + 1))
+
+    async def _read_blocks(self, offset: int, end: int) -> bytes:
+        """A read out of sequence: the whole blocks around it are fetched (the chunk
+        server reads and verifies whole blocks anyway) and kept, so the reads that
+        follow nearby, as a database's do, need no round trip."""
+        unit = self.block
+        first, last = offset // unit, (end - 1) // unit
+        if not self._cached(unit, offset, end):
+            generation = self._generation
+            start = first * unit
+            data = await self._read_range(start, min((last + 1) * unit, self.size))
+            if generation == self._generation:
+                for i in range(first, last + 1):
+                    piece = data[(i - first) * unit:(i - first + 1) * unit]
+                    self.cache.put(self.ino, unit, i, piece)
+            return data[offset - start:end - start]
+        return b"".join(self.cache.get(self.ino, unit, i)[max(offset - base, 0):end - base]
+                        for i, base in ((i, i * unit) for i in range(first, last + 1)))
+
     async def _segment(self, s: int) -> bytes:
         while True:
-            data = self.cache.get(self.ino, s)
+            data = self.cache.get(self.ino, self.segment, s)
             if data is not None:
                 return data
             pending = self._fetching.get(s)
@@ -402,7 +408,7 @@ class OpenFile:
             start = s * self.segment
             data = await self._read_range(start, min(start + self.segment, self.size))
             if generation == self._generation:
-                self.cache.put(self.ino, s, data)
+                self.cache.put(self.ino, self.segment, s, data)
             return data
         finally:
             if self._fetching.get(s) is done:
@@ -413,7 +419,7 @@ class OpenFile:
         for ahead in range(s, s + READ_AHEAD_SEGMENTS):
             if ahead * self.segment >= self.size:
                 break
-            if not self.cache.has(self.ino, ahead) and ahead not in self._fetching:
+            if not self.cache.has(self.ino, self.segment, ahead) and ahead not in self._fetching:
                 self.nursery.start_soon(self._prefetch, ahead, self._begin_fetch(ahead))
 
     async def _prefetch(self, s: int, done: trio.Event) -> None:
@@ -423,11 +429,11 @@ class OpenFile:
             # Read-ahead is a guess; the read that needs the data retries it.
             log.debug("read-ahead failed", ino=self.ino, segment=s, error=str(exc))
 
-    def _drop_segments(self, start: int, end: int) -> None:
-        for s in range(start // self.segment, (end - 1) // self.segment + 1):
-            self.cache.drop(self.ino, s)
-        if self._fetching:
-            self._generation += 1
+    def _drop_cached(self, start: int, end: int) -> None:
+        """A write makes cached reads of its range stale, and reads under way too."""
+        self.cache.drop(self.ino, self.segment, start, end)
+        self.cache.drop(self.ino, self.block, start, end)
+        self._generation += 1
 
     async def _read_range(self, start: int, end: int) -> bytes:
         parts = []

@@ -96,9 +96,9 @@ def test_scattered_small_writes_reach_another_mount_on_fsync(shared_cluster, mnt
     assert path.read_bytes() == bytes(model)
 
 
-def test_fdatasync_makes_data_visible_and_close_records_mtime(shared_cluster, mnt):
-    """fdatasync waits for the replicas, not for the mtime: another mount reads
-    the new bytes at once, and the mtime is on the metaserver by the close."""
+def test_fdatasync_makes_data_visible_to_another_mount(shared_cluster, mnt):
+    """After fdatasync another mount reads the new bytes, even one that read the
+    file before (its page cache is dropped because the mtime moved on)."""
     path = mnt / "log"
     path.write_bytes(bytes(1 << 20))
     before = os.stat(path).st_mtime_ns
@@ -122,6 +122,41 @@ def test_fdatasync_makes_data_visible_and_close_records_mtime(shared_cluster, mn
     fresh = shared_cluster.mount() / mnt.name / "log"
     assert os.stat(fresh).st_mtime_ns > before
     assert fresh.read_bytes()[:4096 * 20] == b"".join(b"%04d" % i * 1024 for i in range(20))
+
+
+def _uncached_read(f, offset: int, length: int) -> bytes:
+    """Read past the kernel's page cache, so the mount's own cache answers."""
+    os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    f.seek(offset)
+    return f.read(length)
+
+
+def test_cached_blocks_follow_writes_holes_and_other_mounts(shared_cluster, mnt):
+    path = mnt / "blocks"
+    data = bytearray(os.urandom(100_000))
+    path.write_bytes(data)
+    other = shared_cluster.mount() / mnt.name / "blocks"
+    with open(path, "r+b", buffering=0) as f:
+        for offset in (70_000, 5_000, 99_000, 70_500):
+            assert _uncached_read(f, offset, 1000) == data[offset:offset + 1000]
+        # Growth past a hole: the short last block cached before must not hide the zeros.
+        f.seek(200_000)
+        f.write(b"tail")
+        data += bytes(100_000) + b"tail"
+        assert _uncached_read(f, 90_000, 20_000) == data[90_000:110_000]
+        f.seek(66_000)
+        f.write(b"X" * 100)
+        data[66_000:66_100] = b"X" * 100
+        assert _uncached_read(f, 65_900, 300) == data[65_900:66_200]
+        os.fsync(f.fileno())
+        # Another mount's change shows at this mount's next open.
+        with open(other, "r+b") as g:
+            g.seek(10_000)
+            g.write(b"Y" * 10)
+        data[10_000:10_010] = b"Y" * 10
+        with open(path, "rb", buffering=0) as again:
+            assert _uncached_read(again, 9_990, 100) == data[9_990:10_090]
+    assert path.read_bytes() == bytes(data)
 
 
 def test_read_your_writes_before_close(mnt):
