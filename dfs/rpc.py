@@ -9,7 +9,6 @@ nothing else.
 
 import errno
 import itertools
-import math
 import socket
 from typing import Awaitable, Callable
 
@@ -115,7 +114,10 @@ class Server:
         try:
             while True:
                 message = await framed.receive()
-                await limiter.acquire()
+                try:
+                    limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await limiter.acquire()
                 nursery.start_soon(self._request, framed, message, limiter)
         except EOFError:
             pass
@@ -162,25 +164,54 @@ class Server:
 
 
 class PendingReply:
-    """A request on the wire; the reader fills in its reply, `result` waits for it."""
+    """A request on the wire; the reader settles it, `result` waits for that.
 
-    __slots__ = ("client", "op", "request_id", "event", "errno", "result_value")
+    The waiting task is parked and woken directly rather than through a
+    trio.Event: one fewer object and wake-up path per request."""
+
+    __slots__ = ("client", "op", "request_id", "done", "errno", "result_value", "_waiter")
 
     def __init__(self, client: "Client", op: str, request_id: int):
         self.client = client
         self.op = op
         self.request_id = request_id
-        self.event = trio.Event()
+        self.done = False
         self.errno = errno.ECONNRESET
         self.result_value = "connection lost before the reply"
+        self._waiter = None
+
+    def settle(self, error: int | None = None, value=None) -> None:
+        """Record the reply (or, without arguments, the lost connection) and
+        wake the task waiting in `result`."""
+        if self.done:
+            return
+        if error is not None:
+            self.errno, self.result_value = error, value
+        self.done = True
+        if self._waiter is not None:
+            trio.lowlevel.reschedule(self._waiter)
+            self._waiter = None
+
+    async def _wait(self) -> None:
+        self._waiter = trio.lowlevel.current_task()
+
+        def abort(_):
+            self._waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     async def result(self, timeout: float | None = None):
         try:
-            if not self.event.is_set():
-                with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-                    await self.event.wait()
-                if scope.cancelled_caught:
-                    raise DfsError(errno.ETIMEDOUT, f"{self.op} on {self.client.addr} timed out")
+            if not self.done:
+                if timeout is None:
+                    await self._wait()
+                else:
+                    with trio.move_on_after(timeout) as scope:
+                        await self._wait()
+                    if scope.cancelled_caught:
+                        raise DfsError(errno.ETIMEDOUT,
+                                       f"{self.op} on {self.client.addr} timed out")
         finally:
             self.client._pending.pop(self.request_id, None)
         if self.errno:
@@ -197,8 +228,15 @@ class Client:
     """
 
     def __init__(self, addr: str, secret: bytes, schema: dict[str, Op], *,
-                 connect_timeout: float = 5.0, retry_for: float = 0.0):
+                 connect_timeout: float = 5.0, retry_for: float = 0.0,
+                 on_reconnect: Callable[[Callable], Awaitable[None]] | None = None):
         self.addr = addr
+        # Awaited on every connection after the first, before any other request
+        # can use it, with `call(op, **args)` that sends on that connection
+        # only (a peer that lost its state learns it back first). If it raises,
+        # the connection is dropped and the error goes to whoever connected.
+        self.on_reconnect = on_reconnect
+        self._connected_once = False
         self.secret = secret
         self.schema = schema
         self.connect_timeout = connect_timeout
@@ -228,8 +266,17 @@ class Client:
                 raise DfsError(errno.ETIMEDOUT, f"timed out connecting to {self.addr}") from None
             except (OSError, EOFError, ProtocolError, trio.BrokenResourceError) as exc:
                 raise DfsError(errno.ECONNREFUSED, f"cannot connect to {self.addr}: {exc}") from None
-            self._framed = framed
             trio.lowlevel.spawn_system_task(self._reader, framed)
+            if self._connected_once and self.on_reconnect is not None:
+                async def call(op: str, **args):
+                    return await (await self._send(op, args, framed)).result()
+                try:
+                    await self.on_reconnect(call)
+                except BaseException:
+                    await self._drop(framed)
+                    raise
+            self._connected_once = True
+            self._framed = framed
             return framed
 
     async def _reader(self, framed: FramedStream) -> None:
@@ -241,8 +288,7 @@ class Client:
                     raise ProtocolError("not a reply")
                 pending = self._pending.pop(message[1], None)
                 if pending is not None:
-                    pending.errno, pending.result_value = message[2], message[3]
-                    pending.event.set()
+                    pending.settle(message[2], message[3])
         except (EOFError, ProtocolError, trio.BrokenResourceError,
                 trio.ClosedResourceError, OSError):
             pass
@@ -252,16 +298,18 @@ class Client:
             await self._drop(framed)
 
     async def _drop(self, framed: FramedStream) -> None:
-        if self._framed is framed:
+        # While on_reconnect runs, the new connection is not yet published.
+        if self._framed is framed or self._framed is None:
             self._framed = None
             for pending in self._pending.values():
-                pending.event.set()
+                pending.settle()
             self._pending.clear()
         with trio.CancelScope(shield=True):
             await framed.aclose()
 
-    async def _send(self, op: str, args: dict | bytes) -> "PendingReply":
-        framed = await self._connect()
+    async def _send(self, op: str, args: dict | bytes,
+                    framed: FramedStream | None = None) -> "PendingReply":
+        framed = framed or await self._connect()
         request_id = next(self._ids)
         pending = self._pending[request_id] = PendingReply(self, op, request_id)
         try:
