@@ -290,7 +290,6 @@ class DfsFS(pyfuse3.Operations):
         self._next_fh += 1
         self.handles[fh] = opened
         opened.handles += 1
-        self.meta.open_inodes[opened.ino] = self.meta.open_inodes.get(opened.ino, 0) + 1
         return fh
 
     def _open_file(self, attr: Attr) -> tuple[OpenFile, bool]:
@@ -306,9 +305,14 @@ class DfsFS(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_RDONLY:
             self._check_writable()
         ino = self._real(inode)
-        async with _errno(by_inode=True):
-            attr = Attr.from_wire(await self.meta.mutate("open", ino=ino,
-                                                         session=self.meta.session))
+        self.meta.hold(ino)
+        try:
+            async with _errno(by_inode=True):
+                attr = Attr.from_wire(await self.meta.call("open", ino=ino,
+                                                           session=self.meta.session))
+        except BaseException:
+            self.meta.unhold(ino)
+            raise
         opened, unchanged = self._open_file(attr)
         fh = self._handle(opened)
         if flags & os.O_TRUNC and attr.size:
@@ -331,6 +335,9 @@ class DfsFS(pyfuse3.Operations):
                 "mknod", parent=self._real(parent_inode), name=name,
                 mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0, session=self.meta.session,
                 **self._ids(ctx))
+        # Counted only now: a re-announce cannot name an inode not yet known,
+        # and the metaserver holds it from the creating transaction on.
+        self.meta.hold(reply["ino"])
         opened, _ = self._open_file(Attr.from_wire(reply))
         return pyfuse3.FileInfo(fh=self._handle(opened)), self._entry(reply)
 
@@ -359,15 +366,14 @@ class DfsFS(pyfuse3.Operations):
             async with _errno():
                 await opened.flush()
         finally:
-            remaining = self.meta.open_inodes.pop(opened.ino, 1) - 1
-            if remaining:
-                self.meta.open_inodes[opened.ino] = remaining
             if opened.handles == 0 and not opened.busy:
                 self._forget_file(opened)
             try:
                 await self.meta.call("release", ino=opened.ino, session=self.meta.session)
             except DfsError as exc:
                 log.warning("release failed", ino=opened.ino, error=str(exc))
+            finally:
+                self.meta.unhold(opened.ino)
 
     def _forget_file(self, opened: OpenFile) -> None:
         del self.files[opened.ino]

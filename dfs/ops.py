@@ -135,8 +135,9 @@ META = _ops(
     # its data until the matching `release`. The hold lives in the metaserver's
     # memory: after reconnecting, a client re-announces every inode it holds
     # with `count` (its number of open handles, which sets rather than adds),
-    # before any other request on the new connection; a restored session's
-    # first other request tells the metaserver it has re-announced all.
+    # before any other request on the new connection. After a restart the
+    # metaserver takes a restored session's next session_renew, open (without
+    # `count`), release or mknod as the end of its re-announce.
     # `token` is ignored (accepted from older clients): a retried open at worst
     # over-counts until the next re-announce. -> Attr
     Op("open", {"ino": int, "session": int, "token": Opt(bytes), "count": Opt(int)},

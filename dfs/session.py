@@ -17,14 +17,42 @@ log = logs.get_logger("client")
 
 class MetaLink:
     def __init__(self, addr: str, secret: bytes, mountpoint: str, retry_for: float = 60.0):
-        self.client = Client(addr, secret, META, retry_for=retry_for)
+        self.client = Client(addr, secret, META, retry_for=retry_for,
+                             on_reconnect=self._reannounce)
         self.mountpoint = mountpoint
         self.session = 0
         self.chunk_size = 0
         self.block_size = 0
         self.session_ttl = 60.0
-        # Inodes this mount holds open, re-announced if the session is lost.
+        # Inodes this mount holds open -> handles, counting opens from when
+        # they are sent and releases until they are answered: the metaserver
+        # keeps these counts in memory only, and a re-announce of them may
+        # then over-count (the file lives a little longer) but never under-count.
         self.open_inodes: dict[int, int] = {}
+
+    def hold(self, ino: int) -> None:
+        self.open_inodes[ino] = self.open_inodes.get(ino, 0) + 1
+
+    def unhold(self, ino: int) -> None:
+        remaining = self.open_inodes.pop(ino, 1) - 1
+        if remaining:
+            self.open_inodes[ino] = remaining
+
+    async def _reannounce(self, call) -> None:
+        """Tell the metaserver what this mount holds open (it may have restarted)."""
+        if not self.session:
+            return
+        for ino, count in list(self.open_inodes.items()):
+            try:
+                await call("open", ino=ino, session=self.session, count=count)
+            except DfsError as exc:
+                if exc.errno == errno.ESTALE:
+                    return  # the session expired: keep_alive opens a new one and re-announces
+                if exc.errno == errno.ENOENT:
+                    log.warning("open file is gone", ino=ino, session=self.session)
+                    continue
+                raise
+        log.info("re-announced open files", session=self.session, files=len(self.open_inodes))
 
     async def call(self, op: str, **args):
         return await self.client.call(op, **args)
@@ -56,8 +84,7 @@ class MetaLink:
                 log.warning("session expired; opening a new one", session=self.session)
                 try:
                     await self.open_session()
-                    for ino in list(self.open_inodes):
-                        await self.client.call("open", ino=ino, session=self.session)
+                    await self._reannounce(self.client.call)
                 except DfsError as exc2:
                     log.error("cannot restore the session", error=str(exc2))
 

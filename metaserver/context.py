@@ -6,6 +6,7 @@ from dfs.ops import CHUNK
 from dfs.rpc import ClientPool
 
 from .namespace import Namespace
+from .opens import OpenFiles
 from .registry import Registry
 from .sessions import Leases, Reservations, Sessions
 from .store import Store
@@ -32,6 +33,7 @@ class Context:
     store: Store
     namespace: Namespace
     sessions: Sessions
+    opens: OpenFiles
     reservations: Reservations
     leases: Leases
     registry: Registry
@@ -40,7 +42,8 @@ class Context:
 
     @classmethod
     def create(cls, settings: Settings, store: Store, secret: bytes) -> "Context":
-        return cls(settings, store, Namespace(settings.chunk_size),
-                   Sessions(settings.session_ttl), Reservations(),
+        opens = OpenFiles()
+        return cls(settings, store, Namespace(settings.chunk_size, opens),
+                   Sessions(settings.session_ttl), opens, Reservations(),
                    Leases(settings.lease_seconds), Registry(settings.heartbeat_timeout),
                    ClientPool(secret, CHUNK, connect_timeout=3.0))

@@ -13,6 +13,7 @@ from dfs.errors import DfsError
 from dfs.records import Attr
 
 from . import chunktable, quotas
+from .opens import OpenFiles
 from .quotas import ROOT_INO
 from .records import Dentry, Inode
 from .store import Tx
@@ -56,8 +57,9 @@ def check_changes(changes: dict) -> None:
 
 
 class Namespace:
-    def __init__(self, chunk_size: int):
+    def __init__(self, chunk_size: int, opens: OpenFiles):
         self.chunk_size = chunk_size
+        self.opens = opens
 
     # --- reading --------------------------------------------------------------
     def attr(self, tx: Tx, inode: Inode) -> dict:
@@ -236,12 +238,15 @@ class Namespace:
         inode.parent = 0
         self.collect(tx, inode)
 
-    def collect(self, tx: Tx, inode: Inode) -> None:
-        """Delete an unlinked inode now, or keep it as an orphan while it is open."""
+    def collect(self, tx: Tx, inode: Inode, recorded: set[int] | None = None) -> None:
+        """Delete an unlinked inode now, or keep it as an orphan while someone
+        holds it. `recorded`: the keepers LMDB had (minus any being dropped),
+        or None when the inode has just lost its last name."""
         if inode.nlink > 0:
             return
-        if tx.is_open(inode.ino):
-            tx.add_orphan(inode.ino)
+        keepers = self.opens.keepers(inode.ino, recorded)
+        if keepers:
+            tx.put_orphan(inode.ino, keepers)
         else:
             self.destroy(tx, inode)
 

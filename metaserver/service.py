@@ -41,18 +41,31 @@ class MetaService:
         self.fsck = Fsck(ctx, self.replicas)
 
     def start(self) -> None:
-        """Prepare the store for serving: the root exists, old sessions get a fresh TTL."""
-        def init(tx: Tx):
+        """Prepare the store for serving: the root exists, old sessions get a fresh
+        TTL and are presumed to hold what they had open until they re-announce."""
+        def init(tx: Tx) -> list[int]:
             if tx.get_inode(ROOT_INO) is None:
                 now = time.time_ns()
                 tx.next_id("inode")
                 tx.touch(Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, now, now, now,
                                ROOT_INO))
                 log.info("created the root directory", ino=ROOT_INO)
-            return [sid for sid, _ in tx.all_sessions()]
+            sids = {sid for sid, _ in tx.all_sessions()}
+            for ino, keepers in list(tx.all_orphans()):
+                inode = tx.get_inode(ino)
+                if inode is None:
+                    tx.remove_orphan(ino)
+                    continue
+                # A keeper whose session is gone no longer counts; an orphan
+                # recorded without keepers (older format) is kept by everyone.
+                self.ns.collect(tx, inode, keepers & sids if keepers else sids)
+            self.ctx.opens.restored.update(sids)
+            return sids
 
         for sid in self.ctx.store.write_now(init):
             self.ctx.sessions.start(sid)
+        log.info("restored sessions hold their files until they re-announce",
+                 sessions=len(self.ctx.opens.restored), orphans=len(self.ctx.opens.orphans))
         self.cluster.load()
 
     def handlers(self) -> dict:
@@ -108,6 +121,7 @@ class MetaService:
 
     async def session_renew(self, session: int) -> dict:
         self.ctx.sessions.renew(session)
+        await self._spoke(session)
         return {}
 
     async def session_close(self, session: int) -> dict:
@@ -118,16 +132,34 @@ class MetaService:
     async def _end_session(self, sid: int) -> None:
         self.ctx.sessions.end(sid)
         self.ctx.reservations.drop(sid)
+        kept = self.ctx.opens.end_session(sid)
 
         def close(tx: Tx) -> None:
-            for ino in tx.opens_of_session(sid):
-                tx.set_open_count(ino, sid, 0)
-                inode = tx.get_inode(ino)
-                if inode is not None:
-                    self.ns.collect(tx, inode)
+            self._drop_keeper(tx, kept, sid)
             tx.delete_session(sid)
 
         await self._write(close)
+
+    async def _spoke(self, sid: int) -> None:
+        """A restored session has re-announced its open files: it stops keeping
+        the orphans it did not re-announce."""
+        stale = self.ctx.opens.spoke(sid)
+        if stale:
+            log.info("session re-announced its open files", session=sid,
+                     released_orphans=stale)
+            await self._write(lambda tx: self._drop_keeper(tx, stale, sid))
+
+    def _drop_keeper(self, tx: Tx, inos: list[int], sid: int) -> None:
+        """`sid` no longer keeps these orphans; destroy those nobody keeps."""
+        for ino in inos:
+            keepers = tx.orphan_keepers(ino)
+            inode = tx.get_inode(ino)
+            if keepers is None or inode is None:
+                continue
+            keepers.discard(sid)
+            self.ns.collect(tx, inode, keepers)
+            if tx.orphan_keepers(ino) is None:
+                log.info("orphan destroyed", ino=ino, session=sid)
 
     async def _expire_sessions(self) -> None:
         for sid in self.ctx.sessions.expired():
@@ -172,14 +204,22 @@ class MetaService:
                     session: int | None, token: bytes | None) -> dict:
         if session is not None:
             self.ctx.sessions.check(session)
+            await self._spoke(session)
 
         def make(tx: Tx) -> dict:
             inode = self.ns.mknod(tx, time.time_ns(), parent, name, mode, rdev, uid, gid)
             if session is not None:
-                tx.set_open_count(inode.ino, session, 1)
+                # Held from inside the transaction, so no unlink can slip in
+                # between the creation and the hold.
+                self.ctx.opens.hold(inode.ino, session)
             return self.ns.attr(tx, inode)
 
-        return await self._write(make, token)
+        attr = await self._write(make, token)
+        if session is not None:
+            # A retry answered from the stored reply, after a restart lost the
+            # hold taken above and before the client could re-announce it.
+            self.ctx.opens.ensure_held(attr["ino"], session)
+        return attr
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
                     token: bytes | None) -> dict:
@@ -214,29 +254,41 @@ class MetaService:
         return await self._write(lambda tx: self.ns.removexattr(tx, time.time_ns(), ino, name))
 
     # --- open files -------------------------------------------------------------------
-    async def open(self, ino: int, session: int, token: bytes | None) -> dict:
+    async def open(self, ino: int, session: int, token: bytes | None,
+                   count: int | None) -> dict:
         self.ctx.sessions.check(session)
+        if count is not None and count < 1:
+            raise DfsError(errno.EINVAL, f"open: count must be positive, got {count}")
+        if count is None:
+            await self._spoke(session)
+        opens = self.ctx.opens
+        opens.hold(ino, session, count)
+        # An unlink that decided before our hold that nobody holds the inode
+        # may still be committing: once it has, the read below sees the result.
+        await self.ctx.store.batches_started_done()
+        try:
+            attr = self._read(lambda tx: self.ns.attr(tx, tx.inode(ino)))
+        except DfsError:
+            opens.drop(ino, session)
+            raise
+        if opens.unkept(ino, session):
+            # An orphan opened again (by handle) or re-announced: record the keeper.
+            await self._write(lambda tx: self._add_keeper(tx, ino, session))
+        return attr
 
-        def record(tx: Tx) -> dict:
-            inode = tx.inode(ino)
-            tx.set_open_count(ino, session, tx.open_count(ino, session) + 1)
-            return self.ns.attr(tx, inode)
-
-        return await self._write(record, token)
+    def _add_keeper(self, tx: Tx, ino: int, sid: int) -> None:
+        keepers = tx.orphan_keepers(ino)
+        inode = tx.get_inode(ino)
+        if keepers is not None and inode is not None:
+            self.ns.collect(tx, inode, keepers | {sid})
 
     async def release(self, ino: int, session: int) -> dict:
-        def record(tx: Tx) -> int:
-            count = tx.open_count(ino, session)
-            if count == 0:
-                return 0
-            tx.set_open_count(ino, session, count - 1)
-            inode = tx.get_inode(ino)
-            if count == 1 and inode is not None:
-                self.ns.collect(tx, inode)
-            return count - 1
-
-        if await self._write(record) == 0:
-            self.ctx.reservations.drop(session, ino)
+        if self.ctx.opens.release(ino, session) > 0:
+            return {}
+        self.ctx.reservations.drop(session, ino)
+        await self._spoke(session)
+        if self.ctx.opens.keeps(ino, session):
+            await self._write(lambda tx: self._drop_keeper(tx, [ino], session))
         return {}
 
     # --- space ---------------------------------------------------------------------------
@@ -337,6 +389,7 @@ class MetaService:
         counts = await self.ctx.store.read_in_thread(count)
         counts["chunkservers"] = self.cluster.servers_status(counts.pop("per_server"))
         counts["sessions"] = len(self.ctx.sessions.deadlines)
+        counts["orphans"] = len(self.ctx.opens.orphans)
         counts["commits"] = self.ctx.store.batches
         counts.update(self.cluster.health())
         return counts

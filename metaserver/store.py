@@ -1,20 +1,23 @@
 """The LMDB environment, typed access to its databases, and group commit.
 
-Every mutation is a function of a `Tx`. Mutations queue to one writer task,
-which applies everything queued so far in a single LMDB write transaction in a
-worker thread (each mutation in a nested transaction, so a failing one rolls
+Every mutation is a function of a `Tx`. Mutations queue to one writer thread,
+which applies everything queued so far in a single LMDB write transaction
+(each mutation in a nested transaction, so a failing one rolls
 back alone), syncs once, and only then lets the callers reply. Durability per
 reply is unchanged; the cost of the sync is shared by the whole batch.
 """
 
 import errno
+import queue
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import lmdb
+import msgpack
 import trio
 
 from dfs import logs
@@ -29,7 +32,7 @@ U64 = struct.Struct(">Q")
 U64x2 = struct.Struct(">QQ")
 
 DATABASES = ("inodes", "dentries", "dirindex", "chunkmap", "chunks", "xattrs",
-             "chunkservers", "quotas", "sessions", "opens", "orphans", "counters", "gc",
+             "chunkservers", "quotas", "sessions", "orphans", "counters", "gc",
              "replies", "reply_times")
 
 # How long a request token is remembered; a client retries within seconds.
@@ -256,24 +259,20 @@ class Tx:
         for key, value in self.scan("sessions"):
             yield read_u64(key), unpack(SessionRecord, value)
 
-    def open_count(self, ino: int, sid: int) -> int:
-        raw = self._get("opens", u64x2(ino, sid))
-        return read_u64(raw) if raw else 0
+    def orphan_keepers(self, ino: int) -> set[int] | None:
+        """The sessions keeping unlinked inode `ino` alive, or None if it is no orphan."""
+        raw = self._get("orphans", u64(ino))
+        if raw is None:
+            return None
+        # An empty value is the format before keepers were recorded.
+        return set(msgpack.unpackb(raw)) if raw else set()
 
-    def set_open_count(self, ino: int, sid: int, count: int) -> None:
-        if count > 0:
-            self._put("opens", u64x2(ino, sid), u64(count))
-        else:
-            self._delete("opens", u64x2(ino, sid))
+    def put_orphan(self, ino: int, keepers: set[int]) -> None:
+        self._put("orphans", u64(ino), msgpack.packb(sorted(keepers)))
 
-    def is_open(self, ino: int) -> bool:
-        return next(self.scan("opens", u64(ino)), None) is not None
-
-    def opens_of_session(self, sid: int) -> list[int]:
-        return [read_u64(key) for key, _ in self.scan("opens") if read_u64(key, 8) == sid]
-
-    def add_orphan(self, ino: int) -> None:
-        self._put("orphans", u64(ino), b"")
+    def all_orphans(self):
+        for key, value in self.scan("orphans"):
+            yield read_u64(key), (set(msgpack.unpackb(value)) if value else set())
 
     def remove_orphan(self, ino: int) -> None:
         self._delete("orphans", u64(ino))
@@ -327,8 +326,12 @@ class Store:
                              max_dbs=len(DATABASES), sync=True, metasync=True,
                              max_readers=512)
         self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
-        self._send, self._receive = trio.open_memory_channel(float("inf"))
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._stopping = False
+        # Batches the writer thread has begun, and (on the trio side) finished.
+        self._started = 0
         self.batches = 0
+        self._finished = trio.Event()
 
     def read(self, fn: Callable[[Tx], object]):
         """Run `fn` in a read-only snapshot (cheap: no I/O waits, run inline)."""
@@ -355,30 +358,74 @@ class Store:
         """
         if token is not None and not 0 < len(token) <= MAX_TOKEN:
             raise DfsError(errno.EINVAL, f"a request token is 1 to {MAX_TOKEN} bytes")
+        if self._stopping:
+            raise DfsError(errno.ESHUTDOWN, "the metaserver is shutting down")
         job = _Job(fn, token)
-        self._send.send_nowait(job)
+        self._queue.put(job)
         await job.done.wait()
         if job.error is not None:
             raise job.error
         return job.result
 
+    async def batches_started_done(self) -> None:
+        """Wait until every batch the writer has started by now has finished."""
+        target = self._started
+        while self.batches < target:
+            await self._finished.wait()
+
     async def run_writer(self) -> None:
-        async for job in self._receive:
-            batch = [job]
-            while len(batch) < MAX_BATCH:
+        """Run the writer thread until `stop` and the queue is drained.
+
+        One long-lived thread rather than a trio.to_thread hand-off per batch:
+        it takes jobs straight from a thread-safe queue and only calls back
+        into trio to wake the callers, which saves a task switch and a thread
+        dispatch per commit."""
+        token = trio.lowlevel.current_trio_token()
+        stopped = trio.Event()
+        thread = threading.Thread(target=self._writer_thread, args=(token, stopped),
+                                  name="metaserver-writer", daemon=True)
+        thread.start()
+        try:
+            await stopped.wait()
+        finally:
+            self.stop()
+            with trio.CancelScope(shield=True):
+                await stopped.wait()
+
+    def _writer_thread(self, token: trio.lowlevel.TrioToken, stopped: trio.Event) -> None:
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                batch = [job]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        self._queue.put(None)   # stop after this batch
+                        break
+                    batch.append(job)
+                self._started += 1
                 try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                await trio.to_thread.run_sync(self._apply, batch)
-            except Exception as exc:
-                log.error("group commit failed", exc_info=True, batch=len(batch))
-                for failed in batch:
-                    failed.result = None
-                    failed.error = DfsError(errno.EIO, f"metadata commit failed: {exc}")
-            for finished in batch:
-                finished.done.set()
+                    self._apply(batch)
+                except Exception as exc:
+                    log.error("group commit failed", exc_info=True, batch=len(batch))
+                    for failed in batch:
+                        failed.result = None
+                        failed.error = DfsError(errno.EIO, f"metadata commit failed: {exc}")
+                token.run_sync_soon(self._finish, batch)
+        finally:
+            token.run_sync_soon(stopped.set)
+
+    def _finish(self, batch: list[_Job]) -> None:
+        self.batches += 1
+        self._finished.set()
+        self._finished = trio.Event()
+        for finished in batch:
+            finished.done.set()
 
     def _apply(self, batch: list[_Job]) -> None:
         now = time.time()
@@ -409,11 +456,12 @@ class Store:
                     reply = (StoredReply(now, job.error.errno, job.error.message) if job.error
                              else StoredReply(now, 0, job.result))
                     Tx(txn, self.dbs).store_reply(job.token, reply)
-        self.batches += 1
 
     def stop(self) -> None:
         """No more mutations: the writer applies what is queued, then returns."""
-        self._send.close()
+        if not self._stopping:
+            self._stopping = True
+            self._queue.put(None)
 
     def close(self) -> None:
         self.env.close()

@@ -83,6 +83,8 @@ def test_restart_keeps_everything(meta):
     meta.restart()
 
     async def check(c):
+        # As a mount does on reconnecting: re-announce, then carry on.
+        await c.call("open", ino=orphan["ino"], session=s, count=1)
         await c.call("session_renew", session=s)
         assert (await c.call("resolve", path=b"/dir/file"))["size"] == 12345
         assert await c.call("getxattr", ino=f["ino"], name=b"user.k") == {"value": b"v"}
