@@ -144,8 +144,9 @@ def test_scale_overrides_apply_by_name_and_type():
 
 def test_memory_that_grows_with_the_file_is_flagged():
     rows = [Row("memory", f"{size} file", f"{role} peak MiB", "dfs", 1, mib)
-            for size, role, mib in (("64m", "client", 100), ("4g", "client", 110),
-                                    ("64m", "chunkserver", 50), ("4g", "chunkserver", 400))]
+            for size, role, mib in (("64m", "client", 30), ("1g", "client", 100),
+                                    ("4g", "client", 110), ("64m", "chunkserver", 40),
+                                    ("1g", "chunkserver", 50), ("4g", "chunkserver", 400))]
     checks = {what.split(":")[0]: (verdict, value) for what, verdict, value in
               memory_suite.growth_checks(medians(rows), "dfs", "64m,1g,4g")}
     assert checks == {"dfs client peak MiB": ("met", 1.1),
