@@ -76,6 +76,8 @@ class FramedStream:
         self._end = 0     # end of the bytes received into _buffer
         self._reads_without_yield = 0
         self._drained = False
+        # Body size of the frame `receive` returned last (servers budget by it).
+        self.last_size = 0
 
     def _fd(self) -> int:
         fd = self.stream.socket.fileno()
@@ -150,6 +152,7 @@ class FramedStream:
                     raise ProtocolError(
                         f"frame of {length} bytes exceeds the limit of {self.max_frame}")
                 end = start + _HEADER.size + length
+                self.last_size = length
                 if end <= self._end:
                     self._start = end
                     return decode(self._view[start + _HEADER.size:end])

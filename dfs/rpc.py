@@ -24,9 +24,12 @@ log = logs.get_logger("rpc")
 
 Handler = Callable[[dict], Awaitable[object]]
 
-# How many requests one connection may have running on the server at once;
-# beyond it the server stops reading, which pushes back on the sender.
+# How many requests, and how many bytes of them, one connection may have
+# running on the server at once; beyond either the server stops reading,
+# which pushes back on the sender. The bytes bound a server's memory per
+# connection (a mount keeps at most 16 batches of MAX_DATA in flight).
 MAX_IN_FLIGHT = 256
+MAX_BYTES_IN_FLIGHT = 16 * MAX_FRAME
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -110,15 +113,13 @@ class Server:
         """Start a task per request until the peer leaves or breaks the protocol.
         Errors are handled here, inside the nursery, so that they end this
         connection and never the server."""
-        limiter = trio.Semaphore(MAX_IN_FLIGHT)
+        running = _Running()
         try:
             while True:
                 message = await framed.receive()
-                try:
-                    limiter.acquire_nowait()
-                except trio.WouldBlock:
-                    await limiter.acquire()
-                nursery.start_soon(self._request, framed, message, limiter)
+                size = framed.last_size
+                await running.admit(size)
+                nursery.start_soon(self._request, framed, message, running, size)
         except EOFError:
             pass
         except ProtocolError as exc:
@@ -127,7 +128,8 @@ class Server:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
-    async def _request(self, framed: FramedStream, message, limiter: trio.Semaphore) -> None:
+    async def _request(self, framed: FramedStream, message, running: "_Running",
+                       size: int) -> None:
         try:
             if (not isinstance(message, list) or len(message) != 4 or message[0] != REQUEST
                     or not isinstance(message[1], int)):
@@ -147,7 +149,7 @@ class Server:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
-            limiter.release()
+            running.release(size)
 
     async def _dispatch(self, op_name, args):
         op = self.schema.get(op_name) if isinstance(op_name, str) else None
@@ -161,6 +163,35 @@ class Server:
         except Exception:
             log.error("operation failed", exc_info=True, server=self.name, op=op_name)
             raise DfsError(errno.EIO, f"{op_name}: internal error on {self.name}") from None
+
+
+class _Running:
+    """The requests of one connection running on the server: at most
+    MAX_IN_FLIGHT of them and MAX_BYTES_IN_FLIGHT bytes of their frames (one
+    request is always admitted, whatever its size). Only the connection's
+    reader admits, so a plain wake-up on release is enough."""
+
+    __slots__ = ("count", "bytes", "_freed")
+
+    def __init__(self):
+        self.count = 0
+        self.bytes = 0
+        self._freed: trio.Event | None = None
+
+    async def admit(self, size: int) -> None:
+        while self.count >= MAX_IN_FLIGHT or (
+                self.count and self.bytes + size > MAX_BYTES_IN_FLIGHT):
+            self._freed = trio.Event()
+            await self._freed.wait()
+        self.count += 1
+        self.bytes += size
+
+    def release(self, size: int) -> None:
+        self.count -= 1
+        self.bytes -= size
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
 
 
 class PendingReply:
