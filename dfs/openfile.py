@@ -67,6 +67,7 @@ class _Batch:
         self.end = max(self.end, pos + len(piece))
 
     def takes(self, pos: int, length: int) -> bool:
+        """Whether a write of `length` bytes at `pos` may join this batch."""
         if self.size + length > MAX_DATA:
             return False
         last = self.extents[-1]
@@ -383,8 +384,11 @@ class OpenFile:
                     piece = data[(i - first) * unit:(i - first + 1) * unit]
                     self.cache.put(self.ino, unit, i, piece)
             return data[offset - start:end - start]
-        return b"".join(self.cache.get(self.ino, unit, i)[max(offset - base, 0):end - base]
-                        for i, base in ((i, i * unit) for i in range(first, last + 1)))
+        parts = []
+        for i in range(first, last + 1):
+            base = i * unit
+            parts.append(self.cache.get(self.ino, unit, i)[max(offset - base, 0):end - base])
+        return b"".join(parts)
 
     async def _segment(self, s: int) -> bytes:
         while True:
