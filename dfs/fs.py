@@ -21,7 +21,7 @@ import trio
 from . import logs
 from .chunkio import ChunkIO
 from .errors import DfsError
-from .openfile import MAX_INFLIGHT_BATCHES, READ_CACHE_BYTES, OpenFile
+from .openfile import READ_CACHE_BYTES, MountWrites, OpenFile
 from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
@@ -80,7 +80,7 @@ class DfsFS(pyfuse3.Operations):
         self.root = root
         self.nursery = nursery
         self.read_only = read_only
-        self.send_limit = trio.CapacityLimiter(MAX_INFLIGHT_BATCHES)
+        self.writes = MountWrites()
         self.read_cache = ReadCache(READ_CACHE_BYTES)
         self.files: dict[int, OpenFile] = {}
         # (mtime, size) of recently closed files, to keep their page cache on reopen.
@@ -296,7 +296,7 @@ class DfsFS(pyfuse3.Operations):
         opened = self.files.get(attr.ino)
         if opened is None:
             opened = self.files[attr.ino] = OpenFile(attr.ino, attr, self.meta, self.chunkio,
-                                                     self.nursery, self.send_limit,
+                                                     self.nursery, self.writes,
                                                      self.read_cache)
             return opened, self.seen.pop(attr.ino, None) == (attr.mtime, attr.size)
         return opened, opened.refresh(attr)

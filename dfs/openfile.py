@@ -10,10 +10,10 @@ overlapping writes is kept. Errors surface at the next write, flush or fsync.
 `flush` (close) and `fsync` return once every replica has synced and the
 metaserver has recorded the new size.
 
-Memory: at most MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) are
-being sent across the whole mount,
-plus one open batch per chunk being written, plus the mount's read cache
-(READ_CACHE_BYTES, shared by all open files).
+Memory, for the whole mount however many files it writes: at most
+MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) being sent, plus at
+most MAX_UNSENT_BYTES waiting in open batches, plus the read cache
+(READ_CACHE_BYTES).
 """
 
 import errno
@@ -39,6 +39,9 @@ READ_AHEAD_SEGMENTS = 8
 # its read-ahead window twice over.
 READ_CACHE_BYTES = 4 * 2 * READ_AHEAD_SEGMENTS * SEGMENT
 MAX_INFLIGHT_BATCHES = 16
+# Beyond this many bytes waiting in the open batches of all files, a write
+# sends its own batch at once: many files written at a time hold no more.
+MAX_UNSENT_BYTES = 64 * 1024 * 1024
 # A cached write lease is renewed well before the metaserver lets it lapse.
 LEASE_REUSE_SECONDS = 15.0
 LEASE_MARGIN_SECONDS = 2.0
@@ -74,6 +77,15 @@ class _Batch:
         return last[0] + len(last[1]) == pos or len(self.extents) < MAX_EXTENTS
 
 
+class MountWrites:
+    """What all files of a mount share while writing: the batches being sent
+    and the bytes waiting in open batches."""
+
+    def __init__(self):
+        self.in_flight = trio.CapacityLimiter(MAX_INFLIGHT_BATCHES)
+        self.unsent = 0
+
+
 @dataclass(slots=True, eq=False)
 class _InFlight:
     index: int
@@ -84,12 +96,12 @@ class _InFlight:
 
 class OpenFile:
     def __init__(self, ino: int, attr: Attr, meta: MetaLink, chunkio: ChunkIO,
-                 nursery: trio.Nursery, send_limit: trio.CapacityLimiter, cache: ReadCache):
+                 nursery: trio.Nursery, writes: MountWrites, cache: ReadCache):
         self.ino = ino
         self.meta = meta
         self.chunkio = chunkio
         self.nursery = nursery
-        self.send_limit = send_limit
+        self.writes = writes
         self.cache = cache
         self.chunk_size = meta.chunk_size
         self.segment = min(SEGMENT, self.chunk_size)
@@ -172,14 +184,16 @@ class OpenFile:
         if batch is None:
             batch = self._batches[index] = _Batch()
         batch.add(pos, piece)
-        if batch.size >= MAX_DATA:
+        self.writes.unsent += len(piece)
+        if batch.size >= MAX_DATA or self.writes.unsent > MAX_UNSENT_BYTES:
             await self._launch(index)
 
     async def _launch(self, index: int, sync: bool = False) -> None:
         """Send the chunk's open batch. A batch that also syncs the replica
         waits for every earlier batch to the chunk, so it is the last to land."""
         batch = self._batches.pop(index)
-        await self.send_limit.acquire_on_behalf_of(batch)
+        self.writes.unsent -= batch.size
+        await self.writes.in_flight.acquire_on_behalf_of(batch)
         earlier = [f for f in self._inflight if f.index == index
                    and (sync or (f.start < batch.end and batch.start < f.end))]
         flight = _InFlight(index, batch.start, batch.end, trio.Event())
@@ -213,7 +227,7 @@ class OpenFile:
         finally:
             flight.done.set()
             self._inflight.remove(flight)
-            self.send_limit.release_on_behalf_of(batch)
+            self.writes.in_flight.release_on_behalf_of(batch)
             if not self._inflight:
                 self._idle.set()
 

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import random
+from pathlib import Path
 
 import pytest
 import trio
@@ -157,6 +158,46 @@ def test_cached_blocks_follow_writes_holes_and_other_mounts(shared_cluster, mnt)
         with open(path, "rb", buffering=0) as again:
             assert _uncached_read(again, 9_990, 100) == data[9_990:10_090]
     assert path.read_bytes() == bytes(data)
+
+
+def _mount_process(path) -> int:
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"dfs.mount" in command and str(path).encode() in command:
+            return int(proc.name)
+    raise AssertionError(f"no mount process for {path}")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.timeout(120)
+def test_many_files_written_at_once_hold_bounded_memory(shared_cluster, mnt):
+    """A hundred files open at once, each with 3.5 MiB written and not yet sent,
+    would hold 350 MiB in the mount; what waits unsent is bounded for the whole
+    mount (MAX_UNSENT_BYTES, 64 MiB), so the mount stays far below that."""
+    mount = shared_cluster.mount()
+    folder = mount / mnt.name
+    piece = os.urandom(512 * 1024)
+    files = [open(folder / f"f{i}", "wb", buffering=0) for i in range(100)]
+    try:
+        for f in files:
+            for _ in range(7):
+                f.write(piece)
+        peak = _peak_rss_mib(_mount_process(mount))
+    finally:
+        for f in files:
+            f.close()
+    assert peak < 250, f"the mount reached {peak:.0f} MiB"
+    for i in (0, 57, 99):
+        assert (folder / f"f{i}").read_bytes() == piece * 7
 
 
 def test_read_your_writes_before_close(mnt):
