@@ -37,6 +37,32 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+def stop_process(proc: subprocess.Popen) -> int:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait(10)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line mentions `text` (a mount point, a data folder)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
 def meta_call(ref: ClusterRef, op: str, schema=META, addr: str | None = None, **fields):
     """One RPC from the test process (retrying while a server restarts)."""
     async def run():

@@ -22,6 +22,7 @@ import pytest
 
 from csi_plugin import csi_pb2 as csi
 from csi_plugin import csi_pb2_grpc
+from faults import processes_mentioning
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,20 +43,6 @@ def mounts_under(base: Path) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         points = [line.split()[4].replace("\\040", " ") for line in f]
     return [p for p in points if p.startswith(str(base) + "/")]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if text.encode() in cmdline:
-            pids.append(int(entry))
-    return pids
 
 
 def release_mounts(base: Path) -> None:

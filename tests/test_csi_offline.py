@@ -12,6 +12,7 @@ import pytest
 
 from csi_plugin import csi_pb2 as csi
 from csi_plugin import csi_pb2_grpc
+from faults import stop_process
 
 BIN = Path(sys.executable).parent
 Mode = csi.VolumeCapability.AccessMode
@@ -43,12 +44,7 @@ def offline_plugin(tmp_path):
         yield channel
         channel.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     assert not sock.exists(), "the socket is removed on a clean stop"
 
 

@@ -11,6 +11,7 @@ import trio
 from conftest import TEST_CHUNK_SIZE
 from dfs.ops import CHUNK, META
 from dfs.rpc import Client
+from faults import processes_mentioning
 
 MiB = 1024 * 1024
 
@@ -160,17 +161,6 @@ def test_cached_blocks_follow_writes_holes_and_other_mounts(shared_cluster, mnt)
     assert path.read_bytes() == bytes(data)
 
 
-def _mount_process(path) -> int:
-    for proc in Path("/proc").iterdir():
-        try:
-            command = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"dfs.mount" in command and str(path).encode() in command:
-            return int(proc.name)
-    raise AssertionError(f"no mount process for {path}")
-
-
 def _peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -191,7 +181,8 @@ def test_many_files_written_at_once_hold_bounded_memory(shared_cluster, mnt):
         for f in files:
             for _ in range(7):
                 f.write(piece)
-        peak = _peak_rss_mib(_mount_process(mount))
+        [pid] = processes_mentioning(str(mount))
+        peak = _peak_rss_mib(pid)
     finally:
         for f in files:
             f.close()

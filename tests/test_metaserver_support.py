@@ -5,7 +5,6 @@ folder and secret, stopped (killed if it must) when the test ends.
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import trio
 from dfs.errors import DfsError
 from dfs.ops import CHUNK, META, META_CS
 from dfs.rpc import Client
+from faults import stop_process
 
 ROOT = 1
 CHUNK_SIZE = 1 << 20
@@ -33,16 +33,6 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 15.0) -> 
             raise RuntimeError(f"{proc.args[2]} exited with {proc.returncode}")
         time.sleep(0.02)
     raise TimeoutError(f"{path} did not appear")
-
-
-def stop_process(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait(10)
 
 
 class MetaProcess:

@@ -17,7 +17,7 @@ from conftest import TEST_CHUNK_SIZE, start_cluster
 from csi_plugin import csi_pb2 as csi
 from csi_plugin import csi_pb2_grpc
 from dfs.errors import DfsError
-from faults import chunks_of, meta_call, replica_version, status, wait_for
+from faults import chunks_of, meta_call, replica_version, status, stop_process, wait_for
 
 MiB = 1024 * 1024
 BIN = Path(sys.executable).parent
@@ -177,12 +177,7 @@ def test_csi_replicas_parameter_sets_the_volume_factor(rf, tmp_path):
                                 timeout=10)
     finally:
         channel.close()
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _try(call, request):
