@@ -92,6 +92,8 @@ class _InFlight:
     start: int
     end: int
     done: trio.Event
+    # Order of launch within the file: a sync covers only batches launched before it.
+    seq: int
 
 
 class OpenFile:
@@ -120,7 +122,9 @@ class OpenFile:
         self._idle = trio.Event()
         self._idle.set()
         self._error: DfsError | None = None
-        self._to_sync: dict[int, Placement] = {}
+        # Chunks written but not synced: the placement, and the latest launch written.
+        self._to_sync: dict[int, tuple[Placement, int]] = {}
+        self._launched = 0
         self._fetching: dict[int, trio.Event] = {}
         self._last_read_end = -1
         self._generation = 0
@@ -196,7 +200,8 @@ class OpenFile:
         await self.writes.in_flight.acquire_on_behalf_of(batch)
         earlier = [f for f in self._inflight if f.index == index
                    and (sync or (f.start < batch.end and batch.start < f.end))]
-        flight = _InFlight(index, batch.start, batch.end, trio.Event())
+        self._launched += 1
+        flight = _InFlight(index, batch.start, batch.end, trio.Event(), self._launched)
         self._inflight.append(flight)
         self._idle = trio.Event()
         self.nursery.start_soon(self._send, batch, flight, earlier, sync)
@@ -211,10 +216,14 @@ class OpenFile:
             placement = await self._on_live_replicas(
                 flight.index, None,
                 lambda placement: self.chunkio.write(placement, extents, sync))
+            unsynced = self._to_sync.get(flight.index)
             if sync:
-                self._to_sync.pop(flight.index, None)
-            else:
-                self._to_sync[flight.index] = placement
+                # A batch launched after this one (a write made during the
+                # flush) may have landed after the sync: it stays to be synced.
+                if unsynced is not None and unsynced[1] < flight.seq:
+                    del self._to_sync[flight.index]
+            elif unsynced is None or unsynced[1] < flight.seq:
+                self._to_sync[flight.index] = (placement, flight.seq)
         except DfsError as exc:
             log.error("write failed", ino=self.ino, chunk_index=flight.index, error=str(exc))
             if self._error is None:
@@ -300,8 +309,8 @@ class OpenFile:
                 if self.dirty and not grew:
                     nursery.start_soon(self._commit, size, mtime, committed)
                 await self.drain()
-                placements, self._to_sync = self._to_sync, {}
-                for index, placement in placements.items():
+                unsynced, self._to_sync = self._to_sync, {}
+                for index, (placement, _) in unsynced.items():
                     nursery.start_soon(self._sync_chunk, index, placement)
         except* DfsError as group:
             exc = group.exceptions[0]
