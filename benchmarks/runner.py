@@ -77,6 +77,9 @@ def _attempt(suite: Suite, case: str, target: Target, root: Path, label: str,
     """Run one case on one target. A failed case must not cost the figures of the others:
     it is written down, and the run ends with an error status."""
     ctx.say(f"{suite.name} {case}, {label}, on {target.name}")
+    # What the case before left unwritten (a target that does not sync keeps
+    # it in the page cache) would otherwise reach the disk during this one.
+    os.sync()
     try:
         outcome = suite.run(case, target, root, ctx)
     except (procs.BenchError, OSError) as exc:
