@@ -23,6 +23,32 @@ DATA_SUFFIX = ".data"
 META_SUFFIX = ".meta"
 TEMP_SUFFIX = ".tmp"
 
+# Filesystems that overwrite an allocated block in place, so that writing out
+# a file's pages and a cache flush make them durable (see chunkfile, "sync").
+# Copy-on-write ones (btrfs, zfs) move every write and need each file synced.
+IN_PLACE_FILESYSTEMS = frozenset({"ext4", "xfs"})
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding `path` ("" if it cannot be told),
+    from the deepest mount point above it in /proc/self/mountinfo."""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
+            for line in table:
+                mount_part, _, fs_part = line.partition(" - ")
+                fields, fs_fields = mount_part.split(), fs_part.split()
+                if len(fields) < 5 or not fs_fields:
+                    continue
+                point = fields[4].encode().decode("unicode_escape")
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best):
+                    best, kind = point, fs_fields[0]
+    except OSError:
+        return ""
+    return kind
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -36,6 +62,7 @@ class ChunkStore:
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "chunks"
+        self.in_place = filesystem_type(self.data_dir) in IN_PLACE_FILESYSTEMS
 
     def folder(self, chunk: int) -> Path:
         return self.root / f"{chunk & 0xff:02x}" / f"{(chunk >> 8) & 0xff:02x}"
@@ -89,7 +116,7 @@ class ChunkStore:
     def open(self, chunk: int) -> ChunkFile:
         """Open an existing replica; FileNotFoundError if there is none."""
         data_path, meta_path = self.paths(chunk)
-        return ChunkFile.open(chunk, str(data_path), str(meta_path))
+        return ChunkFile.open(chunk, str(data_path), str(meta_path), self.in_place)
 
     def create(self, chunk: int, version: int) -> ChunkFile:
         """Make an empty replica, durable before it is returned."""

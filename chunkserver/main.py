@@ -113,7 +113,8 @@ def _advertised(host: str, port: int) -> str:
 async def serve(args: argparse.Namespace, secret: bytes) -> None:
     store = ChunkStore(args.data_dir)
     versions = await trio.to_thread.run_sync(store.scan)
-    log.info("replicas found", data_dir=str(args.data_dir), chunks=len(versions))
+    log.info("replicas found", data_dir=str(args.data_dir), chunks=len(versions),
+             crcs_synced_by_data_flush=store.in_place)
     service = ChunkService(store, versions, secret)
     server = Server("chunkserver", ops.CHUNK, service.handlers, secret)
     host, port = parse_addr(args.listen)

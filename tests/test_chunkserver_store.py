@@ -3,13 +3,14 @@ writes, truncates and reads, and what a crash can leave behind."""
 
 import os
 import shutil
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chunkserver.chunkfile import BLOCK, ChecksumError
-from chunkserver.chunkstore import ChunkStore
+from chunkserver.chunkstore import ChunkStore, filesystem_type
 
 LIMIT = 5 * BLOCK
 
@@ -152,3 +153,40 @@ def test_builder_installs_whole_or_not_at_all(tmp_path):
     replica.close()
     data_path, _ = store.paths(6)
     assert os.stat(data_path).st_blocks * 512 < 2 * BLOCK, "the zero block was written"
+
+
+@pytest.mark.timeout(30)
+def test_filesystem_type_agrees_with_findmnt(tmp_path):
+    for path in (tmp_path, "/proc/self", "/dev/shm", "/"):
+        told = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)],
+                              capture_output=True, text=True, check=True).stdout.split()
+        assert filesystem_type(path) == told[0]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("in_place", [True, False])
+def test_synced_overwrites_read_back_after_reopen(tmp_path, in_place):
+    """Growing writes (the metadata file grows too) and overwrites, each synced,
+    whichever way sync writes the CRCs out; the replica reopens verified."""
+    store = ChunkStore(tmp_path)
+    store.scan()
+    store.in_place = in_place
+    replica = store.create(5, 1)
+    model = bytearray()
+    for round_no in range(6):
+        grow = bytes([round_no + 1]) * (BLOCK + 100)
+        replica.write(len(model), grow)
+        model += grow
+        replica.sync()
+        patch = bytes([200 + round_no]) * 300
+        at = (round_no * 7919) % (len(model) - 300)
+        replica.write(at, patch)
+        model[at:at + 300] = patch
+        replica.sync()
+    replica.close()
+    replica = store.open(5)
+    try:
+        assert replica.in_place == in_place
+        assert bytes(replica.read(0, len(model))) == bytes(model)
+    finally:
+        replica.close()
