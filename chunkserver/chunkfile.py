@@ -153,13 +153,16 @@ class ChunkFile:
     """An open replica. Not thread-safe: the caller serialises access per chunk."""
 
     def __init__(self, chunk: int, version: int, data_fd: int, meta_fd: int, size: int,
-                 crcs: array, in_place: bool = False):
+                 crcs: array, crc_room: int, in_place: bool = False):
         self.chunk = chunk
         self.version = version
         self.data_fd = data_fd
         self.meta_fd = meta_fd
         self.size = size
         self.crcs = crcs
+        # CRCs the metadata file has space for. After a crash it may hold
+        # fewer than `crcs` (see `open`): room is then reserved on the next write.
+        self.crc_room = crc_room
         # The filesystem overwrites blocks in place (see "sync" above).
         self.in_place = in_place
         # The metadata file has not grown since its last fdatasync.
@@ -179,12 +182,13 @@ class ChunkFile:
             # CRCs never written (a crash right after the data grew) stand for
             # zeros: data that did reach those blocks then fails verification.
             crcs.extend([ZERO_CRC] * (nblocks - len(crcs)))
+            crc_room = max(0, (os.fstat(meta_fd).st_size - CRC_OFFSET) // 4)
         except BaseException:
             os.close(meta_fd)
             if data_fd >= 0:
                 os.close(data_fd)
             raise
-        return cls(chunk, version, data_fd, meta_fd, size, crcs, in_place)
+        return cls(chunk, version, data_fd, meta_fd, size, crcs, crc_room, in_place)
 
     def close(self) -> None:
         os.close(self.data_fd)
@@ -202,10 +206,11 @@ class ChunkFile:
         pwrite_all(self.meta_fd, crcs_to_bytes(self.crcs[first:stop]), CRC_OFFSET + first * 4)
 
     def _reserve_crcs(self, nblocks: int) -> None:
-        if nblocks > len(self.crcs):
+        if nblocks > self.crc_room:
             self._meta_settled = False
-            os.posix_fallocate(self.meta_fd, CRC_OFFSET + len(self.crcs) * 4,
-                               (nblocks - len(self.crcs)) * 4)
+            os.posix_fallocate(self.meta_fd, CRC_OFFSET + self.crc_room * 4,
+                               (nblocks - self.crc_room) * 4)
+            self.crc_room = nblocks
 
     def read(self, offset: int, length: int):
         """Return `length` bytes at `offset`, zeros past the end; ChecksumError
@@ -258,7 +263,7 @@ class ChunkFile:
             merged[start - block * BLOCK:stop - block * BLOCK] = piece
             new_crcs.append(crc32c(merged))
 
-        old_blocks = len(self.crcs)
+        old_blocks, old_room = len(self.crcs), self.crc_room
         try:
             self._reserve_crcs(last + 1)
             os.posix_fallocate(self.data_fd, offset, len(view))
@@ -267,6 +272,9 @@ class ChunkFile:
             # held nothing; cut it off so the replica is exactly as before.
             if os.fstat(self.data_fd).st_size > self.size:
                 os.ftruncate(self.data_fd, self.size)
+            # CRC space reserved but never written is not settled: the write
+            # that first fills it must reserve (and so fully sync) again.
+            self.crc_room = old_room
             raise
         pwrite_all(self.data_fd, view, offset)
         if len(view) >= WRITEBACK_FROM:

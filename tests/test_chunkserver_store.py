@@ -1,6 +1,7 @@
 """The on-disk replica format, in process on real files: a model check of
 writes, truncates and reads, and what a crash can leave behind."""
 
+import errno
 import os
 import shutil
 import subprocess
@@ -9,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chunkserver.chunkfile import BLOCK, ChecksumError
+from chunkserver.chunkfile import BLOCK, CRC_OFFSET, ChecksumError
 from chunkserver.chunkstore import ChunkStore, filesystem_type
+from faults import tiny_disk
 
 LIMIT = 5 * BLOCK
 
@@ -190,3 +192,39 @@ def test_synced_overwrites_read_back_after_reopen(tmp_path, in_place):
         assert bytes(replica.read(0, len(model))) == bytes(model)
     finally:
         replica.close()
+
+
+@pytest.mark.timeout(60)
+def test_crc_space_lost_in_a_crash_is_reserved_before_data_changes(tmp_path):
+    """After a crash left the metadata file shorter than its data needs, a
+    write still reserves CRC space first: on a full disk it fails with ENOSPC
+    and the data is as before, rather than being changed under a CRC that
+    could not be written."""
+    blocks = 960  # CRCs past the first page of the metadata file
+    with tiny_disk(tmp_path / "disk", "72m") as disk:
+        store = ChunkStore(disk)
+        store.scan()
+        replica = store.create(6, 1)
+        replica.write(0, b"\x01" * (blocks * BLOCK))
+        replica.sync()
+        replica.close()
+        data_path, meta_path = store.paths(6)
+        os.truncate(meta_path, CRC_OFFSET + 4)
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError) as full:
+                while True:
+                    os.write(filler, bytes(64 * 1024))
+            assert full.value.errno == errno.ENOSPC
+        finally:
+            os.close(filler)
+        replica = store.open(6)
+        try:
+            with pytest.raises(OSError) as info:
+                replica.write((blocks - 10) * BLOCK, b"\x02" * BLOCK)
+            assert info.value.errno == errno.ENOSPC
+        finally:
+            replica.close()
+        with open(data_path, "rb") as data:
+            data.seek((blocks - 10) * BLOCK)
+            assert data.read(BLOCK) == b"\x01" * BLOCK
