@@ -8,6 +8,7 @@ sequence, so the low bytes spread them evenly over 65536 folders.
 """
 
 import os
+import re
 import tempfile
 from array import array
 from pathlib import Path
@@ -29,6 +30,10 @@ TEMP_SUFFIX = ".tmp"
 IN_PLACE_FILESYSTEMS = frozenset({"ext4", "xfs"})
 
 
+# mountinfo writes space, tab, newline and backslash in paths as \ooo.
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
 def filesystem_type(path: Path) -> str:
     """The type of the filesystem holding `path` ("" if it cannot be told),
     from the deepest mount point above it in /proc/self/mountinfo."""
@@ -41,7 +46,7 @@ def filesystem_type(path: Path) -> str:
                 fields, fs_fields = mount_part.split(), fs_part.split()
                 if len(fields) < 5 or not fs_fields:
                     continue
-                point = fields[4].encode().decode("unicode_escape")
+                point = _OCTAL_ESCAPE.sub(lambda m: chr(int(m[1], 8)), fields[4])
                 inside = target == point or target.startswith(point.rstrip("/") + "/")
                 if inside and len(point) >= len(best):
                     best, kind = point, fs_fields[0]

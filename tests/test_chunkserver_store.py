@@ -159,10 +159,17 @@ def test_builder_installs_whole_or_not_at_all(tmp_path):
 
 @pytest.mark.timeout(30)
 def test_filesystem_type_agrees_with_findmnt(tmp_path):
+    def told(path) -> str:
+        return subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)],
+                              capture_output=True, text=True, check=True).stdout.split()[0]
+
     for path in (tmp_path, "/proc/self", "/dev/shm", "/"):
-        told = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)],
-                              capture_output=True, text=True, check=True).stdout.split()
-        assert filesystem_type(path) == told[0]
+        assert filesystem_type(path) == told(path)
+    # A mount point whose name mountinfo escapes (the space) or holds as UTF-8.
+    with tiny_disk(tmp_path / "data d\u00e4t\u00e4", "1m") as disk:
+        (disk / "chunks").mkdir()
+        assert filesystem_type(disk / "chunks") == told(disk / "chunks") == "tmpfs"
+    assert filesystem_type(tmp_path) == told(tmp_path)
 
 
 @pytest.mark.timeout(60)
