@@ -273,6 +273,8 @@ class Client:
         self.connect_timeout = connect_timeout
         self.retry_for = retry_for
         self._framed: FramedStream | None = None
+        # A new connection while on_reconnect runs on it, not yet published.
+        self._connecting: FramedStream | None = None
         self._pending: dict[int, PendingReply] = {}
         self._ids = itertools.count(1)
         self._connect_lock = trio.Lock()
@@ -301,11 +303,14 @@ class Client:
             if self._connected_once and self.on_reconnect is not None:
                 async def call(op: str, **args):
                     return await (await self._send(op, args, framed)).result()
+                self._connecting = framed
                 try:
                     await self.on_reconnect(call)
                 except BaseException:
                     await self._drop(framed)
                     raise
+                finally:
+                    self._connecting = None
             self._connected_once = True
             self._framed = framed
             return framed
@@ -329,8 +334,9 @@ class Client:
             await self._drop(framed)
 
     async def _drop(self, framed: FramedStream) -> None:
-        # While on_reconnect runs, the new connection is not yet published.
-        if self._framed is framed or self._framed is None:
+        # Only the live connection's requests are pending: an old connection
+        # whose reader ends late must not fail those of its successor.
+        if framed is self._framed or framed is self._connecting:
             self._framed = None
             for pending in self._pending.values():
                 pending.settle()
