@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import procs
 from benchmarks.scale import Scale
 from benchmarks.targets import Target
 
@@ -26,6 +27,11 @@ class Context:
         if message not in self.notes:
             self.notes.append(message)
             self.say(f"note: {message}")
+
+    def drop_caches(self) -> None:
+        """Empty the page cache before a cold read; the results say so when it cannot."""
+        if not procs.drop_caches():
+            self.note("the page cache could not be dropped (not root?): cold reads are warm")
 
 
 @dataclass
