@@ -56,13 +56,17 @@ class Cluster:
                  "--log-file", str(path) + ".log", str(path))
         return path
 
+    def unmount(self, path: Path) -> None:
+        """Unmount a mount of this cluster, lazily if it is still busy."""
+        if mounts.is_mounted(str(path)):
+            try:
+                mounts.unmount(str(path))
+            except OSError:
+                mounts.unmount(str(path), lazy=True)
+
     def teardown(self) -> None:
         for path in self.extra_mounts + [self.mnt]:
-            if mounts.is_mounted(str(path)):
-                try:
-                    mounts.unmount(str(path))
-                except OSError:
-                    mounts.unmount(str(path), lazy=True)
+            self.unmount(path)
         try:
             self.local.down()
         finally:
