@@ -143,12 +143,15 @@ class DfsFS(pyfuse3.Operations):
             changes["atime"] = attr.st_atime_ns
         if fields.update_mtime:
             changes["mtime"] = attr.st_mtime_ns
+        if fields.update_size:
+            changes["size"] = attr.st_size
         opened = self.files.get(ino)
         async with _errno(by_inode=True):
-            if fields.update_size:
-                changes["size"] = attr.st_size
-                if opened is not None:
-                    await opened.flush()
+            if opened is not None and (fields.update_size or fields.update_mtime):
+                # Writes made before the call come first: their own mtime,
+                # recorded later, would overwrite the one set here (cp -p
+                # sets the copy's times on the open file before closing it).
+                await opened.flush()
             reply = await self.meta.mutate("setattr", ino=ino, changes=changes)
         if fields.update_size and opened is not None:
             opened.truncated(Attr.from_wire(reply))

@@ -167,6 +167,27 @@ def test_attributes_and_times(mnt):
     assert os.stat(path).st_mtime_ns > mtime
 
 
+def test_times_set_on_an_open_file_outlast_its_writes(mnt):
+    """cp -p and tar set the times on the open copy after writing it."""
+    path = mnt / "copy"
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"x" * 100_000)
+        os.utime(fd, ns=(1_000_000_000, 2_000_000_000))
+        os.write(fd, b"tail")
+        os.utime(fd, ns=(3_000_000_000, 4_000_000_000))
+    finally:
+        os.close(fd)
+    st = os.stat(path)
+    assert (st.st_size, st.st_mtime_ns) == (100_004, 4_000_000_000)
+    source = mnt / "source"
+    write_file(source, b"preserved")
+    os.utime(source, ns=(5_000_000_000, 6_000_000_000))
+    subprocess.run(["cp", "-p", str(source), str(mnt / "cp-copy")], check=True, timeout=30)
+    assert os.stat(mnt / "cp-copy").st_mtime_ns == 6_000_000_000
+    assert read_file(mnt / "cp-copy") == b"preserved"
+
+
 def test_xattrs(mnt):
     path = mnt / "x"
     write_file(path, b"")
