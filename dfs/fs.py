@@ -21,7 +21,7 @@ import trio
 from . import logs
 from .chunkio import ChunkIO
 from .errors import DfsError
-from .openfile import READ_CACHE_BYTES, MountWrites, OpenFile
+from .openfile import MTIME_LAG, READ_CACHE_BYTES, MountWrites, OpenFile
 from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
@@ -102,9 +102,9 @@ class DfsFS(pyfuse3.Operations):
     def _entry(self, wire: dict) -> pyfuse3.EntryAttributes:
         attr = Attr.from_wire(wire)
         opened = self.files.get(attr.ino)
-        if opened is not None and opened.size > attr.size:
-            # This mount has written past what the metaserver knows yet.
-            attr.size = opened.size
+        if opened is not None and opened.dirty:
+            # This mount has written what the metaserver does not know yet.
+            attr.size = max(attr.size, opened.size)
             attr.mtime = max(attr.mtime, opened.mtime)
         return _entry(attr, self._kernel(attr.ino))
 
@@ -295,14 +295,18 @@ class DfsFS(pyfuse3.Operations):
         opened.handles += 1
         return fh
 
-    def _open_file(self, attr: Attr) -> tuple[OpenFile, bool]:
+    def _open_file(self, attr: Attr, changing: bool = False) -> tuple[OpenFile, bool]:
+        """The inode's OpenFile, and whether cached data of it may be kept:
+        not if it changed since this mount saw it, nor while another mount may
+        be writing it without telling (see OpenFile.flush)."""
         opened = self.files.get(attr.ino)
         if opened is None:
             opened = self.files[attr.ino] = OpenFile(attr.ino, attr, self.meta, self.chunkio,
                                                      self.nursery, self.writes,
                                                      self.read_cache)
-            return opened, self.seen.pop(attr.ino, None) == (attr.mtime, attr.size)
-        return opened, opened.refresh(attr)
+            seen = self.seen.pop(attr.ino, None)
+            return opened, not changing and seen == (attr.mtime, attr.size)
+        return opened, opened.refresh(attr, changing)
 
     async def open(self, inode, flags, ctx):
         if flags & os.O_ACCMODE != os.O_RDONLY:
@@ -311,12 +315,12 @@ class DfsFS(pyfuse3.Operations):
         self.meta.hold(ino)
         try:
             async with _errno(by_inode=True):
-                attr = Attr.from_wire(await self.meta.call("open", ino=ino,
-                                                           session=self.meta.session))
+                reply = await self.meta.call("open", ino=ino, session=self.meta.session)
         except BaseException:
             self.meta.unhold(ino)
             raise
-        opened, unchanged = self._open_file(attr)
+        attr = Attr.from_wire(reply)
+        opened, unchanged = self._open_file(attr, reply.get("changing", False))
         fh = self._handle(opened)
         if flags & os.O_TRUNC and attr.size:
             # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us.
@@ -355,12 +359,12 @@ class DfsFS(pyfuse3.Operations):
             return await opened.write(off, buf)
 
     async def flush(self, fh):
-        opened = self.handles[fh]
-        async with _errno():
-            await opened.flush()
+        await self.fsync(fh, datasync=False)
 
     async def fsync(self, fh, datasync):
-        await self.flush(fh)
+        opened = self.handles[fh]
+        async with _errno():
+            await opened.flush(datasync)
 
     async def release(self, fh):
         opened = self.handles.pop(fh)
@@ -377,6 +381,15 @@ class DfsFS(pyfuse3.Operations):
                 log.warning("release failed", ino=opened.ino, error=str(exc))
             finally:
                 self.meta.unhold(opened.ino)
+
+    async def record_quiet_syncs(self) -> None:
+        """Keep the mtime that quiet fdatasyncs leave unrecorded at most
+        MTIME_LAG behind on the metaserver."""
+        while True:
+            await trio.sleep(MTIME_LAG)
+            for opened in list(self.files.values()):
+                if opened.unrecorded is not None:
+                    self.nursery.start_soon(opened.record_quiet_sync)
 
     def _forget_file(self, opened: OpenFile) -> None:
         del self.files[opened.ino]

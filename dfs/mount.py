@@ -63,6 +63,7 @@ async def serve(cluster: ClusterRef, mountpoint: str, subdir: str, read_only: bo
                  session=meta.session)
         ready.tell("ok")
         nursery.start_soon(meta.keep_alive)
+        nursery.start_soon(fs.record_quiet_syncs)
         nursery.start_soon(trio.to_thread.run_sync, _widen_readahead, mountpoint)
         nursery.start_soon(_stop_on_signal, nursery)
         try:

@@ -8,7 +8,11 @@ request) and sent to every replica in the background, many batches in flight;
 a batch waits only for earlier batches that overlap it, so the order of
 overlapping writes is kept. Errors surface at the next write, flush or fsync.
 `flush` (close) and `fsync` return once every replica has synced and the
-metaserver has recorded the new size.
+metaserver has recorded the new size and mtime. An fdatasync that does not
+grow the file need not record the mtime (POSIX), and a database calls it
+hundreds of times a second: once the metaserver knows the file is written
+quietly (other mounts then do not trust their caches of it), such a sync
+leaves the mtime to be recorded in the background, within MTIME_LAG.
 
 Memory, for the whole mount however many files it writes: at most
 MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) being sent, plus at
@@ -47,6 +51,8 @@ LEASE_REUSE_SECONDS = 15.0
 LEASE_MARGIN_SECONDS = 2.0
 WRITE_RETRY_SECONDS = 60.0
 READ_RETRIES = 3
+# How late the mtime of quietly synced writes may reach the metaserver.
+MTIME_LAG = 1.0
 
 
 @dataclass(slots=True, eq=False)
@@ -113,6 +119,12 @@ class OpenFile:
         self.seen = (attr.mtime, attr.size)
         self.dirty = False
         self.mtime = attr.mtime
+        # (size, mtime) synced quietly and not yet recorded on the metaserver.
+        self.unrecorded: tuple[int, int] | None = None
+        # The latest mtime this mount sent, so that two flushes answered out of
+        # order cannot move the file's mtime back.
+        self._sent_mtime = 0
+        self._commit_lock = trio.Lock()
         self.granted_end = 0
         self._placements: dict[int, Placement] = {}
         self._leases: dict[int, tuple[Placement, float]] = {}
@@ -131,10 +143,11 @@ class OpenFile:
 
     # ---- state shared with the metaserver -------------------------------
 
-    def refresh(self, attr: Attr) -> bool:
+    def refresh(self, attr: Attr, changing: bool = False) -> bool:
         """Take the metaserver's view at open; True if the file is unchanged
-        since this mount last saw it (so the page cache may be kept)."""
-        unchanged = (attr.mtime, attr.size) == self.seen
+        since this mount last saw it and no other mount may be writing it
+        quietly (so the page cache may be kept)."""
+        unchanged = not changing and (attr.mtime, attr.size) == self.seen
         if not unchanged:
             self.forget_data()
         if not self.dirty and not self._inflight:
@@ -289,25 +302,29 @@ class OpenFile:
         if self._error is not None:
             self._raise_error()
 
-    async def flush(self) -> Attr | None:
+    async def flush(self, datasync: bool = False) -> Attr | None:
         """Make everything written so far durable on every replica and record
-        size and mtime on the metaserver. Returns the new attributes, if any.
+        size and mtime on the metaserver (for an fdatasync that does not grow
+        the file, the mtime only once the metaserver knows the file is written
+        quietly). Returns the new attributes, if any.
 
         The last batch to each chunk carries the sync, saving a round trip.
         When the file did not grow, the metaserver records the new mtime
-        while the replicas sync: no size then runs ahead of its data. The
-        mtime is committed even for fdatasync: another mount decides by it
-        whether its page cache of the file is still good."""
+        while the replicas sync: no size then runs ahead of its data."""
         # What this flush makes durable; writes made while it runs wait for the next.
         size, mtime = self.size, self.mtime
         for index in list(self._batches):
             await self._launch(index, sync=True)
         grew = size > self.seen[1]
+        quiet = self.ino in self.meta.quiet
+        quietly = datasync and not grew and quiet
+        # Other than an fdatasync, a flush also ends quiet writing.
+        record = (self.dirty or quiet and not datasync) and not quietly
         committed: list[Attr] = []
         try:
             async with trio.open_nursery() as nursery:
-                if self.dirty and not grew:
-                    nursery.start_soon(self._commit, size, mtime, committed)
+                if record and not grew:
+                    nursery.start_soon(self._commit, size, mtime, committed, datasync)
                 await self.drain()
                 unsynced, self._to_sync = self._to_sync, {}
                 for index, (placement, _) in unsynced.items():
@@ -316,17 +333,45 @@ class OpenFile:
             exc = group.exceptions[0]
             raise DfsError(exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                            else errno.EIO, f"sync of inode {self.ino} failed: {exc}") from None
-        if self.dirty and grew:
-            await self._commit(size, mtime, committed)
+        if record and grew:
+            await self._commit(size, mtime, committed, datasync)
+        if quietly and self.dirty:
+            self.unrecorded = (size, mtime)
         return committed[0] if committed else None
 
-    async def _commit(self, size: int, mtime: int, committed: list[Attr]) -> None:
+    async def _commit(self, size: int, mtime: int, committed: list[Attr],
+                      quiet: bool) -> None:
+        async with self._commit_lock:
+            await self._record(size, mtime, committed, quiet)
+
+    async def record_quiet_sync(self) -> None:
+        """Record on the metaserver the mtime of writes synced quietly."""
+        async with self._commit_lock:
+            if self.unrecorded is None:
+                return
+            try:
+                await self._record(*self.unrecorded, [], quiet=True)
+            except DfsError as exc:
+                # The next flush or fsync records it, or reports the failure.
+                log.warning("recording the mtime failed", ino=self.ino, error=str(exc))
+
+    async def _record(self, size: int, mtime: int, committed: list[Attr],
+                      quiet: bool) -> None:
+        """Send a commit (the caller holds the commit lock)."""
+        sent = self._sent_mtime = max(mtime, self._sent_mtime)
         reply = await self.meta.call("commit", ino=self.ino, session=self.meta.session,
-                                     size=size, mtime=mtime)
+                                     size=size, mtime=sent, quiet=quiet or None)
         attr = Attr.from_wire(reply)
+        # The metaserver ignores quiet from a session that no longer holds the file.
+        if quiet and self.ino in self.meta.open_inodes:
+            self.meta.quiet.add(self.ino)
+        else:
+            self.meta.quiet.discard(self.ino)
         # Writes made since the flush began still need committing.
         if (self.size, self.mtime) == (size, mtime):
             self.dirty = False
+        if self.unrecorded is not None and self.unrecorded[1] <= mtime:
+            self.unrecorded = None
         self.seen = (attr.mtime, attr.size)
         committed.append(attr)
 

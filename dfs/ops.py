@@ -139,9 +139,12 @@ META = _ops(
     # metaserver takes a restored session's next session_renew, open (without
     # `count`), release or mknod as the end of its re-announce.
     # `token` is ignored (accepted from older clients): a retried open at worst
-    # over-counts until the next re-announce. -> Attr
-    Op("open", {"ino": int, "session": int, "token": Opt(bytes), "count": Opt(int)},
-       idempotent=True),
+    # over-counts until the next re-announce. A re-announce also says whether
+    # the session's writes to the inode are `quiet` (see commit).
+    # -> Attr, plus "changing": another session may have synced writes to the
+    # file without recording them yet, so no cache of it is to be trusted.
+    Op("open", {"ino": int, "session": int, "token": Opt(bytes), "count": Opt(int),
+                "quiet": Opt(bool)}, idempotent=True),
     # One handle fewer; the last one lets an unlinked inode go.
     Op("release", {"ino": int, "session": int}, idempotent=True),
     # flags: XATTR_CREATE (1), XATTR_REPLACE (2)
@@ -168,8 +171,13 @@ META = _ops(
     # -> {"granted": end the client may write up to without asking again}; EDQUOT.
     Op("reserve", {"ino": int, "session": int, "end": int}, idempotent=True),
     # After data is on every replica: the file is at least `size` bytes long
-    # and was modified at `mtime` (ns). -> Attr
-    Op("commit", {"ino": int, "session": int, "size": int, "mtime": int}, idempotent=True),
+    # and was modified at `mtime` (ns). With `quiet`, the session may go on
+    # to sync writes that do not grow the file (fdatasync) without a commit
+    # each, recording their mtime within a second; until a commit without
+    # `quiet` or its last release, other sessions' opens see "changing".
+    # -> Attr
+    Op("commit", {"ino": int, "session": int, "size": int, "mtime": int,
+                  "quiet": Opt(bool)}, idempotent=True),
 
     # Quotas on directories: 0 means unlimited. -> QuotaInfo dict
     Op("quota_set", {"ino": int, "bytes": int, "inodes": int}, idempotent=True),

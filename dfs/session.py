@@ -29,6 +29,8 @@ class MetaLink:
         # keeps these counts in memory only, and a re-announce of them may
         # then over-count (the file lives a little longer) but never under-count.
         self.open_inodes: dict[int, int] = {}
+        # Held inodes whose fdatasyncs the metaserver knows to be quiet.
+        self.quiet: set[int] = set()
 
     def hold(self, ino: int) -> None:
         self.open_inodes[ino] = self.open_inodes.get(ino, 0) + 1
@@ -37,6 +39,8 @@ class MetaLink:
         remaining = self.open_inodes.pop(ino, 1) - 1
         if remaining:
             self.open_inodes[ino] = remaining
+        else:
+            self.quiet.discard(ino)
 
     async def _reannounce(self, call) -> None:
         """Tell the metaserver what this mount holds open (it may have restarted)."""
@@ -44,7 +48,8 @@ class MetaLink:
             return
         for ino, count in list(self.open_inodes.items()):
             try:
-                await call("open", ino=ino, session=self.session, count=count)
+                await call("open", ino=ino, session=self.session, count=count,
+                           quiet=ino in self.quiet or None)
             except DfsError as exc:
                 if exc.errno == errno.ESTALE:
                     return  # the session expired: keep_alive opens a new one and re-announces

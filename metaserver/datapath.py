@@ -167,9 +167,13 @@ class DataPath:
         self.ctx.reservations.grant(session, ino, Reservation(end, granted, tuple(chain)))
         return {"granted": granted}
 
-    async def commit(self, ino: int, session: int, size: int, mtime: int) -> dict:
+    async def commit(self, ino: int, session: int, size: int, mtime: int,
+                     quiet: bool | None) -> dict:
         if size < 0:
             raise DfsError(errno.EINVAL, "commit: size must not be negative")
+        # Before the commit: an open elsewhere that sees its result must also
+        # see that quiet writes may follow it.
+        self.ctx.opens.set_quiet(ino, session, bool(quiet))
         held = self.reserved(lambda s, i: i == ino)
         return await self.ctx.store.write(
             lambda tx: self.ctx.namespace.grow(tx, time.time_ns(), ino, size, mtime, held))

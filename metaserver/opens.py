@@ -10,6 +10,11 @@ meanwhile; it stops being presumed on its first request other than a
 re-announce, or when it ends. A session that never speaks expires one TTL
 after the start, so this grace is bounded.
 
+Also in memory: which sessions write an inode quietly (their fdatasyncs
+record the mtime up to a second later), so that other sessions' opens know
+their caches of it cannot be trusted. A restart forgets this too; clients
+re-announce it, and until every restored session has, any file may be changing.
+
 The writer thread (unlink, create) and the trio thread (open, release) both
 use this, hence the lock.
 """
@@ -27,6 +32,8 @@ class OpenFiles:
         self.orphans: dict[int, set[int]] = {}
         # Sessions restored at start that have not spoken yet.
         self.restored: set[int] = set()
+        # ino -> sessions holding it that write it quietly
+        self.quiet: dict[int, set[int]] = {}
 
     def hold(self, ino: int, sid: int, count: int | None = None) -> None:
         """One more handle, or exactly `count` handles (a re-announce)."""
@@ -50,6 +57,20 @@ class OpenFiles:
             self._forget(ino, sid)
             return 0
 
+    def set_quiet(self, ino: int, sid: int, quiet: bool) -> None:
+        """Record whether a session holding `ino` writes it quietly."""
+        with self.lock:
+            if quiet and sid in self.counts.get(ino, ()):
+                self.quiet.setdefault(ino, set()).add(sid)
+            else:
+                self._unquiet(ino, sid)
+
+    def changing(self, ino: int, sid: int) -> bool:
+        """Whether a session other than `sid` may have synced writes to `ino`
+        that no commit recorded yet."""
+        with self.lock:
+            return bool(self.quiet.get(ino, set()) - {sid} or self.restored - {sid})
+
     def drop(self, ino: int, sid: int) -> None:
         with self.lock:
             self._forget(ino, sid)
@@ -60,6 +81,14 @@ class OpenFiles:
             per_ino.pop(sid, None)
             if not per_ino:
                 del self.counts[ino]
+        self._unquiet(ino, sid)
+
+    def _unquiet(self, ino: int, sid: int) -> None:
+        writers = self.quiet.get(ino)
+        if writers is not None:
+            writers.discard(sid)
+            if not writers:
+                del self.quiet[ino]
 
     def end_session(self, sid: int) -> list[int]:
         """Forget the session; returns the orphans it was keeping."""

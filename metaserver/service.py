@@ -255,7 +255,7 @@ class MetaService:
 
     # --- open files -------------------------------------------------------------------
     async def open(self, ino: int, session: int, token: bytes | None,
-                   count: int | None) -> dict:
+                   count: int | None, quiet: bool | None) -> dict:
         self.ctx.sessions.check(session)
         if count is not None and count < 1:
             raise DfsError(errno.EINVAL, f"open: count must be positive, got {count}")
@@ -263,6 +263,8 @@ class MetaService:
             await self._spoke(session)
         opens = self.ctx.opens
         opens.hold(ino, session, count)
+        if quiet:
+            opens.set_quiet(ino, session, True)
         # An unlink that decided before our hold that nobody holds the inode
         # may still be committing: once it has, the read below sees the result.
         await self.ctx.store.batches_started_done()
@@ -274,6 +276,7 @@ class MetaService:
         if opens.unkept(ino, session):
             # An orphan opened again (by handle) or re-announced: record the keeper.
             await self._write(lambda tx: self._add_keeper(tx, ino, session))
+        attr["changing"] = opens.changing(ino, session)
         return attr
 
     def _add_keeper(self, tx: Tx, ino: int, sid: int) -> None:

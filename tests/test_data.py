@@ -11,7 +11,7 @@ import trio
 from conftest import TEST_CHUNK_SIZE
 from dfs.ops import CHUNK, META
 from dfs.rpc import Client
-from faults import processes_mentioning
+from faults import processes_mentioning, status, wait_for
 
 MiB = 1024 * 1024
 
@@ -124,6 +124,39 @@ def test_fdatasync_makes_data_visible_to_another_mount(shared_cluster, mnt):
     fresh = shared_cluster.mount() / mnt.name / "log"
     assert os.stat(fresh).st_mtime_ns > before
     assert fresh.read_bytes()[:4096 * 20] == b"".join(b"%04d" % i * 1024 for i in range(20))
+
+
+def test_quiet_fdatasync_records_its_mtime_within_a_second(shared_cluster, mnt):
+    """An fdatasync that does not grow the file skips the metaserver once it
+    knows the file is written quietly: this mount shows the new mtime at once,
+    another mount within about a second, and close records it for good."""
+    path = mnt / "redo"
+    path.write_bytes(bytes(128 * 1024))
+    before = os.stat(path).st_mtime_ns
+    other_mount = shared_cluster.mount()
+    other = other_mount / mnt.name / "redo"
+    try:
+        with open(path, "r+b", buffering=0) as f:
+            commits = status(shared_cluster.ref)["commits"]
+            for i in range(20):
+                f.seek(i * 4096)
+                f.write(b"%04d" % i * 1024)
+                os.fdatasync(f.fileno())
+            # The first marks the file as written quietly; the background
+            # recording may add a few more.
+            assert status(shared_cluster.ref)["commits"] - commits < 10
+            written = os.fstat(f.fileno()).st_mtime_ns
+            assert written > before
+            wait_for(lambda: os.stat(other).st_mtime_ns == written, 10,
+                     "the other mount to see the new mtime")
+            f.seek(0)
+            f.write(b"last")
+        assert os.stat(other_mount / mnt.name / "redo").st_size == 128 * 1024
+        with open(other, "rb") as g:
+            assert g.read(4) == b"last"
+            assert g.read(4092 + 4096)[4092:] == b"0001" * 1024
+    finally:
+        shared_cluster.unmount(other_mount)
 
 
 def _uncached_read(f, offset: int, length: int) -> bytes:

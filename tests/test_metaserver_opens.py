@@ -55,6 +55,53 @@ def test_handles_are_counted(meta):
     meta.run(body)
 
 
+def test_quiet_writers_make_other_opens_distrust_their_caches(meta):
+    async def before(c):
+        a, b = await new_session(c), await new_session(c)
+        ino = (await make_file(c, ROOT, b"f", session=a))["ino"]
+
+        async def changing_for_b() -> bool:
+            reply = await c.call("open", ino=ino, session=b)
+            await c.call("release", ino=ino, session=b)
+            return reply["changing"]
+
+        assert not await changing_for_b()
+        await c.call("commit", ino=ino, session=a, size=10, mtime=5, quiet=True)
+        assert await changing_for_b()
+        # The quiet writer's own opens trust its caches.
+        assert not (await c.call("open", ino=ino, session=a))["changing"]
+        await c.call("commit", ino=ino, session=a, size=10, mtime=6)
+        assert not await changing_for_b()
+        await c.call("commit", ino=ino, session=a, size=10, mtime=7, quiet=True)
+        for _ in range(2):
+            await c.call("release", ino=ino, session=a)
+        assert not await changing_for_b()
+        # A session that does not hold the file cannot write it quietly.
+        await c.call("commit", ino=ino, session=a, size=10, mtime=8, quiet=True)
+        assert not await changing_for_b()
+        await c.call("open", ino=ino, session=a)
+        await c.call("commit", ino=ino, session=a, size=10, mtime=9, quiet=True)
+        return a, b, ino
+
+    a, b, ino = meta.run(before)
+    crash_and_restart(meta)
+
+    async def after(c):
+        await c.call("session_renew", session=b)
+        # Until every restored session has re-announced, any file may be changing.
+        reply = await c.call("open", ino=ino, session=b)
+        assert reply["changing"]
+        await c.call("release", ino=ino, session=b)
+        await c.call("open", ino=ino, session=a, count=1, quiet=True)
+        await c.call("session_renew", session=a)
+        assert (await c.call("open", ino=ino, session=b))["changing"]
+        await c.call("commit", ino=ino, session=a, size=10, mtime=10)
+        assert not (await c.call("open", ino=ino, session=b))["changing"]
+        assert (await c.call("getattr", ino=ino))["mtime"] == 10
+
+    meta.run(after)
+
+
 def test_orphan_survives_a_crash_until_its_holder_releases(meta):
     async def before(c):
         s = await new_session(c)
@@ -190,3 +237,35 @@ def test_unlinked_open_file_readable_until_close_across_a_metaserver_crash(fuse_
         early.close()
         late.close()
     wait_for(lambda: orphans(c.ref) == 0, 20, "the orphans to be freed after the last close")
+
+
+@pytest.mark.timeout(120)
+def test_a_quiet_writer_is_re_announced_after_a_metaserver_crash(fuse_cluster):
+    """Opens elsewhere distrust their caches of a file written quietly, also
+    once the metaserver has restarted and every session has spoken again."""
+    c = fuse_cluster
+    path = c.mnt / "log"
+    path.write_bytes(bytes(64 * 1024))
+    ino = os.stat(path).st_ino
+    session = meta_call(c.ref, "session_open", host="test", mountpoint="-", pid=1)["session"]
+
+    def changing() -> bool:
+        reply = meta_call(c.ref, "open", ino=ino, session=session)
+        meta_call(c.ref, "release", ino=ino, session=session)
+        return reply["changing"]
+
+    with open(path, "r+b", buffering=0) as f:
+        for i in range(2):
+            f.write(b"%d" % i * 4096)
+            os.fdatasync(f.fileno())
+        assert changing()
+        kill_server(c.local, "meta")
+        restart_server(c.local, "meta")
+        # The writing mount's next request reconnects it (re-announcing the
+        # file); creating a file then ends its restart grace, as the renewal
+        # ends that of the test's own session.
+        (c.mnt / "after").write_bytes(b"a")
+        meta_call(c.ref, "session_renew", session=session)
+        assert changing()
+    assert not changing()
+    assert path.read_bytes()[:8192] == b"0" * 4096 + b"1" * 4096
