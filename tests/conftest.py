@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,15 @@ class Cluster:
         self.dfs("mount", *self.cli_args, "--subdir", subdir,
                  "--log-file", str(path) + ".log", str(path))
         return path
+
+    @contextmanager
+    def extra_mount(self, subdir: str = "/"):
+        """Another mount of this cluster for the length of a `with` block."""
+        path = self.mount(subdir)
+        try:
+            yield path
+        finally:
+            self.unmount(path)
 
     def unmount(self, path: Path) -> None:
         """Unmount a mount of this cluster, lazily if it is still busy."""

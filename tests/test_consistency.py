@@ -8,8 +8,8 @@ import pytest
 
 @pytest.fixture
 def two_mounts(shared_cluster, mnt):
-    other = shared_cluster.mount() / mnt.name
-    return mnt, other
+    with shared_cluster.extra_mount() as other:
+        yield mnt, other / mnt.name
 
 
 def test_close_to_open(two_mounts):

@@ -294,10 +294,8 @@ def test_unlinked_open_file_keeps_data(mnt):
 
 
 def test_unlinked_file_open_on_another_mount(shared_cluster, mnt):
-    other = shared_cluster.mount()
-    name = mnt.name
     write_file(mnt / "shared", b"x" * 100_000)
-    with open(other / name / "shared", "rb") as f:
+    with shared_cluster.extra_mount() as other, open(other / mnt.name / "shared", "rb") as f:
         os.unlink(mnt / "shared")
         time.sleep(0.1)
         assert f.read() == b"x" * 100_000
