@@ -311,6 +311,9 @@ class Client:
                     raise
                 finally:
                     self._connecting = None
+                if self._closed:
+                    # aclose came while on_reconnect ran: the connection is gone.
+                    raise DfsError(errno.ESHUTDOWN, f"client for {self.addr} is closed")
             self._connected_once = True
             self._framed = framed
             return framed
@@ -399,8 +402,9 @@ class Client:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._framed is not None:
-            await self._drop(self._framed)
+        for framed in (self._framed, self._connecting):
+            if framed is not None:
+                await self._drop(framed)
 
 
 class ClientPool:
