@@ -12,7 +12,7 @@ import trio
 
 from . import logs
 from .errors import DfsError
-from .framing import encode
+from .framing import Pieces, encode_fields
 from .ops import CHUNK
 from .rpc import ClientPool
 
@@ -87,7 +87,7 @@ class ChunkIO:
         if not placement.servers:
             raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
         failures: dict[str, DfsError] = {}
-        packed = encode(dict(args, chunk=placement.chunk, version=placement.version))
+        packed = encode_fields(dict(args, chunk=placement.chunk, version=placement.version))
 
         def failed(addr: str, exc: DfsError) -> None:
             failures[addr] = exc
@@ -111,7 +111,7 @@ class ChunkIO:
         if failures:
             raise ReplicaFailure(placement.chunk, failures)
 
-    async def write(self, placement: Placement, extents: list[tuple[int, bytes]],
+    async def write(self, placement: Placement, extents: list[tuple[int, bytes | Pieces]],
                     sync: bool = False) -> None:
         """Write (offset, data) extents in order; returns once every replica
         holds them, and with `sync` once they are on disk."""
@@ -119,8 +119,9 @@ class ChunkIO:
             offset, data = extents[0]
             await self._on_all(placement, "write", offset=offset, data=data, sync=sync)
         else:
-            await self._on_all(placement, "write_extents", sync=sync,
-                               extents=[[offset, data] for offset, data in extents])
+            await self._on_all(placement, "write_extents", sync=sync, extents=[
+                [offset, data.join() if isinstance(data, Pieces) else data]
+                for offset, data in extents])
 
     async def sync(self, placement: Placement) -> None:
         """Returns once every replica has the chunk durably on disk."""

@@ -15,6 +15,11 @@ successful send and receive, which was most of the CPU cost of a small
 request. Here a send that the kernel takes at once returns without yielding,
 a receive waits for readiness only when the socket is empty, and one read
 fills a buffer that may hold many frames.
+
+Bulk data is not copied into a frame on its way out: `encode_fields` packs a
+map around its large binary values (bytes, or `Pieces` that go out as one)
+and `send_request` and `send_reply` hand them to the kernel as they are. On the
+wire it is plain msgpack all the same.
 """
 
 import os
@@ -34,12 +39,24 @@ MAX_DATA = 4 * 1024 * 1024
 MAX_FRAME = MAX_DATA + 64 * 1024
 
 _HEADER = struct.Struct(">I")
+# msgpack's bin 32: a marker byte and the length, then the bytes.
+_BIN32 = struct.Struct(">BI")
+_BIN32_MARKER = 0xc6
 
 # Frames up to about this size are read through the connection's buffer,
 # larger ones straight into their own. Sends below it are joined with their
 # header (one copy, one system call); larger ones go out as two buffers.
 READ_BUFFER = 256 * 1024
 JOIN_BELOW = 64 * 1024
+# A value sent as many pieces is joined first beyond this many (the kernel
+# takes at most IOV_MAX buffers in one send).
+MAX_PIECES = 64
+
+# Buffers for frames larger than READ_BUFFER, shared by the process's
+# connections and kept once used: a fresh buffer of MiBs costs a page fault
+# per page (about 4 ms per 4 MiB here, against 0.1 ms to copy into a warm one).
+SPARE_BUFFERS = 4
+_spare_buffers: list[bytearray] = []
 
 # A connection whose reads keep finding data does not yield to the scheduler
 # on its own; after this many reads in a row it does, so it cannot starve
@@ -56,6 +73,52 @@ def decode(payload) -> object:
         return msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ProtocolError(f"malformed msgpack frame: {exc}") from None
+
+
+class Pieces:
+    """Bytes-like buffers that go on the wire as one binary value, in order,
+    without being joined first. The buffers must not change until sent."""
+
+    __slots__ = ("buffers", "size")
+
+    def __init__(self, buffers: list):
+        self.buffers = buffers
+        self.size = sum(len(buffer) for buffer in buffers)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, buffer) -> None:
+        self.buffers.append(buffer)
+        self.size += len(buffer)
+
+    def join(self) -> bytes:
+        return b"".join(self.buffers)
+
+
+def encode_fields(fields: dict) -> list:
+    """Pack a map as a list of buffers whose concatenation is its msgpack
+    encoding, leaving large binary values (and Pieces) uncopied."""
+    parts = []
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    packer.pack_map_header(len(fields))
+    for key, value in fields.items():
+        packer.pack(key)
+        if isinstance(value, Pieces):
+            if len(value.buffers) > MAX_PIECES or value.size < JOIN_BELOW:
+                packer.pack(value.join())
+                continue
+            buffers = value.buffers
+        elif isinstance(value, (bytes, bytearray)) and len(value) >= JOIN_BELOW:
+            buffers = [value]
+        else:
+            packer.pack(value)
+            continue
+        parts.append(packer.bytes() + _BIN32.pack(_BIN32_MARKER, len(value)))
+        packer.reset()
+        parts.extend(buffers)
+    parts.append(packer.bytes())
+    return parts
 
 
 class FramedStream:
@@ -127,19 +190,24 @@ class FramedStream:
             raise EOFError
         self._end += got
 
-    async def _receive_large(self, length: int) -> bytearray:
-        """Read a frame body too large for the buffer straight into its own."""
-        body = bytearray(length)
+    async def _receive_large(self, length: int) -> object:
+        """Read a frame body too large for the buffer into a spare one and decode it."""
+        body = _spare_buffers.pop() if _spare_buffers and length <= MAX_FRAME else (
+            bytearray(max(length, MAX_FRAME)))
         have = self._end - self._start
         body[:have] = self._view[self._start:self._end]
         self._start = self._end = 0
-        view = memoryview(body)
+        view = memoryview(body)[:length]
         while have < length:
             got = await self._recv_into(view[have:])
             if not got:
                 raise ProtocolError("connection closed in the middle of a frame")
             have += got
-        return body
+        message = decode(view)
+        # Decoding copied what the message holds, so the buffer is free again.
+        if len(_spare_buffers) < SPARE_BUFFERS and len(body) == MAX_FRAME:
+            _spare_buffers.append(body)
+        return message
 
     async def receive(self) -> object:
         """Return the next message; EOFError on a clean close between frames."""
@@ -158,32 +226,43 @@ class FramedStream:
                     return decode(self._view[start + _HEADER.size:end])
                 if _HEADER.size + length > len(self._buffer):
                     self._start += _HEADER.size
-                    return decode(await self._receive_large(length))
+                    return await self._receive_large(length)
             await self._fill()
 
     async def send(self, message) -> None:
-        await self._send_frame(b"", encode(message))
+        await self._send_frame(b"", [encode(message)])
 
-    async def send_request(self, request_id: int, op: str, packed_args: bytes) -> None:
-        """Send a request whose fields were packed beforehand with `encode`, so
-        the same bytes can go to several peers without packing them again."""
+    async def send_request(self, request_id: int, op: str, fields: list) -> None:
+        """Send a request whose fields were packed beforehand with
+        `encode_fields`, so they can go to several peers without packing
+        them again."""
         # A msgpack array of four whose last element is the packed fields.
-        prefix = b"\x94" + encode(REQUEST) + encode(request_id) + encode(op)
-        await self._send_frame(prefix, packed_args)
+        await self._send_frame(b"\x94" + encode(REQUEST) + encode(request_id) + encode(op),
+                               fields)
 
-    async def _send_frame(self, prefix: bytes, body: bytes) -> None:
-        length = len(prefix) + len(body)
+    async def send_reply(self, request_id: int, result) -> None:
+        """Send a successful reply; a map's large binary values are not copied."""
+        prefix = b"\x94" + encode(REPLY) + encode(request_id) + encode(0)
+        await self._send_frame(prefix, encode_fields(result) if isinstance(result, dict)
+                               else [encode(result)])
+
+    async def _send_frame(self, prefix: bytes, body: list) -> None:
+        """Send `prefix` and the `body` buffers as one frame."""
+        length = len(prefix) + sum(len(part) for part in body)
         if length > self.max_frame:
             raise ProtocolError(f"refusing to send a frame of {length} bytes")
         head = _HEADER.pack(length) + prefix
-        buffers = [head + body] if len(body) < JOIN_BELOW else [head, body]
+        if length < JOIN_BELOW:
+            buffers = [head + b"".join(body)]
+        else:
+            buffers = [head, *body]
         lock = self._send_lock
         try:
             lock.acquire_nowait()
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            await self._send_all(buffers, len(head) + len(body))
+            await self._send_all(buffers, len(head) + length - len(prefix))
         finally:
             lock.release()
 

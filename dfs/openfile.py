@@ -29,7 +29,7 @@ import trio
 from . import logs
 from .chunkio import REPLICA_ERRORS, ChunkIO, Placement, ReplicaFailure
 from .errors import DfsError
-from .framing import MAX_DATA
+from .framing import MAX_DATA, Pieces
 from .ops import MAX_EXTENTS
 from .readcache import ReadCache
 from .records import Attr
@@ -58,7 +58,8 @@ MTIME_LAG = 1.0
 @dataclass(slots=True, eq=False)
 class _Batch:
     """Writes to one chunk not sent yet, in the order they were made:
-    [file offset, data] extents, contiguous writes joined."""
+    (file offset, data) extents, contiguous writes joined. The data stays in
+    the buffers the writes came in (it goes to the replicas uncopied)."""
 
     extents: list = field(default_factory=list)
     size: int = 0
@@ -66,11 +67,13 @@ class _Batch:
     end: int = -1
 
     def add(self, pos: int, piece: memoryview) -> None:
+        if not isinstance(piece.obj, bytes):
+            piece = bytes(piece)  # a buffer its owner may change before the send
         last = self.extents[-1] if self.extents else None
         if last is not None and last[0] + len(last[1]) == pos:
-            last[1] += piece
+            last[1].append(piece)
         else:
-            self.extents.append([pos, bytearray(piece)])
+            self.extents.append((pos, Pieces([piece])))
         self.size += len(piece)
         self.start = pos if self.start < 0 else min(self.start, pos)
         self.end = max(self.end, pos + len(piece))

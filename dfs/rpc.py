@@ -136,11 +136,12 @@ class Server:
                 raise ProtocolError("not a request")
             _, request_id, op_name, args = message
             try:
-                reply = [REPLY, request_id, 0, await self._dispatch(op_name, args)]
+                result = await self._dispatch(op_name, args)
             except DfsError as exc:
-                reply = [REPLY, request_id, exc.errno, exc.message]
+                await framed.send([REPLY, request_id, exc.errno, exc.message])
+                return
             try:
-                await framed.send(reply)
+                await framed.send_reply(request_id, result)
             except ProtocolError as exc:
                 await framed.send([REPLY, request_id, errno.EFBIG, str(exc)])
         except ProtocolError as exc:
@@ -347,7 +348,7 @@ class Client:
         with trio.CancelScope(shield=True):
             await framed.aclose()
 
-    async def _send(self, op: str, args: dict | bytes,
+    async def _send(self, op: str, args: dict | list,
                     framed: FramedStream | None = None) -> "PendingReply":
         framed = framed or await self._connect()
         request_id = next(self._ids)
@@ -372,9 +373,9 @@ class Client:
     async def call(self, op: str, timeout: float | None = None, **args):
         return await self._call(op, args, timeout)
 
-    async def send_packed(self, op: str, packed_args: bytes) -> "PendingReply":
-        """Send a request whose fields were packed by framing.encode (the
-        same bytes may go to several servers) without waiting for the reply,
+    async def send_packed(self, op: str, packed_args: list) -> "PendingReply":
+        """Send a request whose fields were packed by framing.encode_fields
+        (the same buffers may go to several servers) without waiting for the reply,
         so one task can have it in flight on many connections. No retries."""
         if op not in self.schema:
             raise ValueError(f"unknown operation {op!r}")

@@ -8,7 +8,8 @@ import pytest
 import trio
 
 from dfs.errors import ProtocolError
-from dfs.framing import MAX_FRAME, READ_BUFFER, FramedStream, encode
+from dfs.framing import (JOIN_BELOW, MAX_FRAME, MAX_PIECES, READ_BUFFER, FramedStream, Pieces,
+                         decode, encode, encode_fields)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,14 +69,36 @@ def test_sent_frames_are_received_in_order_with_concurrent_senders():
                 i, data = await receiver.receive()
                 got[i] = len(data)
         assert got == dict(enumerate(sizes))
-        await sender.send_request(7, "op", encode({"k": 1}))
+        await sender.send_request(7, "op", encode_fields({"k": 1}))
         assert await receiver.receive() == [0, 7, "op", {"k": 1}]
+        big = os.urandom(3 * JOIN_BELOW)
+        await sender.send_request(8, "op", encode_fields({"data": Pieces([big, b"y"])}))
+        assert await receiver.receive() == [0, 8, "op", {"data": big + b"y"}]
+        await sender.send_reply(9, {"data": big})
+        assert await receiver.receive() == [1, 9, 0, {"data": big}]
+        await sender.send_reply(10, [1, 2])
+        assert await receiver.receive() == [1, 10, 0, [1, 2]]
         await sender.aclose()
         with pytest.raises(EOFError):
             await receiver.receive()
         await receiver.aclose()
 
     trio.run(main)
+
+
+def test_fields_encode_as_msgpack_with_bulk_data_uncopied():
+    big = os.urandom(2 * JOIN_BELOW)
+    view = memoryview(big)[1:]
+    many = [b"%d" % i * 5000 for i in range(MAX_PIECES + 1)]
+    fields = {"chunk": 3, "small": b"abc", "data": Pieces([view, b"tail"]), "name": "x",
+              "whole": big, "many": Pieces(many), "short": Pieces([b"a", b"b"]), "n": None}
+    parts = encode_fields(fields)
+    assert decode(b"".join(parts)) == {**fields, "data": bytes(view) + b"tail",
+                                       "many": b"".join(many), "short": b"ab"}
+    # Large values are among the parts themselves, not copies of them.
+    assert any(part is view for part in parts) and any(part is big for part in parts)
+    assert not any(part is piece for part in parts for piece in many)
+    assert decode(b"".join(encode_fields({}))) == {}
 
 
 @pytest.mark.parametrize("wire, error", [
