@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from dfs import logs, ops
+from dfs.allocator import keep_large_buffers
 from dfs.config import ConfigError, load_secret, write_ready_file
 from dfs.rpc import Server, parse_addr
 
@@ -156,6 +157,7 @@ def main(argv=None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"dfs-chunkserver: {exc}", file=sys.stderr)
         return 2
+    keep_large_buffers()
     failures = []
     try:
         trio.run(serve, args, secret)

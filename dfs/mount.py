@@ -18,6 +18,7 @@ import pyfuse3
 import trio
 
 from . import logs
+from .allocator import keep_large_buffers
 from .chunkio import ChunkIO
 from .config import ClusterRef, load_secret
 from .errors import DfsError
@@ -99,6 +100,7 @@ async def _stop_on_signal(nursery: trio.Nursery) -> None:
 def run_foreground(cluster: ClusterRef, mountpoint: str, subdir: str, read_only: bool,
                    ready_fd: int | None = None) -> int:
     ready = ReadyPipe(ready_fd)
+    keep_large_buffers()
     try:
         trio.run(serve, cluster, mountpoint, subdir, read_only, ready)
     except (DfsError, RuntimeError, OSError) as exc:
