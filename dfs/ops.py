@@ -136,8 +136,8 @@ META = _ops(
     # memory: after reconnecting, a client re-announces every inode it holds
     # with `count` (its number of open handles, which sets rather than adds),
     # before any other request on the new connection. After a restart the
-    # metaserver takes a restored session's next session_renew, open (without
-    # `count`), release or mknod as the end of its re-announce.
+    # metaserver takes a restored session's next request naming it (any but a
+    # re-announce) as the end of its re-announce.
     # `token` is ignored (accepted from older clients): a retried open at worst
     # over-counts until the next re-announce. A re-announce also says whether
     # the session's writes to the inode are `quiet` (see commit).

@@ -74,8 +74,9 @@ class MetaService:
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
                  "quota_list replicas_set replicas_get status").split()
         table = {name: getattr(self, name) for name in names}
-        for name in ("chunk_read", "chunk_write", "reserve", "commit"):
-            table[name] = getattr(self.data, name)
+        table["chunk_read"] = self.data.chunk_read
+        for name in ("chunk_write", "reserve", "commit"):
+            table[name] = self._speaking(getattr(self.data, name))
         for name in ("cs_register", "cs_heartbeat", "cs_bad_chunk"):
             table[name] = getattr(self.cluster, name)
         for name in ("fsck_chunks", "fsck_servers"):
@@ -139,6 +140,15 @@ class MetaService:
             tx.delete_session(sid)
 
         await self._write(close)
+
+    def _speaking(self, handler):
+        """`handler` for requests of a session: a client re-announces what it
+        holds before anything else on a new connection, so any of them also
+        ends that session's restart grace."""
+        async def handle(**args):
+            await self._spoke(args["session"])
+            return await handler(**args)
+        return handle
 
     async def _spoke(self, sid: int) -> None:
         """A restored session has re-announced its open files: it stops keeping

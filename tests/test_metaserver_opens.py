@@ -102,6 +102,35 @@ def test_quiet_writers_make_other_opens_distrust_their_caches(meta):
     meta.run(after)
 
 
+@pytest.mark.parametrize("op, args", [("commit", {"size": 0, "mtime": 1}),
+                                      ("reserve", {"end": 10}),
+                                      ("chunk_write", {"index": 0})])
+def test_any_request_of_a_restored_session_ends_its_grace(meta, op, args):
+    async def before(c):
+        writer, reader = await new_session(c), await new_session(c)
+        f = await make_file(c, ROOT, b"f", session=writer)
+        g = await make_file(c, ROOT, b"g", session=writer)
+        await c.call("release", ino=g["ino"], session=writer)
+        return writer, reader, f["ino"], g["ino"]
+
+    writer, reader, f, g = meta.run(before)
+    crash_and_restart(meta)
+
+    async def after(c):
+        await c.call("session_renew", session=reader)
+        await c.call("open", ino=f, session=writer, count=1)   # the re-announce
+        await c.call("unlink", parent=ROOT, name=b"g")
+        assert (await c.call("open", ino=f, session=reader))["changing"]
+        assert (await c.call("getattr", ino=g))["nlink"] == 0
+        # Its outcome does not matter (no chunk server here for a chunk_write):
+        # the request itself says the writer has re-announced everything.
+        await error_of(c.call(op, ino=f, session=writer, **args))
+        assert not (await c.call("open", ino=f, session=reader))["changing"]
+        assert await error_of(c.call("getattr", ino=g)) == errno.ENOENT
+
+    meta.run(after)
+
+
 def test_orphan_survives_a_crash_until_its_holder_releases(meta):
     async def before(c):
         s = await new_session(c)
