@@ -11,7 +11,7 @@ import trio
 from conftest import TEST_CHUNK_SIZE
 from dfs.ops import CHUNK, META
 from dfs.rpc import Client
-from faults import processes_mentioning, status, wait_for
+from faults import chunks_of, processes_mentioning, status, wait_for
 
 MiB = 1024 * 1024
 
@@ -221,6 +221,33 @@ def test_many_files_written_at_once_hold_bounded_memory(shared_cluster, mnt):
         assert peak < 250, f"the mount reached {peak:.0f} MiB"
         for i in (0, 57, 99):
             assert (folder / f"f{i}").read_bytes() == piece * 7
+
+
+def test_posix_fallocate_moves_the_end_without_storing_zeros(shared_cluster, mnt):
+    """dfs has no fallocate, so glibc writes a zero byte every 4 KiB past the
+    end instead: those writes reach no replica, yet the file reads as zeros
+    there (also where a truncation cut data away), and a zero byte written
+    inside the file still overwrites what was there."""
+    path = mnt / "grown"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 5000)
+        os.ftruncate(fd, 4000)
+        os.posix_fallocate(fd, 0, 3 * MiB)
+        os.pwrite(fd, b"\0", 10)
+        os.pwrite(fd, b"y" * 100, 2 * MiB)
+    finally:
+        os.close(fd)
+    expected = bytearray(3 * MiB)
+    expected[:4000] = b"x" * 4000
+    expected[10] = 0
+    expected[2 * MiB:2 * MiB + 100] = b"y" * 100
+    assert path.read_bytes() == expected
+    with shared_cluster.extra_mount() as other:
+        assert (other / path.relative_to(shared_cluster.mnt)).read_bytes() == expected
+    chunks = chunks_of(shared_cluster.ref, f"/{path.relative_to(shared_cluster.mnt)}",
+                       TEST_CHUNK_SIZE)
+    assert [chunk["chunk"] != 0 for chunk in chunks] == [True, False, True]
 
 
 def test_read_your_writes_before_close(mnt):
