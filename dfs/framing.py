@@ -44,8 +44,9 @@ _BIN32 = struct.Struct(">BI")
 _BIN32_MARKER = 0xc6
 
 # Frames up to about this size are read through the connection's buffer,
-# larger ones straight into their own. Sends below it are joined with their
-# header (one copy, one system call); larger ones go out as two buffers.
+# larger ones into a spare buffer of their own. Frames below JOIN_BELOW are
+# sent joined with their header (one copy, one system call); larger ones go
+# out as the buffers they are made of.
 READ_BUFFER = 256 * 1024
 JOIN_BELOW = 64 * 1024
 # A value sent as many pieces is joined first beyond this many (the kernel
@@ -117,7 +118,9 @@ def encode_fields(fields: dict) -> list:
         parts.append(packer.bytes() + _BIN32.pack(_BIN32_MARKER, len(value)))
         packer.reset()
         parts.extend(buffers)
-    parts.append(packer.bytes())
+    tail = packer.bytes()
+    if tail:
+        parts.append(tail)
     return parts
 
 
