@@ -11,7 +11,6 @@ reuse, up to that much.
 """
 
 import ctypes
-import ctypes.util
 
 from . import logs
 
@@ -27,13 +26,12 @@ HEAP_KEEP = 64 * 1024 * 1024
 
 
 def keep_large_buffers() -> bool:
-    """Apply the settings; False where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        log.info("malloc settings left as they are: not glibc")
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_ABOVE)) and bool(
-        mallopt(M_TRIM_THRESHOLD, HEAP_KEEP))
+    """Apply the settings; False (and a log line) where the C library refuses
+    them or has no mallopt."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        if mallopt(M_MMAP_THRESHOLD, MMAP_ABOVE) and mallopt(M_TRIM_THRESHOLD, HEAP_KEEP):
+            return True
+    log.info("malloc settings left as they are: the C library is not glibc")
+    return False

@@ -11,6 +11,7 @@ import trio
 
 from dfs import logs
 from dfs.errors import DfsError
+from dfs.ops import META
 from dfs.records import QuotaInfo
 
 from . import factors, quotas
@@ -74,13 +75,15 @@ class MetaService:
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
                  "quota_list replicas_set replicas_get status").split()
         table = {name: getattr(self, name) for name in names}
-        table["chunk_read"] = self.data.chunk_read
-        for name in ("chunk_write", "reserve", "commit"):
-            table[name] = self._speaking(getattr(self.data, name))
+        for name in ("chunk_read", "chunk_write", "reserve", "commit"):
+            table[name] = getattr(self.data, name)
         for name in ("cs_register", "cs_heartbeat", "cs_bad_chunk"):
             table[name] = getattr(self.cluster, name)
         for name in ("fsck_chunks", "fsck_servers"):
             table[name] = getattr(self.fsck, name)
+        for name, op in META.items():
+            if "session" in op.fields:
+                table[name] = self._speaking(table[name])
         return table
 
     async def run_background(self) -> None:
@@ -122,7 +125,6 @@ class MetaService:
 
     async def session_renew(self, session: int) -> dict:
         self.ctx.sessions.renew(session)
-        await self._spoke(session)
         return {}
 
     async def session_close(self, session: int) -> dict:
@@ -142,11 +144,13 @@ class MetaService:
         await self._write(close)
 
     def _speaking(self, handler):
-        """`handler` for requests of a session: a client re-announces what it
-        holds before anything else on a new connection, so any of them also
-        ends that session's restart grace."""
+        """`handler` for an operation that names a session. A client
+        re-announces what it holds (open with `count`) before anything else
+        on a new connection, so any other request naming the session ends its
+        restart grace."""
         async def handle(**args):
-            await self._spoke(args["session"])
+            if args["session"] is not None and args.get("count") is None:
+                await self._spoke(args["session"])
             return await handler(**args)
         return handle
 
@@ -214,7 +218,6 @@ class MetaService:
                     session: int | None, token: bytes | None) -> dict:
         if session is not None:
             self.ctx.sessions.check(session)
-            await self._spoke(session)
 
         def make(tx: Tx) -> dict:
             inode = self.ns.mknod(tx, time.time_ns(), parent, name, mode, rdev, uid, gid)
@@ -269,8 +272,6 @@ class MetaService:
         self.ctx.sessions.check(session)
         if count is not None and count < 1:
             raise DfsError(errno.EINVAL, f"open: count must be positive, got {count}")
-        if count is None:
-            await self._spoke(session)
         opens = self.ctx.opens
         opens.hold(ino, session, count)
         if quiet:
@@ -299,7 +300,6 @@ class MetaService:
         if self.ctx.opens.release(ino, session) > 0:
             return {}
         self.ctx.reservations.drop(session, ino)
-        await self._spoke(session)
         if self.ctx.opens.keeps(ino, session):
             await self._write(lambda tx: self._drop_keeper(tx, [ino], session))
         return {}
