@@ -150,7 +150,8 @@ def pwrite_all(fd: int, data, offset: int) -> None:
 
 
 class ChunkFile:
-    """An open replica. Not thread-safe: the caller serialises access per chunk."""
+    """An open replica. Reads and syncs may run side by side in several threads;
+    anything else needs the replica to itself (see chunklock.py)."""
 
     def __init__(self, chunk: int, version: int, data_fd: int, meta_fd: int, size: int,
                  crcs: array, crc_room: int, in_place: bool = False):

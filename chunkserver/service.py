@@ -1,9 +1,11 @@
 """The CHUNK operations (see dfs.ops.CHUNK), served from a ChunkStore.
 
-Each chunk has a trio.Lock held around everything that touches its replica, so
-a read never sees a block between its data and its CRC update and writes to
-one chunk apply in order. Different chunks proceed in parallel, each in a
-worker thread. Open replicas are cached (a few hundred at most) so a stream of
+Each chunk has a lock (chunklock.py) held around everything that touches its
+replica: reads and syncs share it, so a sequential reader's read-ahead and a
+database's reads proceed side by side and never queue behind an fdatasync;
+anything that changes the replica holds it alone, so a read never sees a block
+between its data and its CRC update and writes to one chunk apply in order.
+Different chunks proceed in parallel, each in a worker thread. Open replicas are cached (a few hundred at most) so a stream of
 small requests does not reopen files.
 """
 
@@ -20,6 +22,7 @@ from dfs.framing import MAX_DATA
 from dfs.rpc import ClientPool, parse_addr
 
 from .chunkfile import MAX_CHUNK, ChecksumError, ChunkFile, HeaderError
+from .chunklock import ChunkLock
 from .chunkstore import ChunkStore
 
 log = logs.get_logger("chunkserver")
@@ -58,7 +61,7 @@ class ChunkService:
         # Bad replicas go to the metaserver link, each (chunk, version) once.
         self._bad_send, self.bad_replicas = trio.open_memory_channel(math.inf)
         self._bad_seen: set[tuple[int, int]] = set()
-        self._locks: dict[int, trio.Lock] = {}
+        self._locks: dict[int, ChunkLock] = {}
         self._open: OrderedDict[int, ChunkFile] = OrderedDict()
 
     @property
@@ -73,14 +76,19 @@ class ChunkService:
     # -- plumbing ---------------------------------------------------------
 
     @asynccontextmanager
-    async def _locked(self, chunk: int):
-        lock = self._locks.setdefault(chunk, trio.Lock())
+    async def _locked(self, chunk: int, shared: bool = False):
+        lock = self._locks.get(chunk)
+        if lock is None:
+            lock = self._locks[chunk] = ChunkLock()
+        held = False
         try:
-            async with lock:
-                yield
+            await lock.acquire(exclusive=not shared)
+            held = True
+            yield
         finally:
-            stats = lock.statistics()
-            if not stats.locked and not stats.tasks_waiting and self._locks.get(chunk) is lock:
+            if held:
+                lock.release(exclusive=not shared)
+            if not lock.busy and self._locks.get(chunk) is lock:
                 del self._locks[chunk]
 
     async def _io(self, chunk: int, fn, *args, inline: bool = False):
@@ -105,8 +113,14 @@ class ChunkService:
             raise DfsError(errno.ENOENT, f"chunk {chunk}: no replica here")
         handle = self._open.get(chunk)
         if handle is None:
-            handle = self._open[chunk] = await self._io(chunk, self.store.open, chunk)
-            self._evict()
+            opened = await self._io(chunk, self.store.open, chunk)
+            # Another holder of the shared lock may have opened it meanwhile.
+            handle = self._open.get(chunk)
+            if handle is None:
+                handle = self._open[chunk] = opened
+                self._evict()
+            else:
+                opened.close()
         else:
             self._open.move_to_end(chunk)
         self.last_used[chunk] = trio.current_time()
@@ -218,13 +232,13 @@ class ChunkService:
 
     async def read(self, chunk: int, version: int, offset: int, length: int):
         _check_range(chunk, offset, length)
-        async with self._locked(chunk):
+        async with self._locked(chunk, shared=True):
             handle = await self._replica(chunk, version)
             return {"data": await self._verified_io(handle, handle.read, offset, length,
                                                     inline=length <= INLINE_IO)}
 
     async def sync(self, chunk: int, version: int):
-        async with self._locked(chunk):
+        async with self._locked(chunk, shared=True):
             handle = await self._replica(chunk, version)
             await self._io(chunk, handle.sync)
         return {}
@@ -322,7 +336,7 @@ class ChunkService:
     async def scrub(self, chunk: int, offset: int, length: int) -> int | None:
         """Verify part of a replica; return its length, or None if it is gone.
         A bad block is logged and reported like any failed read (EIO)."""
-        async with self._locked(chunk):
+        async with self._locked(chunk, shared=True):
             if chunk not in self.versions:
                 return None
             handle = await self._replica(chunk)

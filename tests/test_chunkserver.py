@@ -93,6 +93,93 @@ def test_concurrent_small_writes_sharing_blocks(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_reads_and_syncs_share_a_chunk_but_never_see_a_write_half_done(tmp_path):
+    """Readers, syncs and a writer on one chunk at once. Each write fills a
+    whole region with one byte value, so a read of the region that overlapped
+    a write would come back mixed, or fail its CRCs."""
+    region, regions, rounds = MAX_DATA, 2, 8
+
+    async def scenario():
+        async with cluster(tmp_path) as c:
+            cs = c.client()
+            await cs.call("create", chunk=9, version=1)
+            for r in range(regions):
+                await cs.call("write", chunk=9, version=1, offset=r * region,
+                              data=bytes([1]) * region)
+            seen: list[set[int]] = []
+
+            async def writer():
+                for value in range(2, rounds + 2):
+                    for r in range(regions):
+                        await cs.call("write", chunk=9, version=1, offset=r * region,
+                                      data=bytes([value]) * region)
+
+            async def reader(r: int):
+                for _ in range(rounds * 2):
+                    reply = await cs.call("read", chunk=9, version=1, offset=r * region,
+                                          length=region)
+                    seen.append(set(reply["data"]))
+
+            async def syncer():
+                for _ in range(rounds):
+                    await cs.call("sync", chunk=9, version=1)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                nursery.start_soon(syncer)
+                for r in range(regions):
+                    nursery.start_soon(reader, r)
+                    nursery.start_soon(reader, r)
+            assert len(seen) == regions * 2 * rounds * 2
+            mixed = [values for values in seen if len(values) != 1]
+            assert not mixed, f"{len(mixed)} reads saw a write half done"
+            assert len({value for values in seen for value in values}) > 2, \
+                "the reads never overlapped the writes"
+            final = await read_all(cs, 9, 1, regions * region)
+            assert final == bytes([rounds + 1]) * (regions * region)
+
+    trio.run(scenario)
+
+
+@pytest.mark.timeout(60)
+def test_reads_that_find_a_replica_closed_together_open_it_once(tmp_path):
+    """After a restart no replica is open. Reads that arrive together all
+    find it closed and open it side by side: one handle is kept, the others
+    are closed again, so no file descriptor leaks."""
+    data = random.Random(51).randbytes(8 * MiB)
+
+    async def scenario():
+        async with cluster(tmp_path) as c:
+            cs = c.client()
+            await cs.call("create", chunk=51, version=1)
+            for offset in range(0, len(data), MAX_DATA):
+                await cs.call("write", chunk=51, version=1, offset=offset,
+                              data=data[offset:offset + MAX_DATA])
+            server = c.servers[0]
+            server.stop()
+            server.start()
+            await server.wait_ready()
+            await cs.aclose()
+            cs = c.client()
+            await cs.call("list_chunks")   # connected, and nothing opened
+            fds = len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+            got = {}
+
+            async def read(offset):
+                reply = await cs.call("read", chunk=51, version=1, offset=offset, length=MiB)
+                got[offset] = reply["data"]
+
+            async with trio.open_nursery() as nursery:
+                for offset in range(0, len(data), MiB):
+                    nursery.start_soon(read, offset)
+            assert b"".join(got[offset] for offset in sorted(got)) == data
+            # The replica's data and metadata files, once.
+            assert len(os.listdir(f"/proc/{server.proc.pid}/fd")) == fds + 2
+
+    trio.run(scenario)
+
+
+@pytest.mark.timeout(60)
 def test_write_extents_apply_in_order_and_sync(tmp_path):
     """Scattered pieces in one request land as if written one by one, in
     order (a later piece wins where two overlap); a bad request changes nothing."""
