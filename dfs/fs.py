@@ -88,6 +88,9 @@ class DfsFS(pyfuse3.Operations):
         # The kernel asks for security.capability before every write; a recent
         # "none" is answered here instead of costing a metaserver round trip.
         self.no_capability: dict[int, float] = {}
+        # Folder attributes as this mount's last change in each left them, with
+        # when they came (see _note_dirs), oldest first.
+        self.dir_attrs: OrderedDict[int, tuple[Attr, float]] = OrderedDict()
         self.handles: dict[int, OpenFile] = {}
         self._next_fh = 1
 
@@ -101,12 +104,42 @@ class DfsFS(pyfuse3.Operations):
 
     def _entry(self, wire: dict) -> pyfuse3.EntryAttributes:
         attr = Attr.from_wire(wire)
+        kept = self.dir_attrs.get(attr.ino)
+        if kept is not None and kept[0].ctime < attr.ctime:
+            del self.dir_attrs[attr.ino]
         opened = self.files.get(attr.ino)
         if opened is not None and opened.dirty:
             # This mount has written what the metaserver does not know yet.
             attr.size = max(attr.size, opened.size)
             attr.mtime = max(attr.mtime, opened.mtime)
         return _entry(attr, self._kernel(attr.ino))
+
+    def _note_dirs(self, reply: dict) -> dict:
+        """Keep the attributes of the folders a change came back with. The
+        kernel forgets a folder's attributes after every change in it and asks
+        for them again at its next step into the folder; they are answered
+        from here for as long as the kernel would have kept them itself. Of
+        two changes whose replies cross, the later one's are kept."""
+        now = trio.current_time()
+        for wire in reply.get("dirs", ()):
+            attr = Attr.from_wire(wire)
+            kept = self.dir_attrs.pop(attr.ino, None)
+            self.dir_attrs[attr.ino] = (kept if kept is not None and kept[0].ctime > attr.ctime
+                                        else (attr, now))
+        while self.dir_attrs and now - next(iter(self.dir_attrs.values()))[1] >= ATTR_TIMEOUT:
+            self.dir_attrs.popitem(last=False)
+        return reply
+
+    def _kept_dir_attr(self, inode: int) -> pyfuse3.EntryAttributes | None:
+        kept = self.dir_attrs.pop(self._real(inode), None)
+        if kept is None:
+            return None
+        age = trio.current_time() - kept[1]
+        if age >= ATTR_TIMEOUT:
+            return None
+        entry = _entry(kept[0], inode)
+        entry.attr_timeout = ATTR_TIMEOUT - age
+        return entry
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -126,6 +159,9 @@ class DfsFS(pyfuse3.Operations):
         """The metaserver keeps inodes alive by open handles, not lookups."""
 
     async def getattr(self, inode, ctx):
+        kept = self._kept_dir_attr(inode)
+        if kept is not None:
+            return kept
         async with _errno(by_inode=True):
             return self._entry(await self.meta.call("getattr", ino=self._real(inode)))
 
@@ -164,47 +200,49 @@ class DfsFS(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._check_writable()
         async with _errno():
-            return self._entry(await self.meta.mutate(
+            return self._entry(self._note_dirs(await self.meta.mutate(
                 "mknod", parent=self._real(parent_inode), name=name, mode=mode, rdev=rdev,
-                **self._ids(ctx)))
+                **self._ids(ctx))))
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._check_writable()
         async with _errno():
-            return self._entry(await self.meta.mutate(
+            return self._entry(self._note_dirs(await self.meta.mutate(
                 "mkdir", parent=self._real(parent_inode), name=name,
-                mode=stat.S_IFDIR | stat.S_IMODE(mode), **self._ids(ctx)))
+                mode=stat.S_IFDIR | stat.S_IMODE(mode), **self._ids(ctx))))
 
     async def symlink(self, parent_inode, name, target, ctx):
         self._check_writable()
         async with _errno():
-            return self._entry(await self.meta.mutate(
+            return self._entry(self._note_dirs(await self.meta.mutate(
                 "symlink", parent=self._real(parent_inode), name=name, target=target,
-                **self._ids(ctx)))
+                **self._ids(ctx))))
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._check_writable()
         async with _errno():
-            return self._entry(await self.meta.mutate(
+            return self._entry(self._note_dirs(await self.meta.mutate(
                 "link", ino=self._real(inode), parent=self._real(new_parent_inode),
-                name=new_name))
+                name=new_name)))
 
     async def unlink(self, parent_inode, name, ctx):
         self._check_writable()
         async with _errno():
-            await self.meta.mutate("unlink", parent=self._real(parent_inode), name=name)
+            self._note_dirs(await self.meta.mutate("unlink", parent=self._real(parent_inode),
+                                                   name=name))
 
     async def rmdir(self, parent_inode, name, ctx):
         self._check_writable()
         async with _errno():
-            await self.meta.mutate("rmdir", parent=self._real(parent_inode), name=name)
+            self._note_dirs(await self.meta.mutate("rmdir", parent=self._real(parent_inode),
+                                                   name=name))
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self._check_writable()
         async with _errno():
-            await self.meta.mutate("rename", parent=self._real(parent_inode_old), name=name_old,
-                                   newparent=self._real(parent_inode_new), newname=name_new,
-                                   flags=flags)
+            self._note_dirs(await self.meta.mutate(
+                "rename", parent=self._real(parent_inode_old), name=name_old,
+                newparent=self._real(parent_inode_new), newname=name_new, flags=flags))
 
     # ---- directories -----------------------------------------------------
 
@@ -260,6 +298,7 @@ class DfsFS(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         self._check_writable()
         self.no_capability.pop(self._real(inode), None)
+        self.dir_attrs.pop(self._real(inode), None)
         async with _errno():
             await self.meta.call("setxattr", ino=self._real(inode), name=name, value=value,
                                  flags=0)
@@ -283,6 +322,7 @@ class DfsFS(pyfuse3.Operations):
 
     async def removexattr(self, inode, name, ctx):
         self._check_writable()
+        self.dir_attrs.pop(self._real(inode), None)
         async with _errno(by_inode=True):
             await self.meta.call("removexattr", ino=self._real(inode), name=name)
 
@@ -338,10 +378,10 @@ class DfsFS(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._check_writable()
         async with _errno():
-            reply = await self.meta.mutate(
+            reply = self._note_dirs(await self.meta.mutate(
                 "mknod", parent=self._real(parent_inode), name=name,
                 mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0, session=self.meta.session,
-                **self._ids(ctx))
+                **self._ids(ctx)))
         # Counted only now: a re-announce cannot name an inode not yet known,
         # and the metaserver holds it from the creating transaction on.
         self.meta.hold(reply["ino"])

@@ -111,6 +111,9 @@ META = _ops(
     # changes: any of mode, uid, gid, size, atime, mtime (ns) and atime_now,
     # mtime_now (bool). -> Attr
     Op("setattr", {"ino": int, "changes": dict, "token": Opt(bytes)}),
+    # The operations from mknod to rename answer with "dirs" besides: the Attr of
+    # each folder they changed, as the change left it (the kernel forgets a
+    # folder's attributes after every change in it; these spare asking again).
     # mode carries the file type bits (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK).
     # With `session`, the new file is held open by that session (as by `open`). -> Attr
     Op("mknod", {"parent": int, "name": bytes, "mode": int, "rdev": int, "uid": int,
@@ -120,6 +123,7 @@ META = _ops(
     Op("symlink", {"parent": int, "name": bytes, "target": bytes, "uid": int, "gid": int,
                    "token": Opt(bytes)}),
     Op("link", {"ino": int, "parent": int, "name": bytes, "token": Opt(bytes)}),
+    # -> {"dirs"}
     Op("unlink", {"parent": int, "name": bytes, "token": Opt(bytes)}),
     Op("rmdir", {"parent": int, "name": bytes, "token": Opt(bytes)}),
     # flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2), as in renameat2(2)

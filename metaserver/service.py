@@ -207,6 +207,11 @@ class MetaService:
         return self._read(lambda tx: self.ns.listxattr(tx, ino))
 
     # --- changing the namespace -----------------------------------------------------
+    def _with_dirs(self, tx: Tx, reply: dict, *dirs: int) -> dict:
+        """`reply` with the attributes of the folders the change touched, as it left them."""
+        reply["dirs"] = [self.ns.attr(tx, tx.inode(ino)) for ino in dict.fromkeys(dirs)]
+        return reply
+
     async def setattr(self, ino: int, changes: dict, token: bytes | None) -> dict:
         check_changes(changes)
         if "size" in changes:
@@ -225,7 +230,7 @@ class MetaService:
                 # Held from inside the transaction, so no unlink can slip in
                 # between the creation and the hold.
                 self.ctx.opens.hold(inode.ino, session)
-            return self.ns.attr(tx, inode)
+            return self._with_dirs(tx, self.ns.attr(tx, inode), parent)
 
         attr = await self._write(make, token)
         if session is not None:
@@ -236,28 +241,32 @@ class MetaService:
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
                     token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.attr(
-            tx, self.ns.mkdir(tx, time.time_ns(), parent, name, mode, uid, gid)), token)
+        return await self._write(lambda tx: self._with_dirs(tx, self.ns.attr(
+            tx, self.ns.mkdir(tx, time.time_ns(), parent, name, mode, uid, gid)), parent), token)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int,
                       token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.attr(
-            tx, self.ns.symlink(tx, time.time_ns(), parent, name, target, uid, gid)), token)
-
-    async def link(self, ino: int, parent: int, name: bytes, token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.link(tx, time.time_ns(), ino, parent, name),
+        return await self._write(lambda tx: self._with_dirs(tx, self.ns.attr(
+            tx, self.ns.symlink(tx, time.time_ns(), parent, name, target, uid, gid)), parent),
                                  token)
 
+    async def link(self, ino: int, parent: int, name: bytes, token: bytes | None) -> dict:
+        return await self._write(lambda tx: self._with_dirs(
+            tx, self.ns.link(tx, time.time_ns(), ino, parent, name), parent), token)
+
     async def unlink(self, parent: int, name: bytes, token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.unlink(tx, time.time_ns(), parent, name), token)
+        return await self._write(lambda tx: self._with_dirs(
+            tx, self.ns.unlink(tx, time.time_ns(), parent, name), parent), token)
 
     async def rmdir(self, parent: int, name: bytes, token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.rmdir(tx, time.time_ns(), parent, name), token)
+        return await self._write(lambda tx: self._with_dirs(
+            tx, self.ns.rmdir(tx, time.time_ns(), parent, name), parent), token)
 
     async def rename(self, parent: int, name: bytes, newparent: int, newname: bytes,
                      flags: int, token: bytes | None) -> dict:
-        return await self._write(lambda tx: self.ns.rename(
-            tx, time.time_ns(), parent, name, newparent, newname, flags), token)
+        return await self._write(lambda tx: self._with_dirs(tx, self.ns.rename(
+            tx, time.time_ns(), parent, name, newparent, newname, flags), parent, newparent),
+                                 token)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> dict:
         return await self._write(

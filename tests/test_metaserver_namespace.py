@@ -23,7 +23,8 @@ def test_create_lookup_getattr_and_kinds(meta):
                          uid=1000, gid=100)
         assert stat.S_ISREG(f["mode"]) and f["mode"] & 0o7777 == 0o640
         assert (f["uid"], f["gid"], f["nlink"], f["size"], f["blocks"]) == (1000, 100, 1, 0, 0)
-        assert await c.call("lookup", parent=ROOT, name=b"f") == f
+        assert await c.call("lookup", parent=ROOT, name=b"f") == {
+            k: v for k, v in f.items() if k != "dirs"}
 
         fifo = await c.call("mknod", parent=ROOT, name=b"fifo", mode=stat.S_IFIFO | 0o600,
                             rdev=0, uid=0, gid=0)
@@ -108,6 +109,34 @@ def test_link_unlink_rmdir(meta):
         assert await error_of(c.call("rmdir", parent=ROOT, name=b"d")) == errno.ENOENT
         assert (await c.call("getattr", ino=ROOT))["nlink"] == 2
         assert await names(c, ROOT) == []
+
+    meta.run(body)
+
+
+def test_changes_answer_with_the_folders_they_changed(meta):
+    """Each reply carries the attributes of the folders the change touched, as
+    a getattr right after it finds them."""
+    async def body(c):
+        async def dirs_after(op, **args):
+            reply = await c.call(op, **args)
+            expected = [await c.call("getattr", ino=ino) for ino in
+                        dict.fromkeys([args["parent"], args.get("newparent", args["parent"])])]
+            assert reply["dirs"] == expected, op
+            return reply
+
+        a = await dirs_after("mkdir", parent=ROOT, name=b"a", mode=0o755, uid=0, gid=0)
+        b = await make_dir(c, ROOT, b"b")
+        f = await dirs_after("mknod", parent=a["ino"], name=b"f", mode=stat.S_IFREG | 0o644,
+                             rdev=0, uid=0, gid=0)
+        await dirs_after("symlink", parent=a["ino"], name=b"s", target=b"f", uid=0, gid=0)
+        await dirs_after("link", ino=f["ino"], parent=b["ino"], name=b"g")
+        await dirs_after("rename", parent=a["ino"], name=b"f", newparent=b["ino"],
+                         newname=b"h", flags=0)
+        await dirs_after("unlink", parent=b["ino"], name=b"g")
+        await dirs_after("unlink", parent=a["ino"], name=b"s")
+        sub = await dirs_after("mkdir", parent=a["ino"], name=b"sub", mode=0o755, uid=0, gid=0)
+        assert sub["dirs"][0]["nlink"] == 3
+        await dirs_after("rmdir", parent=a["ino"], name=b"sub")
 
     meta.run(body)
 

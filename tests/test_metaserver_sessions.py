@@ -119,10 +119,10 @@ def test_token_answers_a_retry_from_memory(meta):
         await make_dir(c, ROOT, b"nope")
         assert await error_of(c.call("rmdir", parent=ROOT, name=b"nope",
                                      token=b"t3")) == errno.ENOENT
-        await c.call("rename", parent=ROOT, name=b"d", newparent=ROOT, newname=b"e", flags=0,
-                     token=b"t4")
+        renamed = await c.call("rename", parent=ROOT, name=b"d", newparent=ROOT,
+                               newname=b"e", flags=0, token=b"t4")
         assert await c.call("rename", parent=ROOT, name=b"d", newparent=ROOT, newname=b"e",
-                            flags=0, token=b"t4") == {}
+                            flags=0, token=b"t4") == renamed
         assert await names(c, ROOT) == [b"e", b"nope"]
 
     meta.run(body)
