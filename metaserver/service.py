@@ -18,7 +18,7 @@ from . import factors, quotas
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
-from .namespace import NAME_MAX, check_changes
+from .namespace import NAME_MAX, RENAME_EXCHANGE, check_changes
 from .quotas import ROOT_INO
 from .fsck import Fsck
 from .records import Inode, Quota, SessionRecord
@@ -264,9 +264,16 @@ class MetaService:
 
     async def rename(self, parent: int, name: bytes, newparent: int, newname: bytes,
                      flags: int, token: bytes | None) -> dict:
-        return await self._write(lambda tx: self._with_dirs(tx, self.ns.rename(
-            tx, time.time_ns(), parent, name, newparent, newname, flags), parent, newparent),
-                                 token)
+        def move(tx: Tx) -> dict:
+            reply = self.ns.rename(tx, time.time_ns(), parent, name, newparent, newname, flags)
+            # A folder that moved changed too (its ctime).
+            moved = [(newparent, newname)] + ([(parent, name)] if flags == RENAME_EXCHANGE
+                                              else [])
+            folders = [entry.ino for entry in (tx.dentry(*place) for place in moved)
+                       if tx.inode(entry.ino).is_dir]
+            return self._with_dirs(tx, reply, parent, newparent, *folders)
+
+        return await self._write(move, token)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> dict:
         return await self._write(

@@ -110,6 +110,16 @@ def test_a_folder_changed_here_is_stat_from_the_change_reply(cluster):
 
 
 @pytest.mark.timeout(60)
+def test_a_folder_renamed_right_after_a_change_in_it_shows_the_rename(mnt):
+    """The kept attributes of a folder give way to those its own rename left."""
+    (mnt / "x").mkdir()
+    (mnt / "x" / "f").write_bytes(b"")
+    before = time.time_ns()
+    os.rename(mnt / "x", mnt / "y")
+    assert os.stat(mnt / "y").st_ctime_ns >= before
+
+
+@pytest.mark.timeout(60)
 def test_a_folder_changed_elsewhere_shows_it_once_the_attributes_expire(two_mounts):
     """What a change here brought back is kept no longer than the kernel would
     keep attributes itself."""

@@ -117,10 +117,10 @@ def test_changes_answer_with_the_folders_they_changed(meta):
     """Each reply carries the attributes of the folders the change touched, as
     a getattr right after it finds them."""
     async def body(c):
-        async def dirs_after(op, **args):
+        async def dirs_after(op, moved=(), **args):
             reply = await c.call(op, **args)
-            expected = [await c.call("getattr", ino=ino) for ino in
-                        dict.fromkeys([args["parent"], args.get("newparent", args["parent"])])]
+            expected = [await c.call("getattr", ino=ino) for ino in dict.fromkeys(
+                [args["parent"], args.get("newparent", args["parent"]), *moved])]
             assert reply["dirs"] == expected, op
             return reply
 
@@ -136,7 +136,19 @@ def test_changes_answer_with_the_folders_they_changed(meta):
         await dirs_after("unlink", parent=a["ino"], name=b"s")
         sub = await dirs_after("mkdir", parent=a["ino"], name=b"sub", mode=0o755, uid=0, gid=0)
         assert sub["dirs"][0]["nlink"] == 3
-        await dirs_after("rmdir", parent=a["ino"], name=b"sub")
+        # A folder that moves is among those changed, and so are both of an exchange.
+        await dirs_after("mknod", parent=b["ino"], name=b"x", mode=stat.S_IFREG | 0o644,
+                         rdev=0, uid=0, gid=0)
+        await dirs_after("rename", moved=[sub["ino"]], parent=a["ino"], name=b"sub",
+                         newparent=b["ino"], newname=b"x", flags=2)
+        await dirs_after("rename", moved=[sub["ino"]], parent=b["ino"], name=b"x",
+                         newparent=a["ino"], newname=b"sub", flags=2)
+        other = await make_dir(c, b["ino"], b"other")
+        await dirs_after("rename", moved=[sub["ino"], other["ino"]], parent=a["ino"],
+                         name=b"sub", newparent=b["ino"], newname=b"other", flags=2)
+        await dirs_after("rename", moved=[other["ino"]], parent=a["ino"], name=b"sub",
+                         newparent=a["ino"], newname=b"moved", flags=0)
+        await dirs_after("rmdir", parent=a["ino"], name=b"moved")
 
     meta.run(body)
 
