@@ -112,9 +112,9 @@ META = _ops(
     # mtime_now (bool). -> Attr
     Op("setattr", {"ino": int, "changes": dict, "token": Opt(bytes)}),
     # The operations from mknod to rename answer with "dirs" besides: the Attr of
-    # each folder they changed (a folder renamed included), as the change left it
-    # (the kernel forgets a folder's attributes after every change in it; these
-    # spare asking again).
+    # each folder they changed (one made or renamed included), as the change left
+    # it, by inode number (the kernel forgets a folder's attributes after every
+    # change in it; these spare asking again).
     # mode carries the file type bits (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK).
     # With `session`, the new file is held open by that session (as by `open`). -> Attr
     Op("mknod", {"parent": int, "name": bytes, "mode": int, "rdev": int, "uid": int,

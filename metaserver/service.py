@@ -18,7 +18,7 @@ from . import factors, quotas
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
-from .namespace import NAME_MAX, RENAME_EXCHANGE, check_changes
+from .namespace import NAME_MAX, check_changes
 from .quotas import ROOT_INO
 from .fsck import Fsck
 from .records import Inode, Quota, SessionRecord
@@ -207,9 +207,9 @@ class MetaService:
         return self._read(lambda tx: self.ns.listxattr(tx, ino))
 
     # --- changing the namespace -----------------------------------------------------
-    def _with_dirs(self, tx: Tx, reply: dict, *dirs: int) -> dict:
+    def _with_dirs(self, tx: Tx, reply: dict) -> dict:
         """`reply` with the attributes of the folders the change touched, as it left them."""
-        reply["dirs"] = [self.ns.attr(tx, tx.inode(ino)) for ino in dict.fromkeys(dirs)]
+        reply["dirs"] = [self.ns.attr(tx, inode) for inode in tx.changed_dirs()]
         return reply
 
     async def setattr(self, ino: int, changes: dict, token: bytes | None) -> dict:
@@ -230,7 +230,7 @@ class MetaService:
                 # Held from inside the transaction, so no unlink can slip in
                 # between the creation and the hold.
                 self.ctx.opens.hold(inode.ino, session)
-            return self._with_dirs(tx, self.ns.attr(tx, inode), parent)
+            return self._with_dirs(tx, self.ns.attr(tx, inode))
 
         attr = await self._write(make, token)
         if session is not None:
@@ -242,38 +242,29 @@ class MetaService:
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
                     token: bytes | None) -> dict:
         return await self._write(lambda tx: self._with_dirs(tx, self.ns.attr(
-            tx, self.ns.mkdir(tx, time.time_ns(), parent, name, mode, uid, gid)), parent), token)
+            tx, self.ns.mkdir(tx, time.time_ns(), parent, name, mode, uid, gid))), token)
 
     async def symlink(self, parent: int, name: bytes, target: bytes, uid: int, gid: int,
                       token: bytes | None) -> dict:
         return await self._write(lambda tx: self._with_dirs(tx, self.ns.attr(
-            tx, self.ns.symlink(tx, time.time_ns(), parent, name, target, uid, gid)), parent),
-                                 token)
+            tx, self.ns.symlink(tx, time.time_ns(), parent, name, target, uid, gid))), token)
 
     async def link(self, ino: int, parent: int, name: bytes, token: bytes | None) -> dict:
         return await self._write(lambda tx: self._with_dirs(
-            tx, self.ns.link(tx, time.time_ns(), ino, parent, name), parent), token)
+            tx, self.ns.link(tx, time.time_ns(), ino, parent, name)), token)
 
     async def unlink(self, parent: int, name: bytes, token: bytes | None) -> dict:
         return await self._write(lambda tx: self._with_dirs(
-            tx, self.ns.unlink(tx, time.time_ns(), parent, name), parent), token)
+            tx, self.ns.unlink(tx, time.time_ns(), parent, name)), token)
 
     async def rmdir(self, parent: int, name: bytes, token: bytes | None) -> dict:
         return await self._write(lambda tx: self._with_dirs(
-            tx, self.ns.rmdir(tx, time.time_ns(), parent, name), parent), token)
+            tx, self.ns.rmdir(tx, time.time_ns(), parent, name)), token)
 
     async def rename(self, parent: int, name: bytes, newparent: int, newname: bytes,
                      flags: int, token: bytes | None) -> dict:
-        def move(tx: Tx) -> dict:
-            reply = self.ns.rename(tx, time.time_ns(), parent, name, newparent, newname, flags)
-            # A folder that moved changed too (its ctime).
-            moved = [(newparent, newname)] + ([(parent, name)] if flags == RENAME_EXCHANGE
-                                              else [])
-            folders = [entry.ino for entry in (tx.dentry(*place) for place in moved)
-                       if tx.inode(entry.ino).is_dir]
-            return self._with_dirs(tx, reply, parent, newparent, *folders)
-
-        return await self._write(move, token)
+        return await self._write(lambda tx: self._with_dirs(tx, self.ns.rename(
+            tx, time.time_ns(), parent, name, newparent, newname, flags)), token)
 
     async def setxattr(self, ino: int, name: bytes, value: bytes, flags: int) -> dict:
         return await self._write(

@@ -141,6 +141,10 @@ class Tx:
         self._dirty.discard(ino)
         self._delete("inodes", u64(ino))
 
+    def changed_dirs(self) -> list[Inode]:
+        """The folders this transaction has changed (or made) so far, by inode number."""
+        return [self._inodes[ino] for ino in sorted(self._dirty) if self._inodes[ino].is_dir]
+
     def flush(self) -> None:
         for ino in self._dirty:
             self._put("inodes", u64(ino), pack(self._inodes[ino]))
