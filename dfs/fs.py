@@ -25,6 +25,7 @@ from .openfile import MTIME_LAG, READ_CACHE_BYTES, MountWrites, OpenFile
 from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
+from .statahead import Statahead
 
 log = logs.get_logger("client")
 
@@ -91,6 +92,7 @@ class DfsFS(pyfuse3.Operations):
         # Folder attributes as this mount's last change in each left them, with
         # when they came (see _note_dirs), oldest first.
         self.dir_attrs: OrderedDict[int, tuple[Attr, float]] = OrderedDict()
+        self.statahead = Statahead(self._readdir_page, nursery, ATTR_TIMEOUT)
         self.handles: dict[int, OpenFile] = {}
         self._next_fh = 1
 
@@ -123,6 +125,7 @@ class DfsFS(pyfuse3.Operations):
         now = trio.current_time()
         for wire in reply.get("dirs", ()):
             attr = Attr.from_wire(wire)
+            self.statahead.forget_inode(attr.ino)
             kept = self.dir_attrs.pop(attr.ino, None)
             self.dir_attrs[attr.ino] = (kept if kept is not None and kept[0].ctime > attr.ctime
                                         else (attr, now))
@@ -141,6 +144,18 @@ class DfsFS(pyfuse3.Operations):
         entry.attr_timeout = ATTR_TIMEOUT - age
         return entry
 
+    @asynccontextmanager
+    async def _changing(self, names: tuple = (), inodes: tuple = ()):
+        """Around a change through this mount: once it is done (or its outcome
+        unknown), what statahead kept of the names and inodes it changed goes."""
+        try:
+            yield
+        finally:
+            for parent, name in names:
+                self.statahead.forget_name(parent, name)
+            for ino in inodes:
+                self.statahead.forget_inode(ino)
+
     def _check_writable(self) -> None:
         if self.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -151,9 +166,16 @@ class DfsFS(pyfuse3.Operations):
     # ---- names and attributes -------------------------------------------
 
     async def lookup(self, parent_inode, name, ctx):
+        parent = self._real(parent_inode)
+        ahead = self.statahead.answer(parent, name)
+        if ahead is not None:
+            entry = self._entry(ahead[0])
+            entry.entry_timeout = entry.attr_timeout = ahead[1]
+            return entry
         async with _errno():
-            return self._entry(await self.meta.call("lookup", parent=self._real(parent_inode),
-                                                    name=name))
+            reply = await self.meta.call("lookup", parent=parent, name=name)
+        self.statahead.looked_up(parent, reply)
+        return self._entry(reply)
 
     async def forget(self, inode_list):
         """The metaserver keeps inodes alive by open handles, not lookups."""
@@ -182,7 +204,7 @@ class DfsFS(pyfuse3.Operations):
         if fields.update_size:
             changes["size"] = attr.st_size
         opened = self.files.get(ino)
-        async with _errno(by_inode=True):
+        async with self._changing(inodes=(ino,)), _errno(by_inode=True):
             if opened is not None and (fields.update_size or fields.update_mtime):
                 # Writes made before the call come first: their own mtime,
                 # recorded later, would overwrite the one set here (cp -p
@@ -197,52 +219,50 @@ class DfsFS(pyfuse3.Operations):
         async with _errno(by_inode=True):
             return (await self.meta.call("readlink", ino=self._real(inode)))["target"]
 
-    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+    async def _make(self, op: str, parent_inode: int, name: bytes, **args) -> dict:
+        """A change that adds `name` to a folder; returns the reply."""
         self._check_writable()
-        async with _errno():
-            return self._entry(self._note_dirs(await self.meta.mutate(
-                "mknod", parent=self._real(parent_inode), name=name, mode=mode, rdev=rdev,
-                **self._ids(ctx))))
+        parent = self._real(parent_inode)
+        async with self._changing(names=((parent, name),)), _errno():
+            return self._note_dirs(await self.meta.mutate(op, parent=parent, name=name, **args))
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(await self._make("mknod", parent_inode, name, mode=mode, rdev=rdev,
+                                            **self._ids(ctx)))
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        self._check_writable()
-        async with _errno():
-            return self._entry(self._note_dirs(await self.meta.mutate(
-                "mkdir", parent=self._real(parent_inode), name=name,
-                mode=stat.S_IFDIR | stat.S_IMODE(mode), **self._ids(ctx))))
+        return self._entry(await self._make("mkdir", parent_inode, name,
+                                            mode=stat.S_IFDIR | stat.S_IMODE(mode),
+                                            **self._ids(ctx)))
 
     async def symlink(self, parent_inode, name, target, ctx):
-        self._check_writable()
-        async with _errno():
-            return self._entry(self._note_dirs(await self.meta.mutate(
-                "symlink", parent=self._real(parent_inode), name=name, target=target,
-                **self._ids(ctx))))
+        return self._entry(await self._make("symlink", parent_inode, name, target=target,
+                                            **self._ids(ctx)))
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        ino = self._real(inode)
+        async with self._changing(inodes=(ino,)):
+            return self._entry(await self._make("link", new_parent_inode, new_name, ino=ino))
+
+    async def _remove(self, op: str, parent_inode: int, name: bytes) -> None:
         self._check_writable()
-        async with _errno():
-            return self._entry(self._note_dirs(await self.meta.mutate(
-                "link", ino=self._real(inode), parent=self._real(new_parent_inode),
-                name=new_name)))
+        parent = self._real(parent_inode)
+        async with self._changing(names=((parent, name),)), _errno():
+            self._note_dirs(await self.meta.mutate(op, parent=parent, name=name))
 
     async def unlink(self, parent_inode, name, ctx):
-        self._check_writable()
-        async with _errno():
-            self._note_dirs(await self.meta.mutate("unlink", parent=self._real(parent_inode),
-                                                   name=name))
+        await self._remove("unlink", parent_inode, name)
 
     async def rmdir(self, parent_inode, name, ctx):
-        self._check_writable()
-        async with _errno():
-            self._note_dirs(await self.meta.mutate("rmdir", parent=self._real(parent_inode),
-                                                   name=name))
+        await self._remove("rmdir", parent_inode, name)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self._check_writable()
-        async with _errno():
+        parent, newparent = self._real(parent_inode_old), self._real(parent_inode_new)
+        async with self._changing(names=((parent, name_old), (newparent, name_new))), _errno():
             self._note_dirs(await self.meta.mutate(
-                "rename", parent=self._real(parent_inode_old), name=name_old,
-                newparent=self._real(parent_inode_new), newname=name_new, flags=flags))
+                "rename", parent=parent, name=name_old, newparent=newparent,
+                newname=name_new, flags=flags))
 
     # ---- directories -----------------------------------------------------
 
@@ -264,8 +284,7 @@ class DfsFS(pyfuse3.Operations):
         offset = max(start_id - DOT_OFFSETS, 0)
         while True:
             async with _errno():
-                reply = await self.meta.call("readdir", ino=ino, offset=offset,
-                                             limit=READDIR_BATCH)
+                reply = await self._readdir_page(ino, offset, READDIR_BATCH)
             for name, attr, next_offset in reply["entries"]:
                 if not pyfuse3.readdir_reply(token, name, self._entry(attr),
                                              next_offset + DOT_OFFSETS):
@@ -299,7 +318,7 @@ class DfsFS(pyfuse3.Operations):
         self._check_writable()
         self.no_capability.pop(self._real(inode), None)
         self.dir_attrs.pop(self._real(inode), None)
-        async with _errno():
+        async with self._changing(inodes=(self._real(inode),)), _errno():
             await self.meta.call("setxattr", ino=self._real(inode), name=name, value=value,
                                  flags=0)
 
@@ -323,7 +342,7 @@ class DfsFS(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         self._check_writable()
         self.dir_attrs.pop(self._real(inode), None)
-        async with _errno(by_inode=True):
+        async with self._changing(inodes=(self._real(inode),)), _errno(by_inode=True):
             await self.meta.call("removexattr", ino=self._real(inode), name=name)
 
     # ---- files -----------------------------------------------------------
@@ -365,7 +384,7 @@ class DfsFS(pyfuse3.Operations):
         if flags & os.O_TRUNC and attr.size:
             # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us.
             try:
-                async with _errno():
+                async with self._changing(inodes=(ino,)), _errno():
                     await opened.flush()
                     reply = await self.meta.mutate("setattr", ino=ino, changes={"size": 0})
             except pyfuse3.FUSEError:
@@ -403,14 +422,14 @@ class DfsFS(pyfuse3.Operations):
 
     async def fsync(self, fh, datasync):
         opened = self.handles[fh]
-        async with _errno():
+        async with self._changing(inodes=(opened.ino,)), _errno():
             await opened.flush(datasync)
 
     async def release(self, fh):
         opened = self.handles.pop(fh)
         opened.handles -= 1
         try:
-            async with _errno():
+            async with self._changing(inodes=(opened.ino,)), _errno():
                 await opened.flush()
         finally:
             if opened.handles == 0 and not opened.busy:
@@ -429,7 +448,14 @@ class DfsFS(pyfuse3.Operations):
             await trio.sleep(MTIME_LAG)
             for opened in list(self.files.values()):
                 if opened.unrecorded is not None:
-                    self.nursery.start_soon(opened.record_quiet_sync)
+                    self.nursery.start_soon(self._record_quiet_sync, opened)
+
+    async def _record_quiet_sync(self, opened: OpenFile) -> None:
+        async with self._changing(inodes=(opened.ino,)):
+            await opened.record_quiet_sync()
+
+    async def _readdir_page(self, ino: int, offset: int, limit: int) -> dict:
+        return await self.meta.call("readdir", ino=ino, offset=offset, limit=limit)
 
     def _forget_file(self, opened: OpenFile) -> None:
         del self.files[opened.ino]

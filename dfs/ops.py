@@ -103,7 +103,8 @@ META = _ops(
     Op("session_renew", {"session": int}, idempotent=True),
     Op("session_close", {"session": int}, idempotent=True),
 
-    # -> Attr of the child
+    # -> Attr of the child and "offset": where readdir lists it (the entries
+    # after it are readdir's from that offset on)
     Op("lookup", {"parent": int, "name": bytes}, idempotent=True),
     # -> Attr; walks `path` (absolute, '/'-separated) from the root
     Op("resolve", {"path": bytes}, idempotent=True),

@@ -80,7 +80,7 @@ class Namespace:
         dentry = tx.dentry(parent, name)
         if dentry is None:
             raise DfsError(errno.ENOENT, f"no entry {name!r} in directory {parent}")
-        return self.attr(tx, tx.inode(dentry.ino))
+        return {**self.attr(tx, tx.inode(dentry.ino)), "offset": dentry.cookie}
 
     def resolve(self, tx: Tx, path: bytes) -> dict:
         if not path.startswith(b"/"):

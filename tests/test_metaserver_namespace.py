@@ -23,7 +23,8 @@ def test_create_lookup_getattr_and_kinds(meta):
                          uid=1000, gid=100)
         assert stat.S_ISREG(f["mode"]) and f["mode"] & 0o7777 == 0o640
         assert (f["uid"], f["gid"], f["nlink"], f["size"], f["blocks"]) == (1000, 100, 1, 0, 0)
-        assert await c.call("lookup", parent=ROOT, name=b"f") == {
+        found = await c.call("lookup", parent=ROOT, name=b"f")
+        assert {k: v for k, v in found.items() if k != "offset"} == {
             k: v for k, v in f.items() if k != "dirs"}
 
         fifo = await c.call("mknod", parent=ROOT, name=b"fifo", mode=stat.S_IFIFO | 0o600,
@@ -320,6 +321,8 @@ def test_readdir_offsets_are_stable_under_change(meta):
         mid = page["entries"][10]
         again = await c.call("readdir", ino=ino, offset=mid[2], limit=1)
         assert again["entries"][0][0] == page["entries"][11][0]
+        # A lookup tells where readdir lists the name.
+        assert (await c.call("lookup", parent=ino, name=mid[0]))["offset"] == mid[2]
         assert await error_of(c.call("readdir", ino=ino, offset=0, limit=0)) == errno.EINVAL
         f = await c.call("lookup", parent=ino, name=b"new00")
         assert await error_of(c.call("readdir", ino=f["ino"], offset=0,
