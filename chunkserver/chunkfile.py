@@ -321,7 +321,10 @@ class ChunkFile:
     def sync(self) -> None:
         # fdatasync still flushes a size change; timestamps are all it skips,
         # and nothing reads a replica's timestamps. The data file's comes last:
-        # its cache flush is what makes written-out CRCs durable.
+        # its cache flush is what makes written-out CRCs durable. Its writes
+        # are started first, so that they go to the disk beside the CRCs'
+        # rather than after them (either may land first; see "write" above).
+        start_writeback(self.data_fd, 0, 0)
         if self.in_place and self._meta_settled:
             write_out(self.meta_fd)
         else:
