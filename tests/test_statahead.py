@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from dfs.fs import ATTR_TIMEOUT
-from dfs.statahead import BATCH, Statahead
+from dfs.statahead import BATCH, FIRST_BATCH, Statahead
 from faults import signal_server
 from test_metaserver_support import ROOT, make_dir, make_file, meta, meta_factory
 
@@ -51,15 +51,16 @@ def _stats_within(paths, seconds: float) -> list | None:
 def test_a_walk_through_a_folder_is_answered_ahead(cluster):
     folder = cluster.mnt / "walk"
     _make_files(folder, 300)
-    _walk(folder, 0, 4)
-    ahead = [folder / _name(i) for i in range(4, 100)]
+    # Each readdir of the walk asks for more than the one before.
+    _walk(folder, 0, 100)
+    ahead = [folder / _name(i) for i in range(100, 170)]
     signal_server(cluster.local, "meta", signal.SIGSTOP)
     try:
         found = _stats_within(ahead, 5)
     finally:
         signal_server(cluster.local, "meta", signal.SIGCONT)
     assert found is not None, "a stat ahead of the walk asked the frozen metaserver"
-    assert [s.st_size for s in found] == list(range(4, 100))
+    assert [s.st_size for s in found] == list(range(100, 170))
     assert all(stat.S_ISREG(s.st_mode) for s in found)
 
 
@@ -69,7 +70,7 @@ def test_changes_here_are_never_answered_from_before(mnt):
     _make_files(mnt, 100)
     for i in range(50, 55):
         os.stat(mnt / _name(i))
-    _walk(mnt, 0, 4)
+    _walk(mnt, 0, 40)
     os.unlink(mnt / "f050")
     os.chmod(mnt / "f051", 0o600)
     with open(mnt / "f052", "ab") as f:
@@ -92,12 +93,12 @@ def test_a_change_elsewhere_shows_once_the_attributes_expire(shared_cluster, mnt
         other = other_root / mnt.name
         _make_files(mnt, 40)
         _walk(mnt, 0, 4)
-        os.chmod(other / "f020", 0o600)
-        with open(other / "f021", "ab") as f:
+        os.chmod(other / "f010", 0o600)
+        with open(other / "f011", "ab") as f:
             f.write(b"more")
         time.sleep(ATTR_TIMEOUT + 0.2)
-        assert stat.S_IMODE(os.stat(mnt / "f020").st_mode) == 0o600
-        assert os.stat(mnt / "f021").st_size == 21 + 4
+        assert stat.S_IMODE(os.stat(mnt / "f010").st_mode) == 0o600
+        assert os.stat(mnt / "f011").st_size == 11 + 4
 
 
 async def _folder_of(c, count: int) -> int:
@@ -155,14 +156,22 @@ def test_a_walk_fetches_batch_after_batch(meta):
     async def body(c):
         count = 2 * BATCH + 10
         folder = await _folder_of(c, count)
+        asked = []
+
+        async def fetch(ino, offset, limit):
+            asked.append(limit)
+            return await c.call("readdir", ino=ino, offset=offset, limit=limit)
+
         async with trio.open_nursery() as nursery:
-            ahead = Statahead(_readdir_of(c), nursery, timeout=30)
+            ahead = Statahead(fetch, nursery, timeout=30)
             await _look_up(c, ahead, folder, b"f000", b"f001")
             await trio.sleep(0.2)
             for i in range(2, count):
                 assert ahead.answer(folder, b"f%03d" % i) is not None, i
                 # Time for each fetch to land before the walk reaches it.
                 await trio.sleep(0.001)
+        # A walk's first readdir is small; the next ones double, up to BATCH.
+        assert asked[:6] == [FIRST_BATCH * 2 ** i for i in range(5)] + [BATCH]
 
     meta.run(body)
 
