@@ -395,12 +395,9 @@ class DfsFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        self._check_writable()
-        async with _errno():
-            reply = self._note_dirs(await self.meta.mutate(
-                "mknod", parent=self._real(parent_inode), name=name,
-                mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0, session=self.meta.session,
-                **self._ids(ctx)))
+        reply = await self._make("mknod", parent_inode, name,
+                                 mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0,
+                                 session=self.meta.session, **self._ids(ctx))
         # Counted only now: a re-announce cannot name an inode not yet known,
         # and the metaserver holds it from the creating transaction on.
         self.meta.hold(reply["ino"])
