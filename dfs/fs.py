@@ -38,15 +38,13 @@ CAPABILITY_XATTR = b"security.capability"
 
 
 @asynccontextmanager
-async def _errno(by_inode: bool = False):
-    """Turn DfsError into FUSEError. For requests addressed by inode number, a
-    vanished inode is ESTALE, so the kernel looks the path up again (as for
-    NFS) instead of failing on a name that now points elsewhere."""
+async def _errno():
+    """Turn DfsError into FUSEError (see DfsFS._by_inode for requests
+    addressed by inode number)."""
     try:
         yield
     except DfsError as exc:
-        code = errno.ESTALE if by_inode and exc.errno == errno.ENOENT else exc.errno
-        raise pyfuse3.FUSEError(code) from None
+        raise pyfuse3.FUSEError(exc.errno) from None
 
 
 def _entry(attr: Attr, ino: int) -> pyfuse3.EntryAttributes:
@@ -156,6 +154,20 @@ class DfsFS(pyfuse3.Operations):
             for ino in inodes:
                 self.statahead.forget_inode(ino)
 
+    @asynccontextmanager
+    async def _by_inode(self, ino: int):
+        """Turn DfsError into FUSEError for a request addressed by inode number.
+        A vanished inode is ESTALE, so the kernel looks the path up again (as
+        for NFS) instead of failing on a name that now points elsewhere; that
+        lookup must not be answered with the same inode from statahead."""
+        try:
+            yield
+        except DfsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise pyfuse3.FUSEError(exc.errno) from None
+            self.statahead.forget_inode(ino)
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
     def _check_writable(self) -> None:
         if self.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
@@ -184,8 +196,9 @@ class DfsFS(pyfuse3.Operations):
         kept = self._kept_dir_attr(inode)
         if kept is not None:
             return kept
-        async with _errno(by_inode=True):
-            return self._entry(await self.meta.call("getattr", ino=self._real(inode)))
+        ino = self._real(inode)
+        async with self._by_inode(ino):
+            return self._entry(await self.meta.call("getattr", ino=ino))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._check_writable()
@@ -204,7 +217,7 @@ class DfsFS(pyfuse3.Operations):
         if fields.update_size:
             changes["size"] = attr.st_size
         opened = self.files.get(ino)
-        async with self._changing(inodes=(ino,)), _errno(by_inode=True):
+        async with self._changing(inodes=(ino,)), self._by_inode(ino):
             if opened is not None and (fields.update_size or fields.update_mtime):
                 # Writes made before the call come first: their own mtime,
                 # recorded later, would overwrite the one set here (cp -p
@@ -216,8 +229,9 @@ class DfsFS(pyfuse3.Operations):
         return self._entry(reply)
 
     async def readlink(self, inode, ctx):
-        async with _errno(by_inode=True):
-            return (await self.meta.call("readlink", ino=self._real(inode)))["target"]
+        ino = self._real(inode)
+        async with self._by_inode(ino):
+            return (await self.meta.call("readlink", ino=ino))["target"]
 
     async def _make(self, op: str, parent_inode: int, name: bytes, **args) -> dict:
         """A change that adds `name` to a folder; returns the reply."""
@@ -267,8 +281,9 @@ class DfsFS(pyfuse3.Operations):
     # ---- directories -----------------------------------------------------
 
     async def opendir(self, inode, ctx):
-        async with _errno(by_inode=True):
-            attr = await self.meta.call("getattr", ino=self._real(inode))
+        ino = self._real(inode)
+        async with self._by_inode(ino):
+            attr = await self.meta.call("getattr", ino=ino)
         if not stat.S_ISDIR(attr["mode"]):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
@@ -328,7 +343,7 @@ class DfsFS(pyfuse3.Operations):
         if capability and trio.current_time() < self.no_capability.get(ino, 0.0):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         try:
-            async with _errno(by_inode=True):
+            async with self._by_inode(ino):
                 return (await self.meta.call("getxattr", ino=ino, name=name))["value"]
         except pyfuse3.FUSEError as exc:
             if capability and exc.errno == pyfuse3.ENOATTR:
@@ -336,14 +351,16 @@ class DfsFS(pyfuse3.Operations):
             raise
 
     async def listxattr(self, inode, ctx):
-        async with _errno(by_inode=True):
-            return (await self.meta.call("listxattr", ino=self._real(inode)))["names"]
+        ino = self._real(inode)
+        async with self._by_inode(ino):
+            return (await self.meta.call("listxattr", ino=ino))["names"]
 
     async def removexattr(self, inode, name, ctx):
         self._check_writable()
-        self.dir_attrs.pop(self._real(inode), None)
-        async with self._changing(inodes=(self._real(inode),)), _errno(by_inode=True):
-            await self.meta.call("removexattr", ino=self._real(inode), name=name)
+        ino = self._real(inode)
+        self.dir_attrs.pop(ino, None)
+        async with self._changing(inodes=(ino,)), self._by_inode(ino):
+            await self.meta.call("removexattr", ino=ino, name=name)
 
     # ---- files -----------------------------------------------------------
 
@@ -373,7 +390,7 @@ class DfsFS(pyfuse3.Operations):
         ino = self._real(inode)
         self.meta.hold(ino)
         try:
-            async with _errno(by_inode=True):
+            async with self._by_inode(ino):
                 reply = await self.meta.call("open", ino=ino, session=self.meta.session)
         except BaseException:
             self.meta.unhold(ino)

@@ -119,6 +119,26 @@ def _readdir_of(c):
     return fetch
 
 
+def test_a_file_removed_elsewhere_is_not_found_again_from_what_was_fetched(
+        shared_cluster, mnt):
+    """The kernel still holds the names; opening them fails on the metaserver
+    (ESTALE), and the lookup the kernel retries must not be answered with the
+    vanished file from what was fetched before."""
+    with shared_cluster.extra_mount() as other_root:
+        other = other_root / mnt.name
+        _make_files(mnt, 100)
+        for i in (50, 51):
+            os.stat(mnt / _name(i))
+        _walk(mnt, 0, 40)
+        os.unlink(other / "f050")
+        os.unlink(other / "f051")
+        with pytest.raises(FileNotFoundError):
+            open(mnt / "f050", "rb")
+        with open(mnt / "f051", "wb") as f:
+            f.write(b"new")
+        assert (other / "f051").read_bytes() == b"new"
+
+
 def test_changes_while_a_fetch_is_on_its_way_are_not_kept(meta):
     """What a readdir read before a change of this mount is dropped when it lands."""
     async def body(c):
