@@ -59,7 +59,7 @@ class _Folder:
     last: int = -1
     start: int = 0
     end: int = 0
-    # When the newest fetch was sent; nothing kept is older than a timeout before.
+    # When the newest fetch was sent: a timeout after it, nothing kept is fresh.
     sent: float = float("-inf")
     eof: bool = False
     fetching: bool = False
