@@ -19,6 +19,10 @@ always found. This mount's own changes drop what they make stale, also from
 fetches still on their way: a changed name (forget_name) and an inode whose
 attributes changed (forget_inode). A file with more than one link is not kept,
 so that no change through one of its names can leave another stale.
+
+Memory: what a walk has passed is dropped at its next readdir, so a folder
+keeps about two readdirs' worth; all folders together keep at most MAX_ENTRIES
+entries (a few hundred bytes each) and MAX_FOLDERS folders.
 """
 
 import stat
@@ -37,7 +41,6 @@ FIRST_BATCH = 16
 BATCH = 256
 # Lookups at most this far apart in readdir order count as walking forward.
 STRIDE = 16
-# Bounds the memory of all folders together (an entry is a few hundred bytes).
 MAX_ENTRIES = 8192
 MAX_FOLDERS = 256
 
@@ -78,6 +81,10 @@ class Statahead:
         # Per fetch on its way: the names and inodes changed since it was sent.
         self._flights: dict[int, set] = {}
         self._next_flight = 0
+
+    def __len__(self) -> int:
+        """How many entries are kept, in all folders."""
+        return len(self._where)
 
     def answer(self, parent: int, name: bytes) -> tuple[dict, float] | None:
         """The attributes of `name` in `parent` and how long they may be kept,
@@ -171,6 +178,9 @@ class Statahead:
             del self._flights[flight]
         if self._folders.get(parent) is not folder:
             return
+        # What the walk has passed it will not come back for.
+        for passed in [n for n, kept in folder.names.items() if kept.offset <= folder.last]:
+            self._unkeep_name(parent, passed)
         if offset != folder.end:
             folder.start = offset
         folder.end = offset

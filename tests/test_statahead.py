@@ -196,6 +196,25 @@ def test_a_walk_fetches_batch_after_batch(meta):
     meta.run(body)
 
 
+def test_what_a_walk_skips_is_not_kept(meta):
+    """A walk that asks for every other name keeps no more than its read-ahead."""
+    async def body(c):
+        count = 4 * BATCH
+        folder = await _folder_of(c, count)
+        async with trio.open_nursery() as nursery:
+            ahead = Statahead(_readdir_of(c), nursery, timeout=30)
+            await _look_up(c, ahead, folder, b"f000", b"f002")
+            await trio.sleep(0.2)
+            most = 0
+            for i in range(4, count, 2):
+                assert ahead.answer(folder, b"f%03d" % i) is not None, i
+                most = max(most, len(ahead))
+                await trio.sleep(0.001)
+        assert 0 < most <= 2 * BATCH
+
+    meta.run(body)
+
+
 def test_only_a_walk_is_fetched_ahead_and_only_while_fresh(meta):
     async def body(c):
         folder = await _folder_of(c, 200)
