@@ -145,7 +145,8 @@ class DfsFS(pyfuse3.Operations):
     @asynccontextmanager
     async def _changing(self, names: tuple = (), inodes: tuple = ()):
         """Around a change through this mount: once it is done (or its outcome
-        unknown), what statahead kept of the names and inodes it changed goes."""
+        unknown), what the mount kept of the names and inodes it changed goes
+        (statahead's entries, a folder's attributes from an earlier change)."""
         try:
             yield
         finally:
@@ -153,6 +154,7 @@ class DfsFS(pyfuse3.Operations):
                 self.statahead.forget_name(parent, name)
             for ino in inodes:
                 self.statahead.forget_inode(ino)
+                self.dir_attrs.pop(ino, None)
 
     @asynccontextmanager
     async def _by_inode(self, ino: int):
@@ -331,11 +333,10 @@ class DfsFS(pyfuse3.Operations):
 
     async def setxattr(self, inode, name, value, ctx):
         self._check_writable()
-        self.no_capability.pop(self._real(inode), None)
-        self.dir_attrs.pop(self._real(inode), None)
-        async with self._changing(inodes=(self._real(inode),)), _errno():
-            await self.meta.call("setxattr", ino=self._real(inode), name=name, value=value,
-                                 flags=0)
+        ino = self._real(inode)
+        self.no_capability.pop(ino, None)
+        async with self._changing(inodes=(ino,)), self._by_inode(ino):
+            await self.meta.call("setxattr", ino=ino, name=name, value=value, flags=0)
 
     async def getxattr(self, inode, name, ctx):
         ino = self._real(inode)
@@ -358,7 +359,6 @@ class DfsFS(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         self._check_writable()
         ino = self._real(inode)
-        self.dir_attrs.pop(ino, None)
         async with self._changing(inodes=(ino,)), self._by_inode(ino):
             await self.meta.call("removexattr", ino=ino, name=name)
 
