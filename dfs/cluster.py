@@ -13,7 +13,6 @@ Starting again on the same folder brings back the same cluster and data.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,10 +42,8 @@ class ClusterLayout:
     extra_args: dict = field(default_factory=dict)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# A server started on it binds a free port and reports which (see `up`).
+ANY_PORT = "127.0.0.1:0"
 
 
 def _alive(pid_file: Path) -> int | None:
@@ -89,16 +86,16 @@ class LocalCluster:
         self.dir.mkdir(parents=True, exist_ok=True)
         make_secret(self.dir / SECRET_FILE)
         layout = self.load()
+        # A port picked here and bound later by the server could be taken in
+        # between (an outgoing connection's local port, say): each server
+        # binds its own the first time, and the layout keeps it for restarts.
         if layout is None:
-            layout = ClusterLayout(meta=f"127.0.0.1:{_free_port()}",
-                                   chunkservers=[f"127.0.0.1:{_free_port()}"
-                                                 for _ in range(chunkservers)],
+            layout = ClusterLayout(meta=ANY_PORT, chunkservers=[ANY_PORT] * chunkservers,
                                    replicas=replicas, chunk_size=chunk_size)
             if heartbeat_timeout is not None:
                 layout.extra_args["heartbeat_timeout"] = heartbeat_timeout
         elif len(layout.chunkservers) < chunkservers:
-            layout.chunkservers += [f"127.0.0.1:{_free_port()}"
-                                    for _ in range(chunkservers - len(layout.chunkservers))]
+            layout.chunkservers += [ANY_PORT] * (chunkservers - len(layout.chunkservers))
         self.save(layout)
         self.start_metaserver(layout)
         for i in range(len(layout.chunkservers)):
@@ -110,7 +107,8 @@ class LocalCluster:
             self.mount(layout.mount)
         return layout
 
-    def _spawn(self, name: str, command: list[str], folder: Path) -> None:
+    def _spawn(self, name: str, command: list[str], folder: Path) -> str:
+        """Start a server and return the address it listens on."""
         folder.mkdir(parents=True, exist_ok=True)
         ready = folder / "ready"
         ready.unlink(missing_ok=True)
@@ -130,7 +128,9 @@ class LocalCluster:
                 raise DfsError(110, f"{name} did not start in {START_TIMEOUT:.0f}s; "
                                     f"see {folder / 'log'}")
             time.sleep(0.05)
-        self.say(f"  {name} listening on {ready.read_text().strip()} (pid {proc.pid})")
+        addr = ready.read_text().strip()
+        self.say(f"  {name} listening on {addr} (pid {proc.pid})")
+        return addr
 
     def start_metaserver(self, layout: ClusterLayout) -> None:
         folder = self.dir / "meta"
@@ -141,7 +141,8 @@ class LocalCluster:
                    "--chunk-size", str(layout.chunk_size)]
         for key, value in layout.extra_args.items():
             command += [f"--{key.replace('_', '-')}", str(value)]
-        self._spawn("metaserver", command, folder)
+        layout.meta = self._spawn("metaserver", command, folder)
+        self.save(layout)
 
     def start_chunkserver(self, layout: ClusterLayout, i: int) -> None:
         folder = self.dir / f"cs{i + 1}"
@@ -149,7 +150,8 @@ class LocalCluster:
             return
         command = [sys.executable, "-m", "chunkserver.main", "--listen", layout.chunkservers[i],
                    "--meta", layout.meta, "--data-dir", str(folder / "data")]
-        self._spawn(f"chunk server {i + 1}", command, folder)
+        layout.chunkservers[i] = self._spawn(f"chunk server {i + 1}", command, folder)
+        self.save(layout)
 
     def wait_for_chunkservers(self, count: int) -> None:
         ref = self.ref()

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dfs.cluster import ClusterLayout, LocalCluster, _free_port  # noqa: E402
+from dfs.cluster import ANY_PORT, ClusterLayout, LocalCluster  # noqa: E402
 from faults import kill_server, restart_server, status  # noqa: E402
 
 CHUNK_SIZE = 4 << 20
@@ -141,8 +141,7 @@ def prepare(folder: Path) -> LocalCluster:
     """A cluster layout with a short heartbeat timeout, for `dfs up` to use."""
     local = LocalCluster(folder / "cluster", say=lambda *_: None)
     local.dir.mkdir(parents=True)
-    local.save(ClusterLayout(meta=f"127.0.0.1:{_free_port()}",
-                             chunkservers=[f"127.0.0.1:{_free_port()}" for _ in range(SERVERS)],
+    local.save(ClusterLayout(meta=ANY_PORT, chunkservers=[ANY_PORT] * SERVERS,
                              replicas=2, chunk_size=CHUNK_SIZE,
                              extra_args={"heartbeat_timeout": HEARTBEAT_TIMEOUT}))
     return local
