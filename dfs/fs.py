@@ -22,6 +22,7 @@ from . import logs
 from .chunkio import ChunkIO
 from .errors import DfsError
 from .openfile import MTIME_LAG, READ_CACHE_BYTES, MountWrites, OpenFile
+from .pagefeed import PageFeed
 from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
@@ -81,6 +82,7 @@ class DfsFS(pyfuse3.Operations):
         self.read_only = read_only
         self.writes = MountWrites()
         self.read_cache = ReadCache(READ_CACHE_BYTES)
+        self.page_feed = PageFeed(nursery)
         self.files: dict[int, OpenFile] = {}
         # (mtime, size) of recently closed files, to keep their page cache on reopen.
         self.seen: OrderedDict[int, tuple[int, int]] = OrderedDict()
@@ -92,6 +94,8 @@ class DfsFS(pyfuse3.Operations):
         self.dir_attrs: OrderedDict[int, tuple[Attr, float]] = OrderedDict()
         self.statahead = Statahead(self._readdir_page, nursery, ATTR_TIMEOUT)
         self.handles: dict[int, OpenFile] = {}
+        # Handles opened for writing.
+        self.writing: set[int] = set()
         self._next_fh = 1
 
     # ---- inode numbers ---------------------------------------------------
@@ -226,8 +230,11 @@ class DfsFS(pyfuse3.Operations):
                 # sets the copy's times on the open file before closing it).
                 await opened.flush()
             reply = await self.meta.mutate("setattr", ino=ino, changes=changes)
-        if fields.update_size and opened is not None:
-            opened.truncated(Attr.from_wire(reply))
+        if fields.update_size:
+            if opened is not None:
+                opened.truncated(Attr.from_wire(reply))
+            # The kernel cuts its page cache after the reply (see pagefeed.py).
+            await self.page_feed.settle(ino)
         return self._entry(reply)
 
     async def readlink(self, inode, ctx):
@@ -364,11 +371,14 @@ class DfsFS(pyfuse3.Operations):
 
     # ---- files -----------------------------------------------------------
 
-    def _handle(self, opened: OpenFile) -> int:
+    def _handle(self, opened: OpenFile, writing: bool) -> int:
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = opened
         opened.handles += 1
+        if writing:
+            self.writing.add(fh)
+            opened.writers += 1
         return fh
 
     def _open_file(self, attr: Attr, changing: bool = False) -> tuple[OpenFile, bool]:
@@ -379,7 +389,7 @@ class DfsFS(pyfuse3.Operations):
         if opened is None:
             opened = self.files[attr.ino] = OpenFile(attr.ino, attr, self.meta, self.chunkio,
                                                      self.nursery, self.writes,
-                                                     self.read_cache)
+                                                     self.read_cache, self.page_feed)
             seen = self.seen.pop(attr.ino, None)
             return opened, not changing and seen == (attr.mtime, attr.size)
         return opened, opened.refresh(attr, changing)
@@ -397,7 +407,7 @@ class DfsFS(pyfuse3.Operations):
             raise
         attr = Attr.from_wire(reply)
         opened, unchanged = self._open_file(attr, reply.get("changing", False))
-        fh = self._handle(opened)
+        fh = self._handle(opened, writing=flags & os.O_ACCMODE != os.O_RDONLY)
         if flags & os.O_TRUNC and attr.size:
             # libfuse asks for atomic O_TRUNC: the kernel leaves the truncation to us.
             try:
@@ -409,6 +419,7 @@ class DfsFS(pyfuse3.Operations):
                 raise
             opened.truncated(Attr.from_wire(reply))
             unchanged = False
+        await opened.settle_page_cache()
         return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -419,7 +430,8 @@ class DfsFS(pyfuse3.Operations):
         # and the metaserver holds it from the creating transaction on.
         self.meta.hold(reply["ino"])
         opened, _ = self._open_file(Attr.from_wire(reply))
-        return pyfuse3.FileInfo(fh=self._handle(opened)), self._entry(reply)
+        fh = self._handle(opened, writing=flags & os.O_ACCMODE != os.O_RDONLY)
+        return pyfuse3.FileInfo(fh=fh), self._entry(reply)
 
     async def read(self, fh, off, size):
         opened = self.handles[fh]
@@ -442,6 +454,9 @@ class DfsFS(pyfuse3.Operations):
     async def release(self, fh):
         opened = self.handles.pop(fh)
         opened.handles -= 1
+        if fh in self.writing:
+            self.writing.remove(fh)
+            opened.writers -= 1
         try:
             async with self._changing(inodes=(opened.ino,)), _errno():
                 await opened.flush()
@@ -473,7 +488,7 @@ class DfsFS(pyfuse3.Operations):
 
     def _forget_file(self, opened: OpenFile) -> None:
         del self.files[opened.ino]
-        self.read_cache.drop_file(opened.ino)
+        opened.forget_data()
         self.no_capability.pop(opened.ino, None)
         self.seen[opened.ino] = opened.seen
         while len(self.seen) > SEEN_MEMORY:

@@ -70,6 +70,8 @@ async def serve(cluster: ClusterRef, mountpoint: str, subdir: str, read_only: bo
         try:
             await pyfuse3.main()
         finally:
+            with trio.CancelScope(shield=True):
+                await fs.page_feed.close()
             pyfuse3.close(unmount=True)
             nursery.cancel_scope.cancel()
     with trio.CancelScope(shield=True):

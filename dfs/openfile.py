@@ -31,6 +31,7 @@ from .chunkio import REPLICA_ERRORS, ChunkIO, Placement, ReplicaFailure
 from .errors import DfsError
 from .framing import MAX_DATA, Pieces
 from .ops import MAX_EXTENTS
+from .pagefeed import PageFeed, page_ceil, page_floor
 from .readcache import ReadCache
 from .records import Attr
 from .session import MetaLink
@@ -112,17 +113,21 @@ class _InFlight:
 
 class OpenFile:
     def __init__(self, ino: int, attr: Attr, meta: MetaLink, chunkio: ChunkIO,
-                 nursery: trio.Nursery, writes: MountWrites, cache: ReadCache):
+                 nursery: trio.Nursery, writes: MountWrites, cache: ReadCache,
+                 feed: PageFeed):
         self.ino = ino
         self.meta = meta
         self.chunkio = chunkio
         self.nursery = nursery
         self.writes = writes
         self.cache = cache
+        self.feed = feed
         self.chunk_size = meta.chunk_size
         self.segment = min(SEGMENT, self.chunk_size)
         self.block = meta.block_size
         self.handles = 0
+        # Handles of this mount that may write the file.
+        self.writers = 0
         self.size = attr.size
         self.seen = (attr.mtime, attr.size)
         self.dirty = False
@@ -169,6 +174,12 @@ class OpenFile:
         self._leases.clear()
         self.cache.drop_file(self.ino)
         self._generation += 1
+
+    async def settle_page_cache(self) -> None:
+        """Called before an open or a truncation is answered: data fetched
+        before it stays out of the kernel's page cache (see pagefeed.py)."""
+        self._generation += 1
+        await self.feed.settle(self.ino)
 
     @property
     def busy(self) -> bool:
@@ -449,24 +460,37 @@ class OpenFile:
 
     async def _read_blocks(self, offset: int, end: int) -> bytes:
         """A read out of sequence: the whole blocks around it are fetched (the chunk
-        server reads and verifies whole blocks anyway) and kept, so the reads that
-        follow nearby, as a database's do, need no round trip."""
+        server reads and verifies whole blocks anyway), kept, and given to the
+        kernel's page cache, so the reads that follow nearby need no round trip."""
         unit = self.block
         first, last = offset // unit, (end - 1) // unit
-        if not self._cached(unit, offset, end):
-            generation = self._generation
-            start = first * unit
+        start = first * unit
+        generation = self._generation
+        if self._cached(unit, offset, end):
+            data = b"".join(self.cache.get(self.ino, unit, i) for i in range(first, last + 1))
+        else:
             data = await self._read_range(start, min((last + 1) * unit, self.size))
-            if generation == self._generation:
-                for i in range(first, last + 1):
-                    piece = data[(i - first) * unit:(i - first + 1) * unit]
-                    self.cache.put(self.ino, unit, i, piece)
-            return data[offset - start:end - start]
-        parts = []
-        for i in range(first, last + 1):
-            base = i * unit
-            parts.append(self.cache.get(self.ino, unit, i)[max(offset - base, 0):end - base])
-        return b"".join(parts)
+            if generation != self._generation:
+                return data[offset - start:end - start]
+            for i in range(first, last + 1):
+                self.cache.put(self.ino, unit, i, data[(i - first) * unit:(i - first + 1) * unit])
+        self._feed_page_cache(start, data, offset, end, generation)
+        return data[offset - start:end - start]
+
+    def _feed_page_cache(self, start: int, data: bytes, offset: int, end: int,
+                         generation: int) -> None:
+        """Offer the kernel the pages of `data` (read from `start`) around
+        the ones it asked for, [offset, end)."""
+        view = memoryview(data)
+        head, tail = page_floor(offset) - start, page_ceil(end) - start
+        pieces = [(start, view[:head])] if head > 0 else []
+        if tail < len(data):
+            pieces.append((start + tail, view[tail:]))
+
+        def current() -> bool:
+            return (generation == self._generation and not self.writers
+                    and start + len(data) <= self.size)
+        self.feed.offer(self.ino, pieces, current)
 
     async def _segment(self, s: int) -> bytes:
         while True:

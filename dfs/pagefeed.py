@@ -1,0 +1,96 @@
+"""Giving the kernel's page cache the rest of a block a random read fetched.
+
+A read out of sequence fetches the whole 64 KiB block around it (the chunk
+server reads and verifies whole blocks anyway), but the kernel asked for one
+page and caches only that. The rest of the block goes to its page cache too,
+through FUSE's notify_store, so the reads that follow nearby are answered by
+the kernel without a request reaching the mount.
+
+A page stored there must never be older than the file, so:
+- Only while no handle of this mount may write the file. The kernel holds a
+  page it writes locked until the mount answers the write, so a store racing
+  the write would wait for it and then put the old bytes back.
+- Only if the file's data did not change on this mount since the fetch began
+  (the OpenFile's generation: writes, truncation, a change seen at open), and
+  only within the size the mount knows.
+- An open and a truncation are answered only once every store of the file
+  under way has landed: the kernel drops or cuts the file's pages after the
+  reply, and no older page may land after that. This is also how other
+  mounts' changes stay visible at the next open (close-to-open).
+Stores run in threads, never on the trio thread: a store waits for pages that
+reads of the kernel hold locked, and those reads are answered by the trio thread.
+"""
+
+import pyfuse3
+import trio
+
+from . import logs
+
+log = logs.get_logger("client")
+
+PAGE = 4096
+# Threads storing at a time; more would only queue on the same locks.
+STORE_THREADS = 2
+
+
+def page_floor(pos: int) -> int:
+    return pos - pos % PAGE
+
+
+def page_ceil(pos: int) -> int:
+    return page_floor(pos + PAGE - 1)
+
+
+def store_in_kernel(ino: int, pieces: list[tuple[int, bytes]]) -> None:
+    for offset, data in pieces:
+        pyfuse3.notify_store(ino, offset, data)
+
+
+class PageFeed:
+    def __init__(self, nursery: trio.Nursery, store=store_in_kernel):
+        self._nursery = nursery
+        # Blocking; runs in a thread.
+        self._store_pieces = store
+        self._threads = trio.CapacityLimiter(STORE_THREADS)
+        # Inode -> stores accepted and not landed yet.
+        self._under_way: dict[int, int] = {}
+        self._landed: dict[int, trio.Event] = {}
+        self._closed = False
+
+    def offer(self, ino: int, pieces: list[tuple[int, bytes]], current) -> None:
+        """Store (offset, data) pieces of inode `ino` in the background;
+        `current()` says whether they still hold what the file holds, and is
+        asked now and again right before the store."""
+        if self._closed or not pieces or not current():
+            return
+        self._under_way[ino] = self._under_way.get(ino, 0) + 1
+        self._nursery.start_soon(self._store, ino, pieces, current)
+
+    async def _store(self, ino: int, pieces: list[tuple[int, bytes]], current) -> None:
+        try:
+            async with self._threads:
+                if current() and not self._closed:
+                    await trio.to_thread.run_sync(self._store_pieces, ino, pieces)
+        except OSError as exc:
+            # The kernel may have forgotten the inode; the pages are only a guess.
+            log.debug("page cache store failed", ino=ino, error=str(exc))
+        finally:
+            left = self._under_way.pop(ino) - 1
+            if left:
+                self._under_way[ino] = left
+            else:
+                landed = self._landed.pop(ino, None)
+                if landed is not None:
+                    landed.set()
+
+    async def settle(self, ino: int) -> None:
+        """Return once no store of `ino` is under way."""
+        while ino in self._under_way:
+            await self._landed.setdefault(ino, trio.Event()).wait()
+
+    async def close(self) -> None:
+        """Accept no more stores and wait for those under way (before the
+        FUSE session they write to is closed)."""
+        self._closed = True
+        for ino in list(self._under_way):
+            await self.settle(ino)

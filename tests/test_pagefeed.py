@@ -1,0 +1,237 @@
+"""A random read's whole block goes to the kernel's page cache (dfs/pagefeed.py),
+and never a page older than the file."""
+
+import ctypes
+import mmap
+import os
+import random
+import threading
+import time
+
+import pytest
+import trio
+
+from dfs.pagefeed import PAGE, STORE_THREADS, PageFeed
+from faults import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+BLOCK = 64 * 1024
+PAGES_PER_BLOCK = BLOCK // PAGE
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+
+def _resident(path) -> list[int]:
+    """The indexes of the file's pages in the page cache (mincore of a mapping,
+    which itself reads nothing)."""
+    size = os.path.getsize(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap failed")
+        try:
+            pages = (size + PAGE - 1) // PAGE
+            vec = ctypes.create_string_buffer(pages)
+            if _libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+            return [i for i in range(pages) if vec.raw[i] & 1]
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def _block_pages(block: int) -> list[int]:
+    return list(range(block * PAGES_PER_BLOCK, (block + 1) * PAGES_PER_BLOCK))
+
+
+def _written(path, blocks: int = 8) -> bytes:
+    data = os.urandom(blocks * BLOCK)
+    path.write_bytes(data)
+    _evict(path)
+    return data
+
+
+def _evict(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert _resident(path) == []
+
+
+def test_a_random_read_brings_its_whole_block_into_the_page_cache(mnt):
+    path = mnt / "f"
+    data = _written(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        at = 3 * BLOCK + 5 * PAGE + 10
+        assert os.pread(fd, 100, at) == data[at:at + 100]
+        wait_for(lambda: len(_resident(path)) == PAGES_PER_BLOCK, 10,
+                 "the block to reach the page cache")
+        assert _resident(path) == _block_pages(3)
+        assert os.pread(fd, BLOCK, 3 * BLOCK) == data[3 * BLOCK:4 * BLOCK]
+    finally:
+        os.close(fd)
+
+
+def test_nothing_is_stored_while_this_mount_may_write_the_file(mnt):
+    path = mnt / "f"
+    data = _written(path)
+    writer = os.open(path, os.O_RDWR)
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        at = 2 * BLOCK + 7 * PAGE
+        assert os.pread(reader, PAGE, at) == data[at:at + PAGE]
+        time.sleep(0.5)
+        assert _resident(path) == [at // PAGE]
+        os.close(writer)
+        writer = -1
+        # The writer's release reaches the mount after close returns.
+        time.sleep(0.2)
+        at = 5 * BLOCK + 3 * PAGE
+        assert os.pread(reader, PAGE, at) == data[at:at + PAGE]
+        wait_for(lambda: len(_resident(path)) == 1 + PAGES_PER_BLOCK, 10,
+                 "the second block to reach the page cache")
+        assert _resident(path) == sorted([2 * PAGES_PER_BLOCK + 7] + _block_pages(5))
+    finally:
+        if writer >= 0:
+            os.close(writer)
+        os.close(reader)
+
+
+def test_a_change_from_another_mount_replaces_stored_pages_at_the_next_open(shared_cluster,
+                                                                           mnt):
+    path = mnt / "f"
+    _written(path)
+    with shared_cluster.extra_mount() as other:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(4 * BLOCK + 9 * PAGE)
+            f.read(PAGE)
+            wait_for(lambda: len(_resident(path)) == PAGES_PER_BLOCK, 10,
+                     "the block to reach the page cache")
+        newer = os.urandom(8 * BLOCK)
+        (other / mnt.name / "f").write_bytes(newer)
+        with open(path, "rb") as f:
+            f.seek(4 * BLOCK)
+            assert f.read(BLOCK) == newer[4 * BLOCK:5 * BLOCK]
+
+
+def test_a_truncation_cuts_stored_pages(mnt):
+    path = mnt / "f"
+    data = _written(path)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(6 * BLOCK + PAGE)
+        f.read(PAGE)
+        wait_for(lambda: len(_resident(path)) == PAGES_PER_BLOCK, 10,
+                 "the block to reach the page cache")
+        cut = 6 * BLOCK + 3 * PAGE + 123
+        os.truncate(path, cut)
+        os.truncate(path, 8 * BLOCK)
+        f.seek(6 * BLOCK)
+        assert f.read(BLOCK) == data[6 * BLOCK:cut] + bytes(7 * BLOCK - cut)
+
+
+def test_reads_racing_changes_see_every_change(mnt):
+    """A reader keeps fetching blocks while the same mount rewrites pages in
+    them and cuts the file: a store landing after a change would bring an
+    older page back."""
+    path = mnt / "f"
+    blocks = 4
+    full = blocks * BLOCK
+    model = bytearray(_written(path, blocks))
+    stop = threading.Event()
+    failures = []
+
+    def read_around():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            while not stop.is_set():
+                os.pread(fd, PAGE, random.randrange(blocks * PAGES_PER_BLOCK) * PAGE)
+                # Every read then reaches the mount, and most offer a store.
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError as exc:
+            failures.append(exc)
+        finally:
+            os.close(fd)
+
+    reader = threading.Thread(target=read_around, daemon=True)
+    reader.start()
+    check = os.open(path, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + 20
+        rounds = 0
+        while time.monotonic() < deadline and rounds < 600 and not failures:
+            if rounds % 4 == 3:
+                # Cut the file, then (four rounds later) let it grow back.
+                size = random.randrange(len(model)) if len(model) == full else full
+                os.truncate(path, size)
+                model = model[:size] + bytes(max(0, size - len(model)))
+            else:
+                page = random.randrange(blocks * PAGES_PER_BLOCK)
+                content = os.urandom(PAGE)
+                with open(path, "r+b") as f:
+                    f.seek(page * PAGE)
+                    f.write(content)
+                model.extend(bytes(max(0, (page + 1) * PAGE - len(model))))
+                model[page * PAGE:(page + 1) * PAGE] = content
+            time.sleep(0.005)
+            assert os.pread(check, full + PAGE, 0) == model, f"round {rounds}"
+            rounds += 1
+    finally:
+        stop.set()
+        reader.join(10)
+        os.close(check)
+    assert not failures
+    assert rounds >= 50
+
+
+def test_an_open_waits_for_the_stores_under_way():
+    """The guarantees that do not depend on timing, with the kernel's store
+    replaced by one that waits to be let through."""
+    let_through = threading.Event()
+    stored = []
+
+    def store(ino, pieces):
+        let_through.wait(10)
+        stored.append((ino, [offset for offset, _ in pieces]))
+
+    async def scenario():
+        async with trio.open_nursery() as nursery:
+            feed = PageFeed(nursery, store)
+            current = True
+            feed.offer(7, [(0, b"a" * PAGE)], lambda: current)
+            feed.offer(7, [], lambda: current)
+            feed.offer(8, [(PAGE, b"b" * PAGE)], lambda: False)
+            with trio.move_on_after(0.3) as waited:
+                await feed.settle(7)
+            assert waited.cancelled_caught, "settle returned with a store under way"
+            await feed.settle(8)
+            let_through.set()
+            with trio.fail_after(5):
+                await feed.settle(7)
+            assert stored == [(7, [0])]
+            # Stores wait for one of STORE_THREADS threads; one whose data
+            # went stale meanwhile is dropped.
+            let_through.clear()
+            for i in range(STORE_THREADS + 1):
+                feed.offer(7, [(i * PAGE, b"c" * PAGE)], lambda: current)
+            await trio.sleep(0.1)
+            current = False
+            let_through.set()
+            with trio.fail_after(5):
+                await feed.close()
+            assert len(stored) == 1 + STORE_THREADS
+            feed.offer(9, [(0, b"e" * PAGE)], lambda: True)
+            await trio.sleep(0.1)
+            assert len(stored) == 1 + STORE_THREADS
+
+    trio.run(scenario)
