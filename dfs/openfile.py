@@ -153,6 +153,9 @@ class OpenFile:
         self._fetching: dict[int, trio.Event] = {}
         self._last_read_end = -1
         self._generation = 0
+        # Moved by every open: what was fetched before it stays out of the
+        # kernel's page cache (see pagefeed.py; a truncation moves _generation).
+        self._page_cache_epoch = 0
 
     # ---- state shared with the metaserver -------------------------------
 
@@ -176,9 +179,9 @@ class OpenFile:
         self._generation += 1
 
     async def settle_page_cache(self) -> None:
-        """Called before an open or a truncation is answered: data fetched
-        before it stays out of the kernel's page cache (see pagefeed.py)."""
-        self._generation += 1
+        """Called before an open is answered: data fetched before it stays
+        out of the kernel's page cache (see pagefeed.py)."""
+        self._page_cache_epoch += 1
         await self.feed.settle(self.ino)
 
     @property
@@ -465,7 +468,7 @@ class OpenFile:
         unit = self.block
         first, last = offset // unit, (end - 1) // unit
         start = first * unit
-        generation = self._generation
+        generation, epoch = self._generation, self._page_cache_epoch
         if self._cached(unit, offset, end):
             data = b"".join(self.cache.get(self.ino, unit, i) for i in range(first, last + 1))
         else:
@@ -474,11 +477,11 @@ class OpenFile:
                 return data[offset - start:end - start]
             for i in range(first, last + 1):
                 self.cache.put(self.ino, unit, i, data[(i - first) * unit:(i - first + 1) * unit])
-        self._feed_page_cache(start, data, offset, end, generation)
+        self._feed_page_cache(start, data, offset, end, (generation, epoch))
         return data[offset - start:end - start]
 
     def _feed_page_cache(self, start: int, data: bytes, offset: int, end: int,
-                         generation: int) -> None:
+                         fetched: tuple[int, int]) -> None:
         """Offer the kernel the pages of `data` (read from `start`) around
         the ones it asked for, [offset, end)."""
         view = memoryview(data)
@@ -488,8 +491,8 @@ class OpenFile:
             pieces.append((start + tail, view[tail:]))
 
         def current() -> bool:
-            return (generation == self._generation and not self.writers
-                    and start + len(data) <= self.size)
+            return (fetched == (self._generation, self._page_cache_epoch)
+                    and not self.writers and start + len(data) <= self.size)
         self.feed.offer(self.ino, pieces, current)
 
     async def _segment(self, s: int) -> bytes:
