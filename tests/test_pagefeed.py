@@ -11,7 +11,7 @@ import time
 import pytest
 import trio
 
-from dfs.pagefeed import PAGE, STORE_THREADS, PageFeed
+from dfs.pagefeed import MAX_UNDER_WAY, PAGE, STORE_THREADS, PageFeed
 from faults import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -235,3 +235,26 @@ def test_an_open_waits_for_the_stores_under_way():
             assert len(stored) == 1 + STORE_THREADS
 
     trio.run(scenario)
+
+
+def test_stores_under_way_are_bounded():
+    let_through = threading.Event()
+    stored = []
+
+    def store(ino, pieces):
+        let_through.wait(10)
+        stored.append(ino)
+
+    async def scenario():
+        async with trio.open_nursery() as nursery:
+            feed = PageFeed(nursery, store)
+            for ino in range(MAX_UNDER_WAY + 5):
+                feed.offer(ino, [(0, b"x" * PAGE)], lambda: True)
+            let_through.set()
+            with trio.fail_after(10):
+                for ino in range(MAX_UNDER_WAY + 5):
+                    await feed.settle(ino)
+            await feed.close()
+
+    trio.run(scenario)
+    assert sorted(stored) == list(range(MAX_UNDER_WAY))
