@@ -484,6 +484,8 @@ class OpenFile:
                          fetched: tuple[int, int]) -> None:
         """Offer the kernel the pages of `data` (read from `start`) around
         the ones it asked for, [offset, end)."""
+        if self.writers:
+            return
         view = memoryview(data)
         head, tail = page_floor(offset) - start, page_ceil(end) - start
         pieces = [(start, view[:head])] if head > 0 else []

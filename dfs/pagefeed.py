@@ -57,7 +57,6 @@ class PageFeed:
         self._threads = trio.CapacityLimiter(STORE_THREADS)
         # Inode -> stores accepted and not landed yet.
         self._under_way: dict[int, int] = {}
-        self._total = 0
         self._landed: dict[int, trio.Event] = {}
         self._closed = False
 
@@ -65,9 +64,9 @@ class PageFeed:
         """Store (offset, data) pieces of inode `ino` in the background;
         `current()` says whether they still hold what the file holds, and is
         asked now and again right before the store."""
-        if self._closed or not pieces or self._total >= MAX_UNDER_WAY or not current():
+        if (self._closed or not pieces or sum(self._under_way.values()) >= MAX_UNDER_WAY
+                or not current()):
             return
-        self._total += 1
         self._under_way[ino] = self._under_way.get(ino, 0) + 1
         self._nursery.start_soon(self._store, ino, pieces, current)
 
@@ -80,7 +79,6 @@ class PageFeed:
             # The kernel may have forgotten the inode; the pages are only a guess.
             log.debug("page cache store failed", ino=ino, error=str(exc))
         finally:
-            self._total -= 1
             left = self._under_way.pop(ino) - 1
             if left:
                 self._under_way[ino] = left
