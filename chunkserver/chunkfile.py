@@ -12,7 +12,11 @@ that describes it, and the header never runs ahead of the data.
   byte changes; then one pwrite of the data, then a pwrite of the touched
   CRCs. A crash in between leaves new data under old CRCs or the reverse, which
   fails verification (EIO, the replica is reported and repaired from another):
-  it never passes off wrong data as good.
+  it never passes off wrong data as good. On a filesystem that overwrites in
+  place, pages this opening of the replica has reserved already need no new
+  space and are not reserved again: a fallocate also puts the inode in the
+  journal, so every fdatasync after a database's overwrites waited for a
+  journal commit.
 - sync: write out the metadata, then fdatasync the data. On a filesystem that
   overwrites in place (ext4, xfs), once the metadata file's blocks are settled
   (allocated and synced, so overwriting them changes no filesystem metadata),
@@ -42,6 +46,9 @@ from array import array
 from crc32c import crc32c
 
 BLOCK = 64 * 1024
+# The unit in which reserved space is remembered: a page wholly inside a
+# reserved range is reserved whatever the filesystem's block size.
+PAGE = 4096
 # A sanity limit, not the cluster's chunk size, which only the metaserver knows.
 MAX_CHUNK = 1 << 30
 CRC_OFFSET = 512
@@ -168,6 +175,12 @@ class ChunkFile:
         self.in_place = in_place
         # The metadata file has not grown since its last fdatasync.
         self._meta_settled = False
+        # Bytes changed since the last sync; unknown (None) until the first
+        # sync, since the replica may have been written before it was opened.
+        self.unsynced: int | None = None
+        # Bit n set: page n of the data file is known to have its space
+        # reserved (in-place filesystems only; see "write" above).
+        self._reserved_pages = 0
 
     @classmethod
     def open(cls, chunk: int, data_path: str, meta_path: str,
@@ -267,7 +280,7 @@ class ChunkFile:
         old_blocks, old_room = len(self.crcs), self.crc_room
         try:
             self._reserve_crcs(last + 1)
-            os.posix_fallocate(self.data_fd, offset, len(view))
+            self._reserve(offset, end)
         except OSError:
             # Whatever the failed reservation added lies past the old end and
             # held nothing; cut it off so the replica is exactly as before.
@@ -285,6 +298,22 @@ class ChunkFile:
         self.crcs[first:last + 1] = new_crcs
         self._write_crcs(min(first, old_blocks), last + 1)
         self.size = max(self.size, end)
+        self._changed(len(view))
+
+    def _reserve(self, start: int, end: int) -> None:
+        first, stop = start // PAGE, -(-end // PAGE)
+        pages = (1 << (stop - first)) - 1
+        if self.in_place and (self._reserved_pages >> first) & pages == pages:
+            return
+        os.posix_fallocate(self.data_fd, start, end - start)
+        if self.in_place:
+            whole_first, whole_stop = -(-start // PAGE), end // PAGE
+            if whole_stop > whole_first:
+                self._reserved_pages |= ((1 << (whole_stop - whole_first)) - 1) << whole_first
+
+    def _changed(self, nbytes: int) -> None:
+        if self.unsynced is not None:
+            self.unsynced += nbytes
 
     def write_pieces(self, pieces) -> None:
         """Apply (offset, data) writes in order."""
@@ -300,6 +329,7 @@ class ChunkFile:
             block, tail = divmod(length, BLOCK)
             tail_crc = block_crc(self._verified(block)[:tail]) if tail else None
             os.ftruncate(self.data_fd, length)
+            self._reserved_pages &= (1 << (length // PAGE)) - 1
             del self.crcs[nblocks:]
             if tail_crc is not None:
                 self.crcs[block] = tail_crc
@@ -311,6 +341,7 @@ class ChunkFile:
             self.crcs.extend([ZERO_CRC] * (nblocks - old_blocks))
             self._write_crcs(old_blocks, nblocks)
         self.size = length
+        self._changed(BLOCK)
 
     def set_version(self, version: int) -> None:
         os.fsync(self.data_fd)
@@ -331,3 +362,4 @@ class ChunkFile:
             os.fdatasync(self.meta_fd)
             self._meta_settled = True
         os.fdatasync(self.data_fd)
+        self.unsynced = 0

@@ -12,6 +12,7 @@ reopen files.
 
 import errno
 import math
+import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,7 @@ from dfs.rpc import ClientPool, parse_addr
 from .chunkfile import MAX_CHUNK, ChecksumError, ChunkFile, HeaderError
 from .chunklock import ChunkLock
 from .chunkstore import ChunkStore
+from .syncpolicy import SyncPolicy
 
 log = logs.get_logger("chunkserver")
 
@@ -64,6 +66,7 @@ class ChunkService:
         self._bad_seen: set[tuple[int, int]] = set()
         self._locks: dict[int, ChunkLock] = {}
         self._open: OrderedDict[int, ChunkFile] = OrderedDict()
+        self.syncs = SyncPolicy()
 
     @property
     def handlers(self) -> dict:
@@ -143,6 +146,14 @@ class ChunkService:
         if handle is not None:
             handle.close()
         self._bad_seen = {seen for seen in self._bad_seen if seen[0] != chunk}
+
+    async def _sync(self, handle: ChunkFile) -> None:
+        started = time.monotonic()
+        if not self.syncs.inline(handle.unsynced, started):
+            await self._io(handle.chunk, handle.sync)
+            return
+        await self._io(handle.chunk, handle.sync, inline=True)
+        self.syncs.took(time.monotonic() - started, started)
 
     async def _verified_io(self, handle: ChunkFile, fn, *args, inline: bool = False):
         """Run a replica method that verifies the blocks it touches; a bad block
@@ -228,7 +239,7 @@ class ChunkService:
             await self._verified_io(handle, handle.write_pieces, pieces,
                                     inline=total <= INLINE_IO)
             if sync:
-                await self._io(chunk, handle.sync)
+                await self._sync(handle)
         return {}
 
     async def read(self, chunk: int, version: int, offset: int, length: int):
@@ -241,7 +252,7 @@ class ChunkService:
     async def sync(self, chunk: int, version: int):
         async with self._locked(chunk, shared=True):
             handle = await self._replica(chunk, version)
-            await self._io(chunk, handle.sync)
+            await self._sync(handle)
         return {}
 
     async def truncate(self, chunk: int, version: int, length: int):

@@ -235,3 +235,38 @@ def test_crc_space_lost_in_a_crash_is_reserved_before_data_changes(tmp_path):
         with open(data_path, "rb") as data:
             data.seek((blocks - 10) * BLOCK)
             assert data.read(BLOCK) == b"\x01" * BLOCK
+
+
+@pytest.mark.timeout(60)
+def test_space_freed_by_a_truncate_is_reserved_again_before_data_changes(tmp_path):
+    """Overwrites of pages already reserved skip the reservation (in place);
+    pages a truncate freed are not among them: on a full disk a write that
+    reaches into them fails with ENOSPC before any byte changes, including the
+    bytes of its first page, which kept its space."""
+    with tiny_disk(tmp_path / "disk", "8m") as disk:
+        store = ChunkStore(disk)
+        store.scan()
+        store.in_place = True
+        replica = store.create(7, 1)
+        try:
+            replica.write(0, b"\x01" * (4 * BLOCK))
+            replica.sync()
+            replica.write(BLOCK, b"\x03" * BLOCK)   # an overwrite: no reservation
+            replica.truncate(2 * BLOCK)
+            replica.sync()
+            filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                with pytest.raises(OSError) as full:
+                    while True:
+                        os.write(filler, bytes(4096))
+                assert full.value.errno == errno.ENOSPC
+            finally:
+                os.close(filler)
+            with pytest.raises(OSError) as info:
+                replica.write(2 * BLOCK - 4096, b"\x02" * 8192)
+            assert info.value.errno == errno.ENOSPC
+            assert replica.size == 2 * BLOCK
+            expected = b"\x01" * BLOCK + b"\x03" * BLOCK
+            assert bytes(replica.read(0, 2 * BLOCK)) == expected
+        finally:
+            replica.close()

@@ -1,0 +1,47 @@
+"""Where a chunk server runs a replica's sync: on the event loop or in a
+worker thread.
+
+A sync of a few small writes on a disk that flushes quickly is over sooner
+than a hand-off to a worker thread would be: a wake-up on each side and the
+GIL changing hands while the event loop works cost about 200 µs of CPU per
+sync on a 2-core VM, more than the fdatasync itself and the largest single
+cost of a database's 4 KiB write and fsync. So a small sync runs on the event
+loop while the disk proves quick, that is while the running average of those
+syncs stays under INLINE_SYNC_SECONDS. A slower disk (one that spins) has its
+syncs handed to threads after its first few, and is tried again once every
+RETRY_SECONDS, so one such sync a second may hold up the event loop.
+
+Only syncs run on the event loop are timed: in a thread the time would
+include waiting for the GIL, which says nothing about the disk.
+"""
+
+from dataclasses import dataclass
+
+# Small reads and writes run on the event loop too (service.INLINE_IO); a sync
+# after no more than this many bytes of writes flushes about as much.
+INLINE_SYNC_BYTES = 128 * 1024
+INLINE_SYNC_SECONDS = 0.002
+# Weight of the newest sync in the running average.
+AVERAGE_WEIGHT = 0.1
+RETRY_SECONDS = 1.0
+
+
+@dataclass
+class SyncPolicy:
+    average: float | None = None
+    threads_until: float = 0.0
+
+    def inline(self, unsynced: int | None, now: float) -> bool:
+        """Whether to run a sync after `unsynced` bytes of writes (None:
+        unknown) on the event loop."""
+        return (unsynced is not None and unsynced <= INLINE_SYNC_BYTES
+                and now >= self.threads_until)
+
+    def took(self, seconds: float, now: float) -> None:
+        """Record how long a sync run on the event loop took."""
+        if self.average is None:
+            self.average = seconds
+        else:
+            self.average += AVERAGE_WEIGHT * (seconds - self.average)
+        if self.average > INLINE_SYNC_SECONDS:
+            self.threads_until = now + RETRY_SECONDS
