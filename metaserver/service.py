@@ -283,6 +283,9 @@ class MetaService:
         opens.hold(ino, session, count)
         if quiet:
             opens.set_quiet(ino, session, True)
+        # An unlink that decided before our hold that nobody holds the inode
+        # may still be committing: once it has, the read below sees the result.
+        await self.ctx.store.batches_started_done()
         try:
             attr = self._read(lambda tx: self.ns.attr(tx, tx.inode(ino)))
         except DfsError:
