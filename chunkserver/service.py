@@ -2,12 +2,14 @@
 
 Each chunk has a lock (chunklock.py) held around everything that touches its
 replica: reads and syncs share it, so a sequential reader's read-ahead and a
-database's reads proceed side by side and never queue behind an fdatasync;
-anything that changes the replica holds it alone, so a read never sees a block
-between its data and its CRC update and writes to one chunk apply in order.
-Different chunks proceed in parallel, each in a worker thread. Open replicas
-are cached (a few hundred at most) so a stream of small requests does not
-reopen files.
+database's reads proceed side by side and never queue behind an fdatasync
+run in a thread; anything that changes the replica holds it alone, so a read
+never sees a block between its data and its CRC update and writes to one
+chunk apply in order. Different chunks proceed in parallel, each in a worker
+thread, except for small reads and writes (INLINE_IO) and small syncs
+(syncpolicy.py), which cost less on the event loop than a hand-off would.
+Open replicas are cached (a few hundred at most) so a stream of small
+requests does not reopen files.
 """
 
 import errno

@@ -11,6 +11,14 @@ syncs stays under INLINE_SYNC_SECONDS. A slower disk (one that spins) has its
 syncs handed to threads after its first few, and is tried again once every
 RETRY_SECONDS, so one such sync a second may hold up the event loop.
 
+The price is paid by the server's other requests, which wait for a small
+sync instead of running beside it. Measured with a mount writing 4 KiB and
+fdatasyncing in a loop while another client read 64 KiB blocks from the same
+chunk servers: the writer synced 23-38% more often, and on the server busiest
+with its syncs the reads' p50 went from 0.28-0.31 to 0.36-0.40 ms and their
+p99 from 0.65-0.92 to 1.08-1.39 ms. A database's commits are what waits on
+syncs, so they are favoured.
+
 Only syncs run on the event loop are timed: in a thread the time would
 include waiting for the GIL, which says nothing about the disk.
 """
