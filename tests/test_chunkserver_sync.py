@@ -48,17 +48,19 @@ def test_service_times_small_syncs_on_the_loop_and_hands_big_ones_to_threads(tmp
     service = ChunkService(store, versions, b"s" * 32)
 
     async def main():
-        await service.create(1, 1)
-        # The first sync after opening has unknown writes before it: a thread.
-        await service.write(1, 1, 0, b"\x01" * 4096, sync=True)
-        assert service.syncs.average is None
-        await service.write(1, 1, 4096, b"\x02" * 4096, sync=True)
-        timed = service.syncs.average
-        assert timed is not None and timed > 0
-        await service.write(1, 1, 0, b"\x03" * (INLINE_SYNC_BYTES + 4096), sync=True)
-        assert service.syncs.average == timed
-        got = await service.read(1, 1, 0, INLINE_SYNC_BYTES + 4096)
-        assert bytes(got["data"]) == b"\x03" * (INLINE_SYNC_BYTES + 4096)
-        await service.aclose()
+        try:
+            await service.create(1, 1)
+            # The first sync after opening has unknown writes before it: a thread.
+            await service.write(1, 1, 0, b"\x01" * 4096, sync=True)
+            assert service.syncs.average is None
+            await service.write(1, 1, 4096, b"\x02" * 4096, sync=True)
+            timed = service.syncs.average
+            assert timed is not None and timed > 0
+            await service.write(1, 1, 0, b"\x03" * (INLINE_SYNC_BYTES + 4096), sync=True)
+            assert service.syncs.average == timed
+            got = await service.read(1, 1, 0, INLINE_SYNC_BYTES + 4096)
+            assert bytes(got["data"]) == b"\x03" * (INLINE_SYNC_BYTES + 4096)
+        finally:
+            await service.aclose()
 
     trio.run(main)
