@@ -117,7 +117,8 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
     log.info("replicas found", data_dir=str(args.data_dir), chunks=len(versions),
              crcs_synced_by_data_flush=store.in_place)
     service = ChunkService(store, versions, secret)
-    server = Server("chunkserver", ops.CHUNK, service.handlers, secret)
+    server = Server("chunkserver", ops.CHUNK, service.handlers, secret,
+                    in_hand=service.in_hand)
     host, port = parse_addr(args.listen)
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

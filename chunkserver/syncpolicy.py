@@ -19,6 +19,9 @@ with its syncs the reads' p50 went from 0.28-0.31 to 0.36-0.40 ms and their
 p99 from 0.65-0.92 to 1.08-1.39 ms. A database's commits are what waits on
 syncs, so they are favoured.
 
+Syncs on the event loop that arrive together run as one group (see
+service.py), timed together: the average is per sync.
+
 Only syncs run on the event loop are timed: in a thread the time would
 include waiting for the GIL, which says nothing about the disk.
 """
@@ -38,6 +41,9 @@ RETRY_SECONDS = 1.0
 class SyncPolicy:
     average: float | None = None
     threads_until: float = 0.0
+    # Syncs run on the event loop, and the groups they ran in.
+    synced: int = 0
+    groups: int = 0
 
     def inline(self, unsynced: int | None, now: float) -> bool:
         """Whether to run a sync after `unsynced` bytes of writes (None:
@@ -45,8 +51,12 @@ class SyncPolicy:
         return (unsynced is not None and unsynced <= INLINE_SYNC_BYTES
                 and now >= self.threads_until)
 
-    def took(self, seconds: float, now: float) -> None:
-        """Record how long a sync run on the event loop took."""
+    def took(self, seconds: float, now: float, count: int = 1) -> None:
+        """Record how long a group of `count` syncs run on the event loop
+        took, together."""
+        self.synced += count
+        self.groups += 1
+        seconds /= count
         if self.average is None:
             self.average = seconds
         else:

@@ -10,6 +10,7 @@ nothing else.
 import errno
 import itertools
 import socket
+from collections import Counter
 from typing import Awaitable, Callable
 
 import trio
@@ -66,7 +67,7 @@ class Server:
     """Serves `handlers` (op name -> async fn(args)) for the operations in `schema`."""
 
     def __init__(self, name: str, schema: dict[str, Op], handlers: dict[str, Handler],
-                 secret: bytes):
+                 secret: bytes, in_hand: Counter | None = None):
         missing = set(schema) - set(handlers)
         if missing:
             raise ValueError(f"no handler for {sorted(missing)}")
@@ -75,6 +76,9 @@ class Server:
         self.handlers = handlers
         self.secret = secret
         self.listeners: list = []
+        # Requests received and not answered yet, by operation name, counted
+        # from the moment they are read: handlers may look at what is coming.
+        self.in_hand = Counter() if in_hand is None else in_hand
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -119,7 +123,11 @@ class Server:
                 message = await framed.receive()
                 size = framed.last_size
                 await running.admit(size)
-                nursery.start_soon(self._request, framed, message, running, size)
+                op = (message[2] if isinstance(message, list) and len(message) == 4
+                      and isinstance(message[2], str) and message[2] in self.schema
+                      else None)
+                self.in_hand[op] += 1
+                nursery.start_soon(self._request, framed, message, running, size, op)
         except EOFError:
             pass
         except ProtocolError as exc:
@@ -129,7 +137,7 @@ class Server:
             pass
 
     async def _request(self, framed: FramedStream, message, running: "_Running",
-                       size: int) -> None:
+                       size: int, op: str | None) -> None:
         try:
             if (not isinstance(message, list) or len(message) != 4 or message[0] != REQUEST
                     or not isinstance(message[1], int)):
@@ -151,6 +159,7 @@ class Server:
             pass
         finally:
             running.release(size)
+            self.in_hand[op] -= 1
 
     async def _dispatch(self, op_name, args):
         op = self.schema.get(op_name) if isinstance(op_name, str) else None

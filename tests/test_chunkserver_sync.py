@@ -1,6 +1,9 @@
 """Where a chunk server runs a replica's sync (chunkserver/syncpolicy.py):
 the policy's rules, and a real ChunkService on a real store following them."""
 
+import errno
+import os
+
 import pytest
 import trio
 
@@ -8,6 +11,7 @@ from chunkserver.chunkstore import ChunkStore
 from chunkserver.service import ChunkService
 from chunkserver.syncpolicy import (INLINE_SYNC_BYTES, INLINE_SYNC_SECONDS, RETRY_SECONDS,
                                     SyncPolicy)
+from dfs.errors import DfsError
 
 
 def test_small_known_syncs_run_inline_while_the_disk_is_quick():
@@ -60,6 +64,98 @@ def test_service_times_small_syncs_on_the_loop_and_hands_big_ones_to_threads(tmp
             assert service.syncs.average == timed
             got = await service.read(1, 1, 0, INLINE_SYNC_BYTES + 4096)
             assert bytes(got["data"]) == b"\x03" * (INLINE_SYNC_BYTES + 4096)
+        finally:
+            await service.aclose()
+
+    trio.run(main)
+
+
+def test_a_group_of_syncs_is_timed_per_sync():
+    policy = SyncPolicy()
+    policy.took(4 * INLINE_SYNC_SECONDS / 2, 0.0, count=4)
+    assert policy.average == INLINE_SYNC_SECONDS / 2
+    assert (policy.synced, policy.groups) == (4, 1)
+    assert policy.inline(4096, 0.0)
+
+
+async def _together(service, writes):
+    """Writes with sync, (chunk, offset, data) each, handed over as the server
+    hands over requests that arrive together: all counted in hand
+    (rpc.Server.in_hand) before the first runs, each until it is answered.
+    Returns {chunk: 0 or the errno it failed with}."""
+    service.in_hand["write"] += len(writes)
+    outcomes = {}
+
+    async def one(chunk, offset, data):
+        try:
+            await service.write(chunk, 1, offset, data, sync=True)
+            outcomes[chunk] = 0
+        except DfsError as exc:
+            outcomes[chunk] = exc.errno
+        finally:
+            service.in_hand["write"] -= 1
+
+    async with trio.open_nursery() as nursery:
+        for write in writes:
+            nursery.start_soon(one, *write)
+    return outcomes
+
+
+def _warm_service(tmp_path, chunks):
+    """A service on a real store with `chunks` created and each synced once
+    (the first sync after opening goes to a thread)."""
+    store = ChunkStore(tmp_path)
+    service = ChunkService(store, store.scan(), b"s" * 32)
+
+    async def warm():
+        for chunk in chunks:
+            await service.create(chunk, 1)
+            await service.write(chunk, 1, 0, b"\0" * 4096, sync=True)
+    return service, warm
+
+
+@pytest.mark.timeout(60)
+def test_writes_with_sync_that_arrive_together_are_synced_as_one_group(tmp_path):
+    chunks = range(1, 5)
+    service, warm = _warm_service(tmp_path, chunks)
+
+    async def main():
+        try:
+            await warm()
+            before = (service.syncs.synced, service.syncs.groups)
+            outcomes = await _together(service, [(c, 8192, bytes([c]) * 4096) for c in chunks])
+            assert outcomes == {c: 0 for c in chunks}
+            assert (service.syncs.synced - before[0], service.syncs.groups - before[1]) == (4, 1)
+            for chunk in chunks:
+                got = await service.read(chunk, 1, 8192, 4096)
+                assert bytes(got["data"]) == bytes([chunk]) * 4096
+            # One at a time, each is a group of its own.
+            assert await _together(service, [(1, 0, b"\x07" * 4096)]) == {1: 0}
+            await service.sync(2, 1)
+            assert service.syncs.groups - before[1] == 3
+        finally:
+            await service.aclose()
+
+    trio.run(main)
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_sync_in_a_group_fails_only_its_own_request(tmp_path):
+    chunks = range(1, 4)
+    service, warm = _warm_service(tmp_path, chunks)
+
+    async def main():
+        try:
+            await warm()
+            # Chunk 2's data file is swapped for /dev/null under the server's
+            # feet: writes to it succeed, its fdatasync fails (EINVAL).
+            broken = await service._replica(2)
+            os.close(broken.data_fd)
+            broken.data_fd = os.open(os.devnull, os.O_RDWR)
+            before = service.syncs.groups
+            outcomes = await _together(service, [(c, 0, b"\x05" * 4096) for c in chunks])
+            assert outcomes == {1: 0, 2: errno.EINVAL, 3: 0}
+            assert service.syncs.groups == before + 1
         finally:
             await service.aclose()
 

@@ -76,3 +76,24 @@ def test_small_requests_are_not_held_back():
     admitted, most, replies = trio.run(flood, 100, 200)
     assert admitted == most == 200
     assert replies == [100] * 200
+
+
+@pytest.mark.timeout(60)
+def test_the_server_counts_requests_in_hand_from_receipt_to_reply():
+    async def main():
+        holding = Holding()
+        server = Server("admission", SCHEMA, {"hold": holding.hold}, SECRET)
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(server.serve, "127.0.0.1", 0)
+            client = Client(f"{host}:{port}", SECRET, SCHEMA)
+            async with trio.open_nursery() as senders:
+                for _ in range(5):
+                    senders.start_soon(lambda: client.call("hold", data=b"x"))
+                assert await holding.settled() == 5
+                assert server.in_hand["hold"] == 5
+                holding.release.set()
+            assert server.in_hand["hold"] == 0
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
