@@ -101,62 +101,57 @@ async def _together(service, writes):
     return outcomes
 
 
-def _warm_service(tmp_path, chunks):
-    """A service on a real store with `chunks` created and each synced once
-    (the first sync after opening goes to a thread)."""
+def _run_on_warm_service(tmp_path, chunks, body) -> None:
+    """Run `body(service)` on a service on a real store, with `chunks` created
+    and each synced once (the first sync after opening goes to a thread)."""
     store = ChunkStore(tmp_path)
     service = ChunkService(store, store.scan(), b"s" * 32)
 
-    async def warm():
-        for chunk in chunks:
-            await service.create(chunk, 1)
-            await service.write(chunk, 1, 0, b"\0" * 4096, sync=True)
-    return service, warm
+    async def main():
+        try:
+            for chunk in chunks:
+                await service.create(chunk, 1)
+                await service.write(chunk, 1, 0, b"\0" * 4096, sync=True)
+            await body(service)
+        finally:
+            await service.aclose()
+
+    trio.run(main)
 
 
 @pytest.mark.timeout(60)
 def test_writes_with_sync_that_arrive_together_are_synced_as_one_group(tmp_path):
     chunks = range(1, 5)
-    service, warm = _warm_service(tmp_path, chunks)
 
-    async def main():
-        try:
-            await warm()
-            before = (service.syncs.synced, service.syncs.groups)
-            outcomes = await _together(service, [(c, 8192, bytes([c]) * 4096) for c in chunks])
-            assert outcomes == {c: 0 for c in chunks}
-            assert (service.syncs.synced - before[0], service.syncs.groups - before[1]) == (4, 1)
-            for chunk in chunks:
-                got = await service.read(chunk, 1, 8192, 4096)
-                assert bytes(got["data"]) == bytes([chunk]) * 4096
-            # One at a time, each is a group of its own.
-            assert await _together(service, [(1, 0, b"\x07" * 4096)]) == {1: 0}
-            await service.sync(2, 1)
-            assert service.syncs.groups - before[1] == 3
-        finally:
-            await service.aclose()
+    async def body(service):
+        before = (service.syncs.synced, service.syncs.groups)
+        outcomes = await _together(service, [(c, 8192, bytes([c]) * 4096) for c in chunks])
+        assert outcomes == {c: 0 for c in chunks}
+        assert (service.syncs.synced - before[0], service.syncs.groups - before[1]) == (4, 1)
+        for chunk in chunks:
+            got = await service.read(chunk, 1, 8192, 4096)
+            assert bytes(got["data"]) == bytes([chunk]) * 4096
+        # One at a time, each is a group of its own.
+        assert await _together(service, [(1, 0, b"\x07" * 4096)]) == {1: 0}
+        await service.sync(2, 1)
+        assert service.syncs.groups - before[1] == 3
 
-    trio.run(main)
+    _run_on_warm_service(tmp_path, chunks, body)
 
 
 @pytest.mark.timeout(60)
 def test_a_failed_sync_in_a_group_fails_only_its_own_request(tmp_path):
     chunks = range(1, 4)
-    service, warm = _warm_service(tmp_path, chunks)
 
-    async def main():
-        try:
-            await warm()
-            # Chunk 2's data file is swapped for /dev/null under the server's
-            # feet: writes to it succeed, its fdatasync fails (EINVAL).
-            broken = await service._replica(2)
-            os.close(broken.data_fd)
-            broken.data_fd = os.open(os.devnull, os.O_RDWR)
-            before = service.syncs.groups
-            outcomes = await _together(service, [(c, 0, b"\x05" * 4096) for c in chunks])
-            assert outcomes == {1: 0, 2: errno.EINVAL, 3: 0}
-            assert service.syncs.groups == before + 1
-        finally:
-            await service.aclose()
+    async def body(service):
+        # Chunk 2's data file is swapped for /dev/null under the server's
+        # feet: writes to it succeed, its fdatasync fails (EINVAL).
+        broken = await service._replica(2)
+        os.close(broken.data_fd)
+        broken.data_fd = os.open(os.devnull, os.O_RDWR)
+        before = service.syncs.groups
+        outcomes = await _together(service, [(c, 0, b"\x05" * 4096) for c in chunks])
+        assert outcomes == {1: 0, 2: errno.EINVAL, 3: 0}
+        assert service.syncs.groups == before + 1
 
-    trio.run(main)
+    _run_on_warm_service(tmp_path, chunks, body)
