@@ -355,20 +355,25 @@ class ChunkFile:
         self.version = version
 
     def start_sync(self) -> None:
-        """Start writing out what `sync` will wait for, without waiting, so
-        that the writes of several replicas synced one after another reach
-        the disk together."""
+        """Start writing out both files without waiting, so that the writes
+        of several replicas synced one after another reach the disk
+        together; `finish_sync` then waits."""
         start_writeback(self.data_fd, 0, 0)
         if self.in_place and self._meta_settled:
             start_writeback(self.meta_fd, 0, 0)
 
     def sync(self) -> None:
+        # The data file's writes are started first, so that they go to the
+        # disk beside the CRCs' rather than after them (either may land
+        # first; see "write" above).
+        start_writeback(self.data_fd, 0, 0)
+        self.finish_sync()
+
+    def finish_sync(self) -> None:
+        """The rest of `sync`, once the data file's writes are started."""
         # fdatasync still flushes a size change; timestamps are all it skips,
         # and nothing reads a replica's timestamps. The data file's comes last:
-        # its cache flush is what makes written-out CRCs durable. Its writes
-        # are started first, so that they go to the disk beside the CRCs'
-        # rather than after them (either may land first; see "write" above).
-        start_writeback(self.data_fd, 0, 0)
+        # its cache flush is what makes written-out CRCs durable.
         if self.in_place and self._meta_settled:
             write_out(self.meta_fd)
         else:

@@ -81,12 +81,15 @@ class _SyncGroup:
             # A lone replica syncs as it always did: starting its checksum
             # file's writes on their own first measured slower for a
             # database's commits.
-            if len(self.handles) > 1:
+            if len(self.handles) == 1:
+                finish = ChunkFile.sync
+            else:
                 for handle in self.handles:
                     handle.start_sync()
+                finish = ChunkFile.finish_sync
             for handle in self.handles:
                 try:
-                    handle.sync()
+                    finish(handle)
                     self.synced.add(handle)
                 except Exception as exc:
                     self.errors[handle] = exc
