@@ -12,7 +12,10 @@ that describes it, and the header never runs ahead of the data.
   byte changes; then one pwrite of the data, then a pwrite of the touched
   CRCs. A crash in between leaves new data under old CRCs or the reverse, which
   fails verification (EIO, the replica is reported and repaired from another):
-  it never passes off wrong data as good. On a filesystem that overwrites in
+  it never passes off wrong data as good. A block written in part gets its
+  CRC patched by the change alone (see `patched_crc`), from the bytes the
+  write replaces rather than the whole block: a block that was corrupt before
+  the write stays exactly as detectably corrupt after it. On a filesystem that overwrites in
   place, pages this opening of the replica has reserved already need no new
   space and are not reserved again: a fallocate also puts the inode in the
   journal, so every fdatasync after a database's overwrites waited for a
@@ -112,6 +115,21 @@ def block_crc(stored) -> int:
     if len(stored) < BLOCK:
         crc = crc32c(_ZEROS[:BLOCK - len(stored)], crc)
     return crc
+
+
+def patched_crc(crc: int, within: int, length: int, old: int, new: int) -> int:
+    """The CRC of a block whose CRC was `crc`, once its `length` bytes at
+    `within` change from bytes with CRC32C `old` to bytes with CRC32C `new`.
+
+    CRC32C is affine: for messages of one length, XORing two messages XORs
+    their CRCs, up to a constant that cancels between the old and the new
+    block. The two blocks differ only in the changed bytes, so the CRC moves
+    by the difference `old ^ new` carried through the zeros that follow it to
+    the end of the block (leading zeros leave it as it is). Continuing a CRC
+    over zeros carries it; the XORs with all ones undo the CRC's pre- and
+    post-conditioning."""
+    trailing = BLOCK - within - length
+    return crc ^ crc32c(_ZEROS[:trailing], old ^ new ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
 
 
 def encode_header(chunk: int, version: int) -> bytes:
@@ -221,6 +239,12 @@ class ChunkFile:
             raise ChecksumError(block)
         return stored
 
+    def _replaced_crc(self, start: int, length: int) -> int:
+        """CRC32C of the `length` bytes at `start` as the block CRCs count
+        them: zeros past the end."""
+        stored = os.pread(self.data_fd, max(0, min(length, self.size - start)), start)
+        return crc32c(_ZEROS[:length - len(stored)], crc32c(stored))
+
     def _write_crcs(self, first: int, stop: int) -> None:
         pwrite_all(self.meta_fd, crcs_to_bytes(self.crcs[first:stop]), CRC_OFFSET + first * 4)
 
@@ -260,8 +284,9 @@ class ChunkFile:
         """Write `data` at `offset`, keeping every touched block's CRC right.
 
         Whole blocks are checksummed straight from `data`; a partly covered
-        block that already holds data is read and verified first, so a corrupt
-        block is never blessed with a fresh CRC.
+        block has its CRC patched from the bytes the write replaces (a 4 KiB
+        write reads 4 KiB, not the block), so a corrupt block is never
+        blessed with a fresh CRC.
         """
         if not data:
             return
@@ -275,12 +300,9 @@ class ChunkFile:
             if len(piece) == BLOCK:
                 new_crcs.append(crc32c(piece))
                 continue
-            merged = bytearray(BLOCK)
-            if block * BLOCK < self.size:
-                stored = self._verified(block)
-                merged[:len(stored)] = stored
-            merged[start - block * BLOCK:stop - block * BLOCK] = piece
-            new_crcs.append(crc32c(merged))
+            crc = self.crcs[block] if block < len(self.crcs) else ZERO_CRC
+            new_crcs.append(patched_crc(crc, start - block * BLOCK, len(piece),
+                                        self._replaced_crc(start, len(piece)), crc32c(piece)))
 
         old_blocks, old_room = len(self.crcs), self.crc_room
         try:

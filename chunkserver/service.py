@@ -307,8 +307,7 @@ class ChunkService:
         _check_range(chunk, 0, total)
         async with self._locked(chunk):
             handle = await self._replica(chunk, version)
-            await self._verified_io(handle, handle.write_pieces, pieces,
-                                    inline=total <= INLINE_IO)
+            await self._io(chunk, handle.write_pieces, pieces, inline=total <= INLINE_IO)
             if sync:
                 await self._sync(handle)
         return {}

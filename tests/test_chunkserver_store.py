@@ -81,8 +81,36 @@ def test_data_without_its_crc_update_fails_verification(tmp_path):
     with pytest.raises(ChecksumError) as info:
         replica.read(0, 10)
     assert info.value.block == 0
+    # A write into the torn block does not bless it.
+    replica.write(200, b"patch")
     with pytest.raises(ChecksumError):
-        replica.write(200, b"patch")
+        replica.read(0, 10)
+    replica.close()
+
+
+@pytest.mark.parametrize("flipped", [0, 4095, 4096 + 100, BLOCK - 1])
+def test_write_beside_a_flipped_byte_keeps_the_block_failing(tmp_path, flipped):
+    """A partial write patches its block's CRC from the bytes it replaces:
+    a byte flipped on disk elsewhere in the block must still be caught."""
+    store = ChunkStore(tmp_path)
+    store.scan()
+    replica = store.create(5, 1)
+    data = os.urandom(2 * BLOCK)
+    replica.write(0, data)
+    replica.sync()
+    data_path, _ = store.paths(5)
+    with open(data_path, "r+b") as f:
+        f.seek(flipped)
+        byte = f.read(1)[0]
+        f.seek(flipped)
+        f.write(bytes([byte ^ 0x20]))
+    replica.close()
+    replica = store.open(5)
+    replica.write(8192, b"w" * 4096)
+    with pytest.raises(ChecksumError) as info:
+        replica.read(8192, 4096)
+    assert info.value.block == 0
+    assert bytes(replica.read(BLOCK, BLOCK)) == data[BLOCK:]
     replica.close()
 
 
