@@ -18,6 +18,13 @@ from dfs.cluster import LocalCluster
 
 TEST_CHUNK_SIZE = 1024 * 1024
 
+# The processes the tests start (servers, mounts, the dfs command) import the
+# checkout under test as the tests do, not the one the virtualenv was installed
+# from (a git worktree may share another checkout's virtualenv).
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
 
 class Cluster:
     """A local cluster started for tests, with helpers to add mounts."""
