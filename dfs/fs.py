@@ -82,7 +82,7 @@ class DfsFS(pyfuse3.Operations):
         self.read_only = read_only
         self.writes = MountWrites()
         self.read_cache = ReadCache(READ_CACHE_BYTES)
-        self.page_feed = PageFeed(nursery)
+        self.page_feed = PageFeed()
         self.files: dict[int, OpenFile] = {}
         # (mtime, size) of recently closed files, to keep their page cache on reopen.
         self.seen: OrderedDict[int, tuple[int, int]] = OrderedDict()

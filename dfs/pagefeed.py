@@ -19,7 +19,14 @@ A page stored there must never be older than the file, so:
   mounts' changes stay visible at the next open (close-to-open).
 Stores run in threads, never on the trio thread: a store waits for pages that
 reads of the kernel hold locked, and those reads are answered by the trio thread.
+The threads are the feed's own and take stores from a queue, and the trio thread
+hears of a landed store only when an open or a truncation waits for it: a trio
+task and a worker-thread hand-off per store, and a wake-up of the trio thread
+when each landed, put that work in front of the next read's request.
 """
+
+import queue
+import threading
 
 import pyfuse3
 import trio
@@ -50,51 +57,80 @@ def store_in_kernel(ino: int, pieces: list[tuple[int, bytes]]) -> None:
 
 
 class PageFeed:
-    def __init__(self, nursery: trio.Nursery, store=store_in_kernel):
-        self._nursery = nursery
-        # Blocking; runs in a thread.
+    def __init__(self, store=store_in_kernel):
+        # Blocking; runs in the feed's threads.
         self._store_pieces = store
-        self._threads = trio.CapacityLimiter(STORE_THREADS)
-        # Inode -> stores accepted and not landed yet.
+        self._token = trio.lowlevel.current_trio_token()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        # Guards the counts and waiters below, shared with the threads.
+        self._lock = threading.Lock()
+        # Inode -> stores accepted and not landed yet; and their sum.
         self._under_way: dict[int, int] = {}
+        self._total = 0
         self._landed: dict[int, trio.Event] = {}
         self._closed = False
+        self._threads = [threading.Thread(target=self._run, name="dfs-pagefeed", daemon=True)
+                         for _ in range(STORE_THREADS)]
+        for thread in self._threads:
+            thread.start()
 
     def offer(self, ino: int, pieces: list[tuple[int, bytes]], current) -> None:
         """Store (offset, data) pieces of inode `ino` in the background;
         `current()` says whether they still hold what the file holds, and is
         asked now and again right before the store."""
-        if (self._closed or not pieces or sum(self._under_way.values()) >= MAX_UNDER_WAY
-                or not current()):
+        if self._closed or not pieces or not current():
             return
-        self._under_way[ino] = self._under_way.get(ino, 0) + 1
-        self._nursery.start_soon(self._store, ino, pieces, current)
+        with self._lock:
+            if self._total >= MAX_UNDER_WAY:
+                return
+            self._under_way[ino] = self._under_way.get(ino, 0) + 1
+            self._total += 1
+        self._jobs.put((ino, pieces, current))
 
-    async def _store(self, ino: int, pieces: list[tuple[int, bytes]], current) -> None:
-        try:
-            async with self._threads:
-                if current() and not self._closed:
-                    await trio.to_thread.run_sync(self._store_pieces, ino, pieces)
-        except OSError as exc:
-            # The kernel may have forgotten the inode; the pages are only a guess.
-            log.debug("page cache store failed", ino=ino, error=str(exc))
-        finally:
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            ino, pieces, current = job
+            try:
+                if not self._closed and current():
+                    self._store_pieces(ino, pieces)
+            except OSError as exc:
+                # The kernel may have forgotten the inode; the pages are only a guess.
+                log.debug("page cache store failed", ino=ino, error=str(exc))
+            except Exception:
+                log.error("page cache store failed", exc_info=True, ino=ino)
+            finally:
+                self._finished(ino)
+
+    def _finished(self, ino: int) -> None:
+        with self._lock:
+            self._total -= 1
             left = self._under_way.pop(ino) - 1
             if left:
                 self._under_way[ino] = left
-            else:
-                landed = self._landed.pop(ino, None)
-                if landed is not None:
-                    landed.set()
+                return
+            landed = self._landed.pop(ino, None)
+        if landed is not None:
+            try:
+                self._token.run_sync_soon(landed.set)
+            except trio.RunFinishedError:
+                pass
 
     async def settle(self, ino: int) -> None:
         """Return once no store of `ino` is under way."""
-        while ino in self._under_way:
-            await self._landed.setdefault(ino, trio.Event()).wait()
+        while True:
+            with self._lock:
+                if ino not in self._under_way:
+                    return
+                landed = self._landed.setdefault(ino, trio.Event())
+            await landed.wait()
 
     async def close(self) -> None:
-        """Accept no more stores and wait for those under way (before the
-        FUSE session they write to is closed)."""
+        """Accept no more stores, wait for those under way (before the FUSE
+        session they write to is closed) and stop the threads."""
         self._closed = True
-        for ino in list(self._under_way):
+        with self._lock:
+            inodes = list(self._under_way)
+        for ino in inodes:
             await self.settle(ino)
+        for _ in self._threads:
+            self._jobs.put(None)

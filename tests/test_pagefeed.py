@@ -1,6 +1,7 @@
 """A random read's whole block goes to the kernel's page cache (dfs/pagefeed.py),
 and never a page older than the file."""
 
+import errno
 import ctypes
 import mmap
 import os
@@ -210,34 +211,33 @@ def test_an_open_waits_for_the_stores_under_way():
         stored.append((ino, [offset for offset, _ in pieces]))
 
     async def scenario():
-        async with trio.open_nursery() as nursery:
-            feed = PageFeed(nursery, store)
-            current = True
-            feed.offer(7, [(0, b"a" * PAGE)], lambda: current)
-            feed.offer(7, [], lambda: current)
-            feed.offer(8, [(PAGE, b"b" * PAGE)], lambda: False)
-            with trio.move_on_after(0.3) as waited:
-                await feed.settle(7)
-            assert waited.cancelled_caught, "settle returned with a store under way"
-            await feed.settle(8)
-            let_through.set()
-            with trio.fail_after(5):
-                await feed.settle(7)
-            assert stored == [(7, [0])]
-            # Stores wait for one of STORE_THREADS threads; one whose data
-            # went stale meanwhile is dropped.
-            let_through.clear()
-            for i in range(STORE_THREADS + 1):
-                feed.offer(7, [(i * PAGE, b"c" * PAGE)], lambda: current)
-            await trio.sleep(0.1)
-            current = False
-            let_through.set()
-            with trio.fail_after(5):
-                await feed.close()
-            assert len(stored) == 1 + STORE_THREADS
-            feed.offer(9, [(0, b"e" * PAGE)], lambda: True)
-            await trio.sleep(0.1)
-            assert len(stored) == 1 + STORE_THREADS
+        feed = PageFeed(store)
+        current = True
+        feed.offer(7, [(0, b"a" * PAGE)], lambda: current)
+        feed.offer(7, [], lambda: current)
+        feed.offer(8, [(PAGE, b"b" * PAGE)], lambda: False)
+        with trio.move_on_after(0.3) as waited:
+            await feed.settle(7)
+        assert waited.cancelled_caught, "settle returned with a store under way"
+        await feed.settle(8)
+        let_through.set()
+        with trio.fail_after(5):
+            await feed.settle(7)
+        assert stored == [(7, [0])]
+        # Stores wait for one of STORE_THREADS threads; one whose data
+        # went stale meanwhile is dropped.
+        let_through.clear()
+        for i in range(STORE_THREADS + 1):
+            feed.offer(7, [(i * PAGE, b"c" * PAGE)], lambda: current)
+        await trio.sleep(0.1)
+        current = False
+        let_through.set()
+        with trio.fail_after(5):
+            await feed.close()
+        assert len(stored) == 1 + STORE_THREADS
+        feed.offer(9, [(0, b"e" * PAGE)], lambda: True)
+        await trio.sleep(0.1)
+        assert len(stored) == 1 + STORE_THREADS
 
     trio.run(scenario)
 
@@ -251,15 +251,40 @@ def test_stores_under_way_are_bounded():
         stored.append(ino)
 
     async def scenario():
-        async with trio.open_nursery() as nursery:
-            feed = PageFeed(nursery, store)
+        feed = PageFeed(store)
+        for ino in range(MAX_UNDER_WAY + 5):
+            feed.offer(ino, [(0, b"x" * PAGE)], lambda: True)
+        let_through.set()
+        with trio.fail_after(10):
             for ino in range(MAX_UNDER_WAY + 5):
-                feed.offer(ino, [(0, b"x" * PAGE)], lambda: True)
-            let_through.set()
-            with trio.fail_after(10):
-                for ino in range(MAX_UNDER_WAY + 5):
-                    await feed.settle(ino)
-            await feed.close()
+                await feed.settle(ino)
+        await feed.close()
 
     trio.run(scenario)
     assert sorted(stored) == list(range(MAX_UNDER_WAY))
+
+
+def test_a_failing_store_leaves_the_feed_working():
+    """A store that fails, however it fails, still counts as landed and its
+    thread takes the next one: an open waiting for the file must not hang."""
+    calls = []
+
+    def store(ino, pieces):
+        calls.append(ino)
+        if ino == 1:
+            raise OSError(errno.ENOENT, "the kernel forgot the inode")
+        if ino == 2:
+            raise RuntimeError("a bug")
+
+    async def scenario():
+        feed = PageFeed(store)
+        # More failures than the feed has threads, then a store that must land.
+        for ino in (1, 2, 2, 2, 3):
+            feed.offer(ino, [(0, b"x" * PAGE)], lambda: True)
+        with trio.fail_after(5):
+            for ino in (1, 2, 3):
+                await feed.settle(ino)
+        await feed.close()
+
+    trio.run(scenario)
+    assert sorted(calls) == [1, 2, 2, 2, 3]
