@@ -298,3 +298,27 @@ def test_space_freed_by_a_truncate_is_reserved_again_before_data_changes(tmp_pat
             assert bytes(replica.read(0, 2 * BLOCK)) == expected
         finally:
             replica.close()
+
+
+def test_a_write_into_a_block_out_of_the_page_cache_gets_the_right_crc(tmp_path):
+    """The bytes a partial write replaces come from the page cache when it
+    holds them, else from a read of their whole block: both must patch the
+    block's CRC right."""
+    store = ChunkStore(tmp_path)
+    store.scan()
+    replica = store.create(6, 1)
+    model = bytearray(os.urandom(3 * BLOCK + 100))
+    replica.write(0, model)
+    replica.sync()
+    os.posix_fadvise(replica.data_fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    with pytest.raises(BlockingIOError):
+        os.preadv(replica.data_fd, [bytearray(4096)], BLOCK + 8192, os.RWF_NOWAIT)
+    for offset, data in [(BLOCK + 8192, b"p" * 4096), (BLOCK + 8192 + 100, b"q" * 10),
+                         (3 * BLOCK + 50, b"r" * 200)]:
+        replica.write(offset, data)
+        model[offset:offset + len(data)] = data
+    assert bytes(replica.read(0, len(model))) == bytes(model)
+    replica.close()
+    replica = store.open(6)
+    assert bytes(replica.read(0, len(model))) == bytes(model)
+    replica.close()
