@@ -15,11 +15,11 @@ that describes it, and the header never runs ahead of the data.
   it never passes off wrong data as good. A block written in part gets its
   CRC patched by the change alone (see `patched_crc`), from the bytes the
   write replaces rather than the whole block: a block that was corrupt before
-  the write stays exactly as detectably corrupt after it. On a filesystem that overwrites in
-  place, pages this opening of the replica has reserved already need no new
-  space and are not reserved again: a fallocate also puts the inode in the
-  journal, so every fdatasync after a database's overwrites waited for a
-  journal commit.
+  the write stays exactly as detectably corrupt after it. On a filesystem
+  that overwrites in place, pages this opening of the replica has reserved
+  already need no new space and are not reserved again: a fallocate also puts
+  the inode in the journal, so every fdatasync after a database's overwrites
+  waited for a journal commit.
 - sync: write out the metadata, then fdatasync the data. On a filesystem that
   overwrites in place (ext4, xfs), once the metadata file's blocks are settled
   (allocated and synced, so overwriting them changes no filesystem metadata),
@@ -264,7 +264,7 @@ class ChunkFile:
             if exc.errno != errno.EOPNOTSUPP:
                 raise
         first = start - start % BLOCK
-        block = os.pread(self.data_fd, max(0, min(BLOCK, self.size - first)), first)
+        block = os.pread(self.data_fd, min(BLOCK, self.size - first), first)
         return memoryview(block)[start - first:start - first + wanted]
 
     def _write_crcs(self, first: int, stop: int) -> None:

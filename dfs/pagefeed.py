@@ -64,9 +64,8 @@ class PageFeed:
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         # Guards the counts and waiters below, shared with the threads.
         self._lock = threading.Lock()
-        # Inode -> stores accepted and not landed yet; and their sum.
+        # Inode -> stores accepted and not landed yet.
         self._under_way: dict[int, int] = {}
-        self._total = 0
         self._landed: dict[int, trio.Event] = {}
         self._closed = False
         self._threads = [threading.Thread(target=self._run, name="dfs-pagefeed", daemon=True)
@@ -81,10 +80,9 @@ class PageFeed:
         if self._closed or not pieces or not current():
             return
         with self._lock:
-            if self._total >= MAX_UNDER_WAY:
+            if sum(self._under_way.values()) >= MAX_UNDER_WAY:
                 return
             self._under_way[ino] = self._under_way.get(ino, 0) + 1
-            self._total += 1
         self._jobs.put((ino, pieces, current))
 
     def _run(self) -> None:
@@ -103,7 +101,6 @@ class PageFeed:
 
     def _finished(self, ino: int) -> None:
         with self._lock:
-            self._total -= 1
             left = self._under_way.pop(ino) - 1
             if left:
                 self._under_way[ino] = left
