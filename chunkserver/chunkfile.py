@@ -9,17 +9,18 @@ holes and the tail of the last block verify without being stored.
 Crash consistency: both files are updated in place, data before the metadata
 that describes it, and the header never runs ahead of the data.
 - write: space is reserved first (fallocate), so ENOSPC is reported before a
-  byte changes; then one pwrite of the data, then a pwrite of the touched
-  CRCs. A crash in between leaves new data under old CRCs or the reverse, which
-  fails verification (EIO, the replica is reported and repaired from another):
-  it never passes off wrong data as good. A block written in part gets its
-  CRC patched by the change alone (see `patched_crc`), from the bytes the
-  write replaces rather than the whole block: a block that was corrupt before
-  the write stays exactly as detectably corrupt after it. On a filesystem
-  that overwrites in place, pages this opening of the replica has reserved
-  already need no new space and are not reserved again: a fallocate also puts
-  the inode in the journal, so every fdatasync after a database's overwrites
-  waited for a journal commit.
+  byte changes; then the data (a block at a time, see `pwrite_by_block`),
+  then a pwrite of the touched CRCs. A crash in between leaves new data
+  under old CRCs or the reverse, which fails verification (EIO, the replica
+  is reported and repaired from another): it never passes off wrong data as
+  good. A block written in part gets its CRC patched by the change alone
+  (see `patched_crc`), from the bytes the write replaces rather than the
+  whole block: a block that was corrupt before the write stays exactly as
+  detectably corrupt after it. On a filesystem that overwrites in place,
+  pages this opening of the replica has reserved already need no new space
+  and are not reserved again: a fallocate also puts the inode in the
+  journal, so every fdatasync after a database's overwrites waited for a
+  journal commit.
 - sync: write out the metadata, then fdatasync the data. On a filesystem that
   overwrites in place (ext4, xfs), once the metadata file's blocks are settled
   (allocated and synced, so overwriting them changes no filesystem metadata),
@@ -173,6 +174,23 @@ def pwrite_all(fd: int, data, offset: int) -> None:
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
+
+
+def pwrite_by_block(fd: int, data, offset: int) -> None:
+    """Write `data` at `offset` in pieces that never cross a block boundary.
+
+    The kernel sizes the page-cache folio it makes by the write that makes it:
+    a 1 MiB pwrite leaves folios of up to megabytes, and every later 4 KiB
+    overwrite into one (a database's page after a bulk load, fio after its
+    layout) costs the kernel a walk over all the folio's buffers when written
+    and again when written back. Written a block at a time, no folio is larger
+    than a block."""
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view):
+        step = BLOCK - (offset + pos) % BLOCK
+        pwrite_all(fd, view[pos:pos + step], offset + pos)
+        pos += step
 
 
 class ChunkFile:
@@ -339,7 +357,7 @@ class ChunkFile:
             # that first fills it must reserve (and so fully sync) again.
             self.crc_room = old_room
             raise
-        pwrite_all(self.data_fd, view, offset)
+        pwrite_by_block(self.data_fd, view, offset)
         if len(view) >= WRITEBACK_FROM:
             start_writeback(self.data_fd, offset, len(view))
         if last + 1 > old_blocks:

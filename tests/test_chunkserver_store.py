@@ -1,16 +1,19 @@
 """The on-disk replica format, in process on real files: a model check of
 writes, truncates and reads, and what a crash can leave behind."""
 
+import ctypes
 import errno
+import mmap
 import os
 import shutil
+import struct
 import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chunkserver.chunkfile import BLOCK, CRC_OFFSET, ChecksumError
+from chunkserver.chunkfile import BLOCK, CRC_OFFSET, PAGE, ChecksumError
 from chunkserver.chunkstore import ChunkStore, filesystem_type
 from faults import tiny_disk
 
@@ -322,3 +325,50 @@ def test_a_write_into_a_block_out_of_the_page_cache_gets_the_right_crc(tmp_path)
     replica = store.open(6)
     assert bytes(replica.read(0, len(model))) == bytes(model)
     replica.close()
+
+
+def largest_folio_pages(fd: int, length: int) -> int:
+    """The most pages of the file's first `length` bytes that one page-cache
+    folio holds, from the kernel's own page flags (needs root)."""
+    compound_tail = 1 << 16
+    mapping = mmap.mmap(fd, length, mmap.MAP_SHARED)
+    start = ctypes.c_char.from_buffer(mapping)
+    try:
+        for offset in range(0, length, PAGE):
+            mapping[offset]
+        with open("/proc/self/pagemap", "rb") as pagemap, \
+                open("/proc/kpageflags", "rb") as kpageflags:
+            pagemap.seek(ctypes.addressof(start) // PAGE * 8)
+            entries = struct.unpack(f"<{length // PAGE}Q", pagemap.read(length // PAGE * 8))
+            largest = run = 0
+            for entry in entries:
+                kpageflags.seek((entry & ((1 << 55) - 1)) * 8)
+                flags, = struct.unpack("<Q", kpageflags.read(8))
+                run = run + 1 if flags & compound_tail else 1
+                largest = max(largest, run)
+            return largest
+    finally:
+        del start
+        mapping.close()
+
+
+def test_a_large_write_leaves_no_page_cache_folio_larger_than_a_block(tmp_path):
+    """A 4 KiB overwrite into a folio of megabytes costs the kernel a walk over
+    all its buffers: a replica's data goes to the page cache a block at a
+    time, so that a database's page writes after a bulk load stay cheap."""
+    size = 1024 * 1024
+    probe = os.open(tmp_path / "probe", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        os.pwrite(probe, os.urandom(size), 0)
+        if largest_folio_pages(probe, size) * PAGE <= BLOCK:
+            pytest.skip("this kernel makes no page-cache folio larger than a block here")
+    finally:
+        os.close(probe)
+    store = ChunkStore(tmp_path / "store")
+    store.scan()
+    replica = store.create(7, 1)
+    try:
+        replica.write(0, os.urandom(size))
+        assert largest_folio_pages(replica.data_fd, size) * PAGE <= BLOCK
+    finally:
+        replica.close()
