@@ -223,8 +223,18 @@ class ChunkService:
             self._sync_group = None
             started = time.monotonic()
             group.run()
-            self.syncs.took(time.monotonic() - started, started, len(group.handles))
+            self._timed(time.monotonic() - started, started, len(group.handles))
         await self._io(handle.chunk, group.outcome, handle, inline=True)
+
+    def _timed(self, seconds: float, started: float, count: int) -> None:
+        """Record a group's sync time; say so when the disk turns slow or quick."""
+        was_slow = self.syncs.slow
+        self.syncs.took(seconds, started, count)
+        if self.syncs.slow != was_slow:
+            log.info("small syncs go to worker threads: the disk flushes slowly"
+                     if self.syncs.slow else "small syncs run on the event loop again",
+                     average_ms=round(self.syncs.average * 1000, 2),
+                     syncs=self.syncs.synced, groups=self.syncs.groups)
 
     async def _verified_io(self, handle: ChunkFile, fn, *args, inline: bool = False):
         """Run a replica method that verifies the blocks it touches; a bad block

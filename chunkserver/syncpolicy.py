@@ -24,6 +24,10 @@ service.py), timed together: the average is per sync.
 
 Only syncs run on the event loop are timed: in a thread the time would
 include waiting for the GIL, which says nothing about the disk.
+
+The server logs when its disk turns slow by this measure and when it turns
+quick again, with the average and how many syncs ran on the event loop in
+how many groups: an operator's view of the disk's flushes.
 """
 
 from dataclasses import dataclass
@@ -45,6 +49,11 @@ class SyncPolicy:
     synced: int = 0
     groups: int = 0
 
+    @property
+    def slow(self) -> bool:
+        """Whether the running average says the disk flushes slowly."""
+        return self.average is not None and self.average > INLINE_SYNC_SECONDS
+
     def inline(self, unsynced: int | None, now: float) -> bool:
         """Whether to run a sync after `unsynced` bytes of writes (None:
         unknown) on the event loop."""
@@ -61,5 +70,5 @@ class SyncPolicy:
             self.average = seconds
         else:
             self.average += AVERAGE_WEIGHT * (seconds - self.average)
-        if self.average > INLINE_SYNC_SECONDS:
+        if self.slow:
             self.threads_until = now + RETRY_SECONDS

@@ -70,6 +70,26 @@ def test_service_times_small_syncs_on_the_loop_and_hands_big_ones_to_threads(tmp
     trio.run(main)
 
 
+def test_the_server_says_when_its_disk_turns_slow_and_quick_again(tmp_path, caplog):
+    store = ChunkStore(tmp_path)
+    service = ChunkService(store, store.scan(), b"s" * 32)
+    caplog.set_level("INFO", logger="chunkserver")
+    service._timed(INLINE_SYNC_SECONDS / 4, 0.0, 1)
+    service._timed(INLINE_SYNC_SECONDS / 4, 1.0, 1)
+    assert not caplog.records
+    service._timed(40 * INLINE_SYNC_SECONDS, 2.0, 2)
+    service._timed(40 * INLINE_SYNC_SECONDS, 3.0, 1)
+    for now in range(4, 60):
+        service._timed(INLINE_SYNC_SECONDS / 10, float(now), 1)
+    said = [(r.getMessage(), r.fields) for r in caplog.records]
+    assert [message for message, _ in said] == [
+        "small syncs go to worker threads: the disk flushes slowly",
+        "small syncs run on the event loop again"]
+    assert said[0][1]["syncs"] == 4 and said[0][1]["groups"] == 3
+    assert said[0][1]["average_ms"] > INLINE_SYNC_SECONDS * 1000
+    assert said[1][1]["average_ms"] <= INLINE_SYNC_SECONDS * 1000
+
+
 def test_a_group_of_syncs_is_timed_per_sync():
     policy = SyncPolicy()
     policy.took(4 * INLINE_SYNC_SECONDS / 2, 0.0, count=4)
