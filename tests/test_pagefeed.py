@@ -9,10 +9,16 @@ import random
 import threading
 import time
 
+from types import SimpleNamespace
+
+import pyfuse3
 import pytest
 import trio
 
+from dfs.chunkio import ChunkIO
+from dfs.fs import DfsFS
 from dfs.pagefeed import MAX_UNDER_WAY, PAGE, STORE_THREADS, PageFeed
+from dfs.session import MetaLink
 from faults import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -288,3 +294,61 @@ def test_a_failing_store_leaves_the_feed_working():
 
     trio.run(scenario)
     assert sorted(calls) == [1, 2, 2, 2, 3]
+
+
+def test_a_truncation_is_answered_only_once_the_stores_under_way_landed(shared_cluster, mnt):
+    """The kernel cuts a file's page cache after the truncation's reply, so a
+    store of older pages landing later would outlive the cut. The mount's
+    handler runs in process on the shared cluster, with the store into the
+    kernel replaced by one that waits to be let through."""
+    path = mnt / "cut"
+    path.write_bytes(os.urandom(4 * BLOCK))
+    ino = os.stat(path).st_ino
+    ref = shared_cluster.ref
+    let_through = threading.Event()
+    events = []
+
+    def store(ino, pieces):
+        let_through.wait(10)
+        events.append("stored")
+
+    async def scenario():
+        meta = MetaLink(ref.meta, ref.secret, "in-process test")
+        chunkio = ChunkIO(ref.secret)
+        try:
+            await meta.open_session()
+            root = (await meta.call("resolve", path=b"/"))["ino"]
+            async with trio.open_nursery() as nursery:
+                fs = DfsFS(meta, chunkio, root, nursery)
+                fs.page_feed = PageFeed(store)
+                fs.page_feed.offer(ino, [(0, b"x" * PAGE)], lambda: True)
+                attr = pyfuse3.EntryAttributes()
+                attr.st_size = BLOCK
+                fields = SimpleNamespace(update_mode=False, update_uid=False,
+                                         update_gid=False, update_atime=False,
+                                         update_mtime=False, update_size=True)
+
+                async def cut():
+                    await fs.setattr(ino, attr, fields, None, None)
+                    events.append("answered")
+
+                nursery.start_soon(cut)
+                with trio.fail_after(10):
+                    while (await meta.call("getattr", ino=ino))["size"] != BLOCK:
+                        await trio.sleep(0.01)
+                await trio.sleep(0.2)
+                assert events == [], "the truncation was answered with a store under way"
+                let_through.set()
+                with trio.fail_after(10):
+                    while "answered" not in events:
+                        await trio.sleep(0.01)
+                assert events == ["stored", "answered"]
+                await fs.page_feed.close()
+                nursery.cancel_scope.cancel()
+        finally:
+            let_through.set()
+            with trio.CancelScope(shield=True):
+                await meta.aclose()
+                await chunkio.aclose()
+
+    trio.run(scenario)
