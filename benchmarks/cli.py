@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="record a py-spy flame graph of each of the subject's processes "
                           "during the first round of every case, into profiles/ beside the "
                           "results (needs .venv/bin/pip install py-spy)")
+    run.add_argument("--isolate", action="store_true",
+                     help="while a case runs on one target, stop the other targets' "
+                          "processes (their data is kept) and start them again before "
+                          "their own cases, so that no target's idle processes weigh on "
+                          "another's figures (an idle MooseFS costs about 5%% of a core); "
+                          "MooseFS takes 10-30 s to stop each time")
     run.add_argument("--results", type=Path, default=RESULTS,
                      help=f"where result folders go (default: {RESULTS})")
     run.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         runner.run([s for s in args.suite.split(",") if s], args.subject,
                    [b for b in args.compare.split(",") if b], args.rounds, scale,
                    ("smoke" if args.smoke else "full") + (" with overrides" if args.set else ""),
-                   args.results, args.work_dir, args.profile)
+                   args.results, args.work_dir, args.profile, args.isolate)
     except procs.BenchError as exc:
         sys.exit(f"benchmarks: {exc}")
     except KeyboardInterrupt:

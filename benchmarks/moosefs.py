@@ -106,18 +106,35 @@ class MooseFS(Target):
         self.work.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(exist_ok=True)
         self.netns.up()
+        data = self.work / "master"
+        data.mkdir(exist_ok=True)
+        shutil.copy(EMPTY_METADATA, data / "metadata.mfs")
+        self.resume()
+        procs.run(["mfssetgoal", "-r", str(GOAL), str(self.root)], timeout=30)
+        return self.root
+
+    def resume(self) -> None:
+        """Start the master (on the metadata it saved when it stopped), the chunk
+        servers and the mount."""
         self._start_master()
         for index in range(CHUNKSERVERS):
             self._start_chunkserver(index)
         self._mount()
-        procs.run(["mfssetgoal", "-r", str(GOAL), str(self.root)], timeout=30)
-        return self.root
+
+    def pause(self) -> None:
+        procs.unmount(self.root)
+        if self.mount:
+            procs.stop_process(self.mount)
+        self.mount = None
+        # The master last: it writes its metadata out as it stops.
+        for proc in reversed(self.servers):
+            procs.stop_process(proc, timeout=30)
+        self.servers.clear()
+        self.master = None
 
     def _start_master(self) -> None:
         addr = self.netns.ns_addr
         data = self.work / "master"
-        data.mkdir(exist_ok=True)
-        shutil.copy(EMPTY_METADATA, data / "metadata.mfs")
         exports = self.work / "mfsexports.cfg"
         exports.write_text(f"{self.netns.host_addr}/32 / rw,alldirs,admin,maproot=0:0\n")
         topology = self.work / "mfstopology.cfg"
@@ -172,12 +189,7 @@ class MooseFS(Target):
                        60, f"{CHUNKSERVERS} MooseFS chunk servers to register", interval=0.5)
 
     def down(self) -> None:
-        procs.unmount(self.root)
-        if self.mount:
-            procs.stop_process(self.mount)
-        for proc in reversed(self.servers):
-            procs.stop_process(proc, timeout=30)
-        self.servers.clear()
+        self.pause()
         self.netns.down()
 
     def processes(self) -> dict[str, list[int]]:

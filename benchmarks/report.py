@@ -64,7 +64,7 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
         lines += ["", "| memory check | peak ratio | verdict |", "|---|---|---|"]
         lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in growth]
     if meta.get("memory"):
-        lines += ["", "## Peak resident memory (VmHWM, MiB) at the end of the run", "",
+        lines += ["", "## Peak resident memory (VmHWM, MiB) over the run", "",
                   "| target | role | peak MiB |", "|---|---|---|"]
         for target, roles in meta["memory"].items():
             lines += [f"| {target} | {role} | {_fmt(mib)} |" for role, mib in roles.items()]

@@ -90,8 +90,33 @@ def _attempt(suite: Suite, case: str, target: Target, root: Path, label: str,
     return outcome
 
 
+def _note_peaks(target: Target, peaks: dict) -> None:
+    """Fold the peak resident memory of the target's running processes into `peaks`."""
+    for role, pids in target.processes().items():
+        if pids:
+            mine = peaks.setdefault(target.name, {})
+            mine[role] = max(mine.get(role, 0.0), *(procs.peak_rss_mib(p) for p in pids))
+
+
+def _alone(target: Target, targets: list[Target], paused: set[str], peaks: dict,
+           ctx: Context) -> None:
+    """Stop every other target's processes and start this one's again, so that no
+    target's idle processes weigh on another's figures (run --isolate)."""
+    for other in targets:
+        if other is not target and other.name not in paused:
+            _note_peaks(other, peaks)
+            ctx.say(f"pausing {other.name}")
+            other.pause()
+            paused.add(other.name)
+    if target.name in paused:
+        ctx.say(f"resuming {target.name}")
+        target.resume()
+        paused.discard(target.name)
+
+
 def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int, scale: Scale,
-        scale_name: str, results_dir: Path, work_dir: Path, profile: bool = False) -> Path:
+        scale_name: str, results_dir: Path, work_dir: Path, profile: bool = False,
+        isolate: bool = False) -> Path:
     """Run everything; returns the folder the results were written to."""
     suites = [cls() for cls in pick(suite_names, SUITES, "suite")]
     target_classes = pick([subject, *baselines], TARGETS, "target")
@@ -112,8 +137,10 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
     ctx = Context(scale=scale, artifacts=artifacts, work=work)
     rows: list[Row] = []
     extra: dict = {}
-    memory: dict = {}
     failures: list[str] = []
+    # Peak resident memory by target and role, over every process the run started.
+    peaks: dict[str, dict[str, float]] = {}
+    paused: set[str] = set()
     try:
         with contextlib.ExitStack() as stack:
             roots = {}
@@ -127,6 +154,8 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
                 for case in suite.cases():
                     for round_no in range(1, rounds + 1):
                         for target in targets:
+                            if isolate:
+                                _alone(target, targets, paused, peaks, ctx)
                             outcome = _attempt(suite, case, target, roots[target.name],
                                                f"round {round_no}/{rounds}", ctx, failures)
                             if outcome is None:
@@ -136,6 +165,8 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
                             if outcome.detail is not None:
                                 details.setdefault(target.name, []).append(outcome.detail)
                     if profile:
+                        if isolate:
+                            _alone(targets[0], targets, paused, peaks, ctx)
                         # An extra run, not counted: the profiler's own CPU would skew figures.
                         profiles = Profiles(targets[0], artifacts / "profiles",
                                             f"{suite.name}-{case}")
@@ -145,16 +176,15 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
                         finally:
                             profiles.stop()
                 extra[suite.name] = {**suite.finish(details, ctx), "details": details}
-            memory = {t.name: {role: max(procs.peak_rss_mib(p) for p in pids)
-                               for role, pids in t.processes().items() if pids}
-                      for t in targets}
+            for target in targets:
+                _note_peaks(target, peaks)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta = {"stamp": stamp, "command": shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
             "machine": machine(), "subject": subject, "baselines": baselines, "rounds": rounds,
             "suites": suite_names, "scale_name": scale_name, "scale": vars(scale),
             "notes": ctx.notes, "failures": failures,
-            "memory": {k: v for k, v in memory.items() if v}}
+            "isolated": isolate, "memory": peaks}
     report.write_json(artifacts / "results.json", meta, rows, extra)
     (artifacts / "results.md").write_text(report.render_markdown(meta, rows, extra))
     ctx.say(f"results written to {artifacts}/results.md and results.json")

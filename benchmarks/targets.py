@@ -30,6 +30,13 @@ class Target:
     def down(self) -> None:
         raise NotImplementedError
 
+    def pause(self) -> None:
+        """Stop this target's processes, keeping its data, so that they cost
+        nothing while another target is measured (`run --isolate`)."""
+
+    def resume(self) -> None:
+        """Start the processes `pause` stopped, on the same data and mount point."""
+
     def processes(self) -> dict[str, list[int]]:
         """Processes serving this filesystem by role (client, master, chunkserver)."""
         return {}
@@ -79,23 +86,29 @@ class FusePass(Target):
         self.proc = None
 
     def up(self) -> Path:
-        source = self.work / "source"
-        source.mkdir(parents=True, exist_ok=True)
+        (self.work / "source").mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
         if shutil.which("bindfs") is None:
             raise procs.BenchError("bindfs is not installed: apt-get install -y bindfs")
-        self.proc = subprocess.Popen(["bindfs", "-f", str(source), str(self.root)],
+        self.resume()
+        return self.root
+
+    def resume(self) -> None:
+        self.proc = subprocess.Popen(["bindfs", "-f", str(self.work / "source"), str(self.root)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.wait_for(lambda: procs.is_mounted(self.root) or self.proc.poll() is not None,
                        15, f"bindfs to mount {self.root}")
         if self.proc.poll() is not None:
             raise procs.BenchError(f"bindfs exited with {self.proc.returncode} before mounting")
-        return self.root
 
-    def down(self) -> None:
+    def pause(self) -> None:
         procs.unmount(self.root)
         if self.proc:
             procs.stop_process(self.proc)
+        self.proc = None
+
+    def down(self) -> None:
+        self.pause()
         shutil.rmtree(self.work, ignore_errors=True)
 
     def processes(self) -> dict[str, list[int]]:
@@ -132,6 +145,11 @@ class Dfs(Target):
     def up(self) -> Path:
         self.data.mkdir(parents=True, exist_ok=True)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.resume()
+        return self.root
+
+    def resume(self) -> None:
+        """`dfs up` keeps an existing cluster's data, so this also starts one again."""
         procs.run([dfs_command(), "up", "--data-dir", str(self.data), "--mount", str(self.root),
                    "--chunkservers", str(self.chunkservers), "--replicas", str(self.replicas)],
                   timeout=60)
@@ -140,13 +158,16 @@ class Dfs(Target):
             self.csi = csi.CsiController(meta, self.data / "secret", self.work / "csi")
             self.csi.start()
             self.expands_with = "CSI ControllerExpandVolume"
-        return self.root
+
+    def pause(self) -> None:
+        if self.csi:
+            self.csi.stop()
+            self.csi = None
+        procs.run([dfs_command(), "down", "--data-dir", str(self.data)], timeout=60)
 
     def down(self) -> None:
         try:
-            if self.csi:
-                self.csi.stop()
-            procs.run([dfs_command(), "down", "--data-dir", str(self.data)], timeout=60)
+            self.pause()
         finally:
             procs.unmount(self.root)
             for pid in self._pids():

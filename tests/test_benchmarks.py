@@ -102,6 +102,29 @@ def test_every_suite_runs_on_dfs(tmp_path):
     assert_nothing_left(tmp_path, done.pid)
 
 
+@_needs("bindfs")
+@pytest.mark.timeout(150)
+def test_isolate_runs_each_case_with_the_other_targets_stopped(tmp_path):
+    done = bench(tmp_path, "--smoke", "--rounds", "2", "--subject", "dfs",
+                 "--compare", "fusepass", "--suite", "meta", "--isolate", limit=130)
+    assert done.returncode == 0, done.stderr[-4000:]
+    steps = [line.split("] ", 1)[1].strip() for line in done.stderr.splitlines()
+             if "pausing" in line or "resuming" in line or "meta files, round" in line]
+    assert steps == [
+        "pausing fusepass", "meta files, round 1/2, on dfs",
+        "pausing dfs", "resuming fusepass", "meta files, round 1/2, on fusepass",
+        "pausing fusepass", "resuming dfs", "meta files, round 2/2, on dfs",
+        "pausing dfs", "resuming fusepass", "meta files, round 2/2, on fusepass"]
+    data, _, _ = only_result(tmp_path)
+    assert data["isolated"] is True
+    assert {(r["target"], r["round"]) for r in data["rows"]} == {
+        ("dfs", 1), ("dfs", 2), ("fusepass", 1), ("fusepass", 2)}
+    # Peaks of processes stopped along the way are kept.
+    assert set(data["memory"]["dfs"]) >= {"metaserver", "chunkserver", "client"}
+    assert set(data["memory"]["fusepass"]) == {"client"}
+    assert_nothing_left(tmp_path, done.pid)
+
+
 @_needs("fio", "bindfs", "mfsmaster", "mfschunkserver", "mfsmount")
 @pytest.mark.timeout(100)
 def test_baselines_fusepass_and_moosefs_come_up_measure_and_go(tmp_path):
