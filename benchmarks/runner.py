@@ -107,6 +107,8 @@ def _alone(target: Target, targets: list[Target], paused: set[str], peaks: dict,
             _note_peaks(other, peaks)
             ctx.say(f"pausing {other.name}")
             other.pause()
+            procs.wait_for(lambda: not any(other.processes().values()), 15,
+                           f"{other.name}'s processes to stop")
             paused.add(other.name)
     if target.name in paused:
         ctx.say(f"resuming {target.name}")

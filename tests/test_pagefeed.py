@@ -319,35 +319,40 @@ def test_a_truncation_is_answered_only_once_the_stores_under_way_landed(shared_c
             root = (await meta.call("resolve", path=b"/"))["ino"]
             async with trio.open_nursery() as nursery:
                 fs = DfsFS(meta, chunkio, root, nursery)
-                fs.page_feed = PageFeed(store)
-                fs.page_feed.offer(ino, [(0, b"x" * PAGE)], lambda: True)
-                attr = pyfuse3.EntryAttributes()
-                attr.st_size = BLOCK
-                fields = SimpleNamespace(update_mode=False, update_uid=False,
-                                         update_gid=False, update_atime=False,
-                                         update_mtime=False, update_size=True)
-
-                async def cut():
-                    await fs.setattr(ino, attr, fields, None, None)
-                    events.append("answered")
-
-                nursery.start_soon(cut)
-                with trio.fail_after(10):
-                    while (await meta.call("getattr", ino=ino))["size"] != BLOCK:
-                        await trio.sleep(0.01)
-                await trio.sleep(0.2)
-                assert events == [], "the truncation was answered with a store under way"
-                let_through.set()
-                with trio.fail_after(10):
-                    while "answered" not in events:
-                        await trio.sleep(0.01)
-                assert events == ["stored", "answered"]
                 await fs.page_feed.close()
+                fs.page_feed = PageFeed(store)
+                try:
+                    await truncate_while_a_store_waits(fs, nursery)
+                finally:
+                    let_through.set()
+                    await fs.page_feed.close()
                 nursery.cancel_scope.cancel()
         finally:
-            let_through.set()
             with trio.CancelScope(shield=True):
                 await meta.aclose()
                 await chunkio.aclose()
+
+    async def truncate_while_a_store_waits(fs, nursery):
+        fs.page_feed.offer(ino, [(0, b"x" * PAGE)], lambda: True)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = BLOCK
+        fields = SimpleNamespace(update_mode=False, update_uid=False, update_gid=False,
+                                 update_atime=False, update_mtime=False, update_size=True)
+
+        async def cut():
+            await fs.setattr(ino, attr, fields, None, None)
+            events.append("answered")
+
+        nursery.start_soon(cut)
+        with trio.fail_after(10):
+            while (await fs.meta.call("getattr", ino=ino))["size"] != BLOCK:
+                await trio.sleep(0.01)
+        await trio.sleep(0.2)
+        assert events == [], "the truncation was answered with a store under way"
+        let_through.set()
+        with trio.fail_after(10):
+            while "answered" not in events:
+                await trio.sleep(0.01)
+        assert events == ["stored", "answered"]
 
     trio.run(scenario)
