@@ -47,12 +47,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="record a py-spy flame graph of each of the subject's processes "
                           "during the first round of every case, into profiles/ beside the "
                           "results (needs .venv/bin/pip install py-spy)")
-    run.add_argument("--isolate", action="store_true",
+    run.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                      help="while a case runs on one target, stop the other targets' "
                           "processes (their data is kept) and start them again before "
                           "their own cases, so that no target's idle processes weigh on "
                           "another's figures (an idle MooseFS costs about 5%% of a core); "
-                          "MooseFS takes about 6 s to stop and 3 s to start each time")
+                          "MooseFS takes about 6 s to stop and 3 s to start each time "
+                          "(default: on; --no-isolate keeps every target up throughout)")
     run.add_argument("--results", type=Path, default=RESULTS,
                      help=f"where result folders go (default: {RESULTS})")
     run.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),

@@ -22,6 +22,7 @@ EMPTY_METADATA = Path("/var/lib/mfs/metadata.mfs.empty")
 GOAL = 2
 CHUNKSERVERS = 3
 LEAVE_SPACE = 1 << 30
+SERVER_ROLES = {"mfsmaster": "master", "mfschunkserver": "chunkserver"}
 
 
 def _free_pair() -> tuple[str, str]:
@@ -60,6 +61,12 @@ class Namespace:
         """Remove the pair and the namespace; deleting one end of a veth removes both."""
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    def pids(self) -> list[int]:
+        """The processes running in the namespace (none once it is removed)."""
+        found = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True,
+                               text=True)
+        return [int(pid) for pid in found.stdout.split()]
 
     def spawn(self, cmd: list[str], log: Path) -> subprocess.Popen:
         with open(log, "ab") as out:
@@ -193,12 +200,15 @@ class MooseFS(Target):
         self.netns.down()
 
     def processes(self) -> dict[str, list[int]]:
-        roles = {}
-        if self.mount:
+        """The servers are whatever runs in the namespace, found afresh each time, so
+        one that outlived a pause still counts (run --isolate waits for none)."""
+        roles: dict[str, list[int]] = {}
+        if self.mount and self.mount.poll() is None:
             roles["client"] = [self.mount.pid]
-        if self.master:
-            roles["master"] = [self.master.pid]
-            roles["chunkserver"] = [p.pid for p in self.servers if p is not self.master]
+        for pid in self.netns.pids():
+            role = SERVER_ROLES.get(procs.cmdline(pid).split(" ", 1)[0])
+            if role:
+                roles.setdefault(role, []).append(pid)
         return roles
 
     def make_volume(self, name: str, size: int) -> Path:

@@ -101,7 +101,7 @@ def _note_peaks(target: Target, peaks: dict) -> None:
 def _alone(target: Target, targets: list[Target], paused: set[str], peaks: dict,
            ctx: Context) -> None:
     """Stop every other target's processes and start this one's again, so that no
-    target's idle processes weigh on another's figures (run --isolate)."""
+    target's idle processes weigh on another's figures (run --isolate, the default)."""
     for other in targets:
         if other is not target and other.name not in paused:
             _note_peaks(other, peaks)
@@ -118,7 +118,7 @@ def _alone(target: Target, targets: list[Target], paused: set[str], peaks: dict,
 
 def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int, scale: Scale,
         scale_name: str, results_dir: Path, work_dir: Path, profile: bool = False,
-        isolate: bool = False) -> Path:
+        isolate: bool = True) -> Path:
     """Run everything; returns the folder the results were written to."""
     suites = [cls() for cls in pick(suite_names, SUITES, "suite")]
     target_classes = pick([subject, *baselines], TARGETS, "target")

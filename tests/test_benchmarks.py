@@ -106,7 +106,7 @@ def test_every_suite_runs_on_dfs(tmp_path):
 @pytest.mark.timeout(150)
 def test_isolate_runs_each_case_with_the_other_targets_stopped(tmp_path):
     done = bench(tmp_path, "--smoke", "--rounds", "2", "--subject", "dfs",
-                 "--compare", "fusepass", "--suite", "meta", "--isolate", limit=130)
+                 "--compare", "fusepass", "--suite", "meta", limit=130)
     assert done.returncode == 0, done.stderr[-4000:]
     steps = [line.split("] ", 1)[1].strip() for line in done.stderr.splitlines()
              if "pausing" in line or "resuming" in line or "meta files, round" in line]
@@ -115,13 +115,27 @@ def test_isolate_runs_each_case_with_the_other_targets_stopped(tmp_path):
         "pausing dfs", "resuming fusepass", "meta files, round 1/2, on fusepass",
         "pausing fusepass", "resuming dfs", "meta files, round 2/2, on dfs",
         "pausing dfs", "resuming fusepass", "meta files, round 2/2, on fusepass"]
-    data, _, _ = only_result(tmp_path)
+    data, markdown, _ = only_result(tmp_path)
     assert data["isolated"] is True
+    assert "each case ran with the other targets stopped" in markdown
     assert {(r["target"], r["round"]) for r in data["rows"]} == {
         ("dfs", 1), ("dfs", 2), ("fusepass", 1), ("fusepass", 2)}
     # Peaks of processes stopped along the way are kept.
     assert set(data["memory"]["dfs"]) >= {"metaserver", "chunkserver", "client"}
     assert set(data["memory"]["fusepass"]) == {"client"}
+    assert_nothing_left(tmp_path, done.pid)
+
+
+@_needs("bindfs")
+@pytest.mark.timeout(60)
+def test_no_isolate_keeps_every_target_up(tmp_path):
+    done = bench(tmp_path, "--smoke", "--rounds", "1", "--subject", "dfs",
+                 "--compare", "fusepass", "--suite", "meta", "--no-isolate", limit=50)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "pausing" not in done.stderr and "resuming" not in done.stderr
+    data, markdown, _ = only_result(tmp_path)
+    assert data["isolated"] is False
+    assert "every target stayed up throughout" in markdown
     assert_nothing_left(tmp_path, done.pid)
 
 
@@ -137,6 +151,14 @@ def test_baselines_fusepass_and_moosefs_come_up_measure_and_go(tmp_path):
     order = [line.rsplit(" on ", 1)[1] for line in done.stderr.splitlines()
              if "meta files, round" in line]
     assert order == ["fusepass", "moosefs", "fusepass", "moosefs"], "rounds interleave A B A B"
+    # Isolated by default: MooseFS stops while the other target runs, and comes back
+    # on the metadata it saved (the rounds above found their folder and files).
+    steps = [line.split("] ", 1)[1].strip() for line in done.stderr.splitlines()
+             if "pausing" in line or "resuming" in line]
+    assert steps == ["pausing moosefs", "pausing fusepass", "resuming moosefs",
+                     "pausing moosefs", "resuming fusepass", "pausing fusepass",
+                     "resuming moosefs"]
+    assert data["isolated"] is True
     assert "| meta create ops/s >= 1x moosefs |" in markdown
     assert "| fusepass/moosefs |" in markdown
     assert set(data["memory"]) == {"fusepass", "moosefs"}
