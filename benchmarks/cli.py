@@ -8,6 +8,7 @@ from pathlib import Path
 
 from benchmarks import procs, runner
 from benchmarks.scale import FULL, SMOKE
+from dfs.mount import read_cache_mib
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                           "another's figures (an idle MooseFS costs about 5%% of a core); "
                           "MooseFS takes about 6 s to stop and 3 s to start each time "
                           "(default: on; --no-isolate keeps every target up throughout)")
+    run.add_argument("--dfs-read-cache", type=read_cache_mib, metavar="MIB",
+                     help="mount dfs with this much read cache (dfs up --read-cache); "
+                          "default: the mount's own, 64 MiB")
     run.add_argument("--results", type=Path, default=RESULTS,
                      help=f"where result folders go (default: {RESULTS})")
     run.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         runner.run([s for s in args.suite.split(",") if s], args.subject,
                    [b for b in args.compare.split(",") if b], args.rounds, scale,
                    ("smoke" if args.smoke else "full") + (" with overrides" if args.set else ""),
-                   args.results, args.work_dir, args.profile, args.isolate)
+                   args.results, args.work_dir, args.profile, args.isolate,
+                   args.dfs_read_cache)
     except procs.BenchError as exc:
         sys.exit(f"benchmarks: {exc}")
     except KeyboardInterrupt:

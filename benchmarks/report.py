@@ -32,7 +32,9 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
              f"- subject: **{subject}**, baselines: {', '.join(baselines)}; "
              f"{meta['rounds']} interleaved round(s), figures are medians over rounds; "
              + ("each case ran with the other targets stopped" if meta.get("isolated")
-                else "every target stayed up throughout"),
+                else "every target stayed up throughout")
+             + (f"; dfs mounted with --read-cache {meta['dfs_read_cache_mib']}"
+                if meta.get("dfs_read_cache_mib") else ""),
              f"- scale: {meta['scale_name']} ({meta['scale']})", ""]
     lines += [f"- note: {note}" for note in meta["notes"]]
     lines += [f"- **FAILED**: {failure}" for failure in meta.get("failures", [])]

@@ -118,7 +118,7 @@ def _alone(target: Target, targets: list[Target], paused: set[str], peaks: dict,
 
 def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int, scale: Scale,
         scale_name: str, results_dir: Path, work_dir: Path, profile: bool = False,
-        isolate: bool = True) -> Path:
+        isolate: bool = True, dfs_read_cache: int | None = None) -> Path:
     """Run everything; returns the folder the results were written to."""
     suites = [cls() for cls in pick(suite_names, SUITES, "suite")]
     target_classes = pick([subject, *baselines], TARGETS, "target")
@@ -147,6 +147,9 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
         with contextlib.ExitStack() as stack:
             roots = {}
             targets = [cls(work) for cls in target_classes]
+            for target in targets:
+                if isinstance(target, Dfs):
+                    target.read_cache_mib = dfs_read_cache
             for target in targets:
                 ctx.say(f"bringing up {target.name}")
                 stack.push(_stopper(target, ctx, failures))
@@ -186,7 +189,7 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
             "machine": machine(), "subject": subject, "baselines": baselines, "rounds": rounds,
             "suites": suite_names, "scale_name": scale_name, "scale": vars(scale),
             "notes": ctx.notes, "failures": failures,
-            "isolated": isolate, "memory": peaks}
+            "isolated": isolate, "dfs_read_cache_mib": dfs_read_cache, "memory": peaks}
     report.write_json(artifacts / "results.json", meta, rows, extra)
     (artifacts / "results.md").write_text(report.render_markdown(meta, rows, extra))
     ctx.say(f"results written to {artifacts}/results.md and results.json")

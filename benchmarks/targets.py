@@ -141,6 +141,8 @@ class Dfs(Target):
         self.csi = None
         self.volume_ids: dict[str, str] = {}
         self.expands_with = "dfs quota set"
+        # MiB of read cache for the mount (dfs up --read-cache); None: the default.
+        self.read_cache_mib: int | None = None
 
     def up(self) -> Path:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -150,9 +152,10 @@ class Dfs(Target):
 
     def resume(self) -> None:
         """`dfs up` keeps an existing cluster's data, so this also starts one again."""
+        cache = [] if self.read_cache_mib is None else ["--read-cache", str(self.read_cache_mib)]
         procs.run([dfs_command(), "up", "--data-dir", str(self.data), "--mount", str(self.root),
-                   "--chunkservers", str(self.chunkservers), "--replicas", str(self.replicas)],
-                  timeout=60)
+                   "--chunkservers", str(self.chunkservers), "--replicas", str(self.replicas),
+                   *cache], timeout=60)
         if csi.available():
             meta = json.loads((self.data / "cluster.json").read_text())["meta"]
             self.csi = csi.CsiController(meta, self.data / "secret", self.work / "csi")

@@ -12,7 +12,8 @@ from . import fsck, logs, mounts
 from .cluster import LocalCluster
 from .config import ConfigError, add_cluster_args, cluster_from_args
 from .errors import DfsError
-from .mount import mount_background, run_foreground
+from .mount import (MountOptions, add_mount_options, add_read_cache_option,
+                    mount_background, options_from_args, run_foreground)
 from .ops import META
 from .records import QuotaInfo
 from .rpc import Client
@@ -74,7 +75,8 @@ def _resolve(args, path: str) -> int:
 def cmd_up(args) -> int:
     cluster = LocalCluster(args.data_dir)
     print(f"dfs: starting a local cluster in {cluster.dir}")
-    layout = cluster.up(args.mount, args.chunkservers, args.replicas, args.chunk_size)
+    layout = cluster.up(args.mount, args.chunkservers, args.replicas, args.chunk_size,
+                        mount_options=MountOptions(read_cache_mib=args.read_cache))
     print(f"dfs: cluster up: metaserver {layout.meta}, {len(layout.chunkservers)} chunk "
           f"servers, {layout.replicas} replicas")
     print(f"dfs: mounted at {layout.mount}")
@@ -103,8 +105,8 @@ def cmd_mount(args) -> int:
         mounts.unmount(mountpoint, lazy=True)
     if args.foreground:
         logs.setup(args.log_level)
-        return run_foreground(cluster, mountpoint, args.subdir, args.read_only)
-    mount_background(cluster, mountpoint, args.subdir, args.read_only, args.log_file)
+        return run_foreground(cluster, mountpoint, options_from_args(args))
+    mount_background(cluster, mountpoint, options_from_args(args), args.log_file)
     print(f"dfs: mounted {cluster.meta}:{args.subdir} at {mountpoint}")
     return 0
 
@@ -246,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copies of each chunk (default 2)")
     p.add_argument("--chunk-size", type=_size, default=64 << 20, metavar="BYTES",
                    help="chunk size for a new cluster (default 64M)")
+    add_read_cache_option(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="unmount and stop a local cluster",
@@ -259,10 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the mount runs as a detached background process and the "
                                    "command returns once the mount is live.")
     add_cluster_args(p)
-    p.add_argument("--subdir", default="/", metavar="PATH",
-                   help="mount only this folder of the cluster, e.g. /volumes/pvc-1")
+    add_mount_options(p)
     p.add_argument("--foreground", action="store_true", help="serve in this process")
-    p.add_argument("--read-only", action="store_true", help="refuse every change")
     p.add_argument("--log-file", metavar="PATH", help="log of the background mount process")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("mountpoint")

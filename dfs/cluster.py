@@ -24,7 +24,7 @@ import trio
 from . import mounts
 from .config import CLUSTER_FILE, SECRET_FILE, ClusterRef, make_secret
 from .errors import DfsError
-from .mount import mount_background
+from .mount import MountOptions, mount_background
 from .ops import META
 from .rpc import Client
 
@@ -82,7 +82,8 @@ class LocalCluster:
     # ---- up ---------------------------------------------------------------
 
     def up(self, mountpoint: str | None, chunkservers: int = 3, replicas: int = 2,
-           chunk_size: int = 64 * 1024 * 1024, heartbeat_timeout: float | None = None) -> ClusterLayout:
+           chunk_size: int = 64 * 1024 * 1024, heartbeat_timeout: float | None = None,
+           mount_options: MountOptions = MountOptions()) -> ClusterLayout:
         self.dir.mkdir(parents=True, exist_ok=True)
         make_secret(self.dir / SECRET_FILE)
         layout = self.load()
@@ -104,7 +105,7 @@ class LocalCluster:
         if mountpoint:
             layout.mount = os.path.realpath(mountpoint)
             self.save(layout)
-            self.mount(layout.mount)
+            self.mount(layout.mount, mount_options)
         return layout
 
     def _spawn(self, name: str, command: list[str], folder: Path) -> str:
@@ -174,13 +175,13 @@ class LocalCluster:
             raise DfsError(110, f"chunk servers did not register within {START_TIMEOUT:.0f}s; "
                                 f"see the logs under {self.dir}") from None
 
-    def mount(self, mountpoint: str) -> None:
+    def mount(self, mountpoint: str, options: MountOptions = MountOptions()) -> None:
         Path(mountpoint).mkdir(parents=True, exist_ok=True)
         if mounts.is_mounted(mountpoint):
             if not mounts.is_broken(mountpoint):
                 return
             mounts.unmount(mountpoint, lazy=True)
-        mount_background(self.ref(), mountpoint, "/", False, str(self.dir / "mount.log"))
+        mount_background(self.ref(), mountpoint, options, str(self.dir / "mount.log"))
         self.say(f"  mounted at {mountpoint}")
 
     # ---- down -------------------------------------------------------------

@@ -73,7 +73,7 @@ class DfsFS(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, meta: MetaLink, chunkio: ChunkIO, root: int, nursery: trio.Nursery,
-                 read_only: bool = False):
+                 read_only: bool = False, read_cache_bytes: int = READ_CACHE_BYTES):
         super().__init__()
         self.meta = meta
         self.chunkio = chunkio
@@ -81,7 +81,7 @@ class DfsFS(pyfuse3.Operations):
         self.nursery = nursery
         self.read_only = read_only
         self.writes = MountWrites()
-        self.read_cache = ReadCache(READ_CACHE_BYTES)
+        self.read_cache = ReadCache(read_cache_bytes)
         self.page_feed = PageFeed()
         self.files: dict[int, OpenFile] = {}
         # (mtime, size) of recently closed files, to keep their page cache on reopen.

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
@@ -23,6 +24,7 @@ from .chunkio import ChunkIO
 from .config import ClusterRef, load_secret
 from .errors import DfsError
 from .fs import DfsFS
+from .openfile import MIN_READ_CACHE_BYTES, READ_CACHE_BYTES
 from .session import MetaLink
 
 log = logs.get_logger("client")
@@ -31,11 +33,65 @@ MOUNT_TIMEOUT = 30.0
 READ_AHEAD_KB = 4096
 
 
-def fuse_options(subdir: str, read_only: bool) -> set[str]:
-    options = {"default_permissions", "allow_other", "fsname=dfs:" + subdir, "subtype=dfs"}
-    if read_only:
-        options.add("ro")
-    return options
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """What one mount serves and how: the folder, whether it may change
+    anything, and how much of what it reads it keeps in memory."""
+
+    subdir: str = "/"
+    read_only: bool = False
+    read_cache_mib: int = READ_CACHE_BYTES // MIB
+
+    def fuse(self) -> set[str]:
+        options = {"default_permissions", "allow_other", "fsname=dfs:" + self.subdir,
+                   "subtype=dfs"}
+        if self.read_only:
+            options.add("ro")
+        return options
+
+    def command_line(self) -> list[str]:
+        """The same options for the mount process (`python -m dfs.mount`)."""
+        argv = ["--subdir", self.subdir, "--read-cache", str(self.read_cache_mib)]
+        return argv + ["--read-only"] if self.read_only else argv
+
+
+def read_cache_mib(text: str) -> int:
+    """An argparse type: the read cache's size in MiB, no less than read-ahead needs."""
+    least = MIN_READ_CACHE_BYTES // MIB
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(
+            f"the read cache takes at least {least} MiB (room for one reader's read-ahead "
+            f"twice over); {value} is too little")
+    return value
+
+
+def add_read_cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--read-cache", type=read_cache_mib, default=READ_CACHE_BYTES // MIB, metavar="MIB",
+        help="MiB of file data the mount keeps in memory for the reads that miss the "
+             "kernel's page cache: read-ahead and the 64 KiB blocks of random reads, shared "
+             f"by all files (default {READ_CACHE_BYTES // MIB}; at least "
+             f"{MIN_READ_CACHE_BYTES // MIB}). More keeps a larger working set of random "
+             "reads off the chunk servers, at that much more memory per mount")
+
+
+def add_mount_options(parser: argparse.ArgumentParser) -> None:
+    """The options `dfs mount` and the mount process share."""
+    parser.add_argument("--subdir", default="/", metavar="PATH",
+                        help="mount only this folder of the cluster, e.g. /volumes/pvc-1")
+    parser.add_argument("--read-only", action="store_true", help="refuse every change")
+    add_read_cache_option(parser)
+
+
+def options_from_args(args: argparse.Namespace) -> MountOptions:
+    return MountOptions(args.subdir, args.read_only, args.read_cache)
 
 
 class ReadyPipe:
@@ -51,17 +107,19 @@ class ReadyPipe:
             self.fd = None
 
 
-async def serve(cluster: ClusterRef, mountpoint: str, subdir: str, read_only: bool,
+async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
                 ready: ReadyPipe) -> None:
     meta = MetaLink(cluster.meta, cluster.secret, mountpoint)
     chunkio = ChunkIO(cluster.secret)
     await meta.open_session()
-    root = (await meta.call("resolve", path=subdir.encode()))["ino"]
+    root = (await meta.call("resolve", path=options.subdir.encode()))["ino"]
     async with trio.open_nursery() as nursery:
-        fs = DfsFS(meta, chunkio, root, nursery, read_only)
-        pyfuse3.init(fs, mountpoint, fuse_options(subdir, read_only))
-        log.info("mounted", mountpoint=mountpoint, subdir=subdir, meta=cluster.meta,
-                 session=meta.session)
+        fs = DfsFS(meta, chunkio, root, nursery, options.read_only,
+                   options.read_cache_mib * MIB)
+        pyfuse3.init(fs, mountpoint, options.fuse())
+        log.info("mounted", mountpoint=mountpoint, subdir=options.subdir, meta=cluster.meta,
+                 session=meta.session, read_only=options.read_only,
+                 read_cache_mib=options.read_cache_mib)
         ready.tell("ok")
         nursery.start_soon(meta.keep_alive)
         nursery.start_soon(fs.record_quiet_syncs)
@@ -99,12 +157,12 @@ async def _stop_on_signal(nursery: trio.Nursery) -> None:
             return
 
 
-def run_foreground(cluster: ClusterRef, mountpoint: str, subdir: str, read_only: bool,
+def run_foreground(cluster: ClusterRef, mountpoint: str, options: MountOptions,
                    ready_fd: int | None = None) -> int:
     ready = ReadyPipe(ready_fd)
     keep_large_buffers()
     try:
-        trio.run(serve, cluster, mountpoint, subdir, read_only, ready)
+        trio.run(serve, cluster, mountpoint, options, ready)
     except (DfsError, RuntimeError, OSError) as exc:
         log.error("mount failed", mountpoint=mountpoint, error=str(exc))
         ready.tell(f"error: {exc}")
@@ -113,16 +171,14 @@ def run_foreground(cluster: ClusterRef, mountpoint: str, subdir: str, read_only:
     return 0
 
 
-def mount_background(cluster: ClusterRef, mountpoint: str, subdir: str, read_only: bool,
+def mount_background(cluster: ClusterRef, mountpoint: str, options: MountOptions,
                      log_file: str | None) -> None:
     """Start a detached mount process; return once it is mounted or raise DfsError."""
     read_end, write_end = os.pipe()
     log_path = Path(log_file) if log_file else Path("/dev/null")
     env = dict(os.environ, DFS_SECRET=cluster.secret.decode())
     command = [sys.executable, "-m", "dfs.mount", "--meta", cluster.meta,
-               "--subdir", subdir, "--ready-fd", str(write_end), mountpoint]
-    if read_only:
-        command.append("--read-only")
+               *options.command_line(), "--ready-fd", str(write_end), mountpoint]
     with open(log_path, "ab") as log_out:
         subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out,
                          pass_fds=(write_end,), start_new_session=True, env=env,
@@ -147,15 +203,14 @@ def main() -> int:
         prog="python -m dfs.mount",
         description="Serve one dfs mount in the foreground (used by 'dfs mount').")
     parser.add_argument("--meta", required=True, metavar="HOST:PORT")
-    parser.add_argument("--subdir", default="/")
-    parser.add_argument("--read-only", action="store_true")
+    add_mount_options(parser)
     parser.add_argument("--ready-fd", type=int)
     parser.add_argument("--log-level", default="info")
     parser.add_argument("mountpoint")
     args = parser.parse_args()
     logs.setup(args.log_level)
     cluster = ClusterRef(args.meta, load_secret(None))
-    return run_foreground(cluster, args.mountpoint, args.subdir, args.read_only, args.ready_fd)
+    return run_foreground(cluster, args.mountpoint, options_from_args(args), args.ready_fd)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ leaves the mtime to be recorded in the background, within MTIME_LAG.
 Memory, for the whole mount however many files it writes: at most
 MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) being sent, plus at
 most MAX_UNSENT_BYTES waiting in open batches, plus the read cache
-(READ_CACHE_BYTES).
+(READ_CACHE_BYTES unless the mount is given another size).
 """
 
 import errno
@@ -40,9 +40,10 @@ log = logs.get_logger("client")
 
 SEGMENT = 1024 * 1024
 READ_AHEAD_SEGMENTS = 8
-# Shared by all files of a mount: four sequential readers, each with room for
-# its read-ahead window twice over.
+# Shared by all files of a mount, by default: four sequential readers, each
+# with room for its read-ahead window twice over (dfs mount --read-cache).
 READ_CACHE_BYTES = 4 * 2 * READ_AHEAD_SEGMENTS * SEGMENT
+MIN_READ_CACHE_BYTES = 2 * READ_AHEAD_SEGMENTS * SEGMENT
 MAX_INFLIGHT_BATCHES = 16
 # Beyond this many bytes waiting in the open batches of all files, a write
 # sends its own batch at once: many files written at a time hold no more.

@@ -106,7 +106,8 @@ def test_every_suite_runs_on_dfs(tmp_path):
 @pytest.mark.timeout(150)
 def test_isolate_runs_each_case_with_the_other_targets_stopped(tmp_path):
     done = bench(tmp_path, "--smoke", "--rounds", "2", "--subject", "dfs",
-                 "--compare", "fusepass", "--suite", "meta", limit=130)
+                 "--compare", "fusepass", "--suite", "meta", "--dfs-read-cache", "32",
+                 limit=130)
     assert done.returncode == 0, done.stderr[-4000:]
     steps = [line.split("] ", 1)[1].strip() for line in done.stderr.splitlines()
              if "pausing" in line or "resuming" in line or "meta files, round" in line]
@@ -118,6 +119,9 @@ def test_isolate_runs_each_case_with_the_other_targets_stopped(tmp_path):
     data, markdown, _ = only_result(tmp_path)
     assert data["isolated"] is True
     assert "each case ran with the other targets stopped" in markdown
+    # dfs up took the read cache's size, on every resume too.
+    assert data["dfs_read_cache_mib"] == 32
+    assert "dfs mounted with --read-cache 32" in markdown
     assert {(r["target"], r["round"]) for r in data["rows"]} == {
         ("dfs", 1), ("dfs", 2), ("fusepass", 1), ("fusepass", 2)}
     # Peaks of processes stopped along the way are kept.
@@ -172,6 +176,7 @@ def test_baselines_fusepass_and_moosefs_come_up_measure_and_go(tmp_path):
     (["--set", "seq_sise=1g"], "expected NAME=VALUE"),
     (["--rounds", "0"], "--rounds must be at least 1"),
     (["--compare", "local,dfs"], "each target may appear once"),
+    (["--dfs-read-cache", "8"], "the read cache takes at least 16 MiB"),
 ])
 def test_bad_input_is_refused_with_a_clear_message(tmp_path, args, message):
     done = bench(tmp_path, "--smoke", *args, limit=20)

@@ -73,6 +73,29 @@ def test_mount_subdir_and_umount(shared_cluster, mnt):
     run("umount", str(sub))
 
 
+def test_mount_read_cache_size_reaches_the_mount_process(shared_cluster, mnt, tmp_path):
+    (mnt / "f").write_bytes(b"read through a mount with a larger cache")
+    target, log = tmp_path / "m", tmp_path / "mount.log"
+    target.mkdir()
+    run("mount", *shared_cluster.cli_args, "--read-cache", "256", "--log-file", str(log),
+        str(target))
+    try:
+        assert (target / mnt.name / "f").read_bytes() == b"read through a mount with a larger cache"
+        assert "read_cache_mib=256" in log.read_text()
+    finally:
+        shared_cluster.unmount(target)
+
+
+def test_mount_refuses_a_read_cache_too_small(shared_cluster, tmp_path):
+    target = tmp_path / "m"
+    target.mkdir()
+    result = run("mount", *shared_cluster.cli_args, "--read-cache", "8", str(target),
+                 check=False)
+    assert result.returncode == 2
+    assert "the read cache takes at least 16 MiB" in result.stderr
+    assert not os.path.ismount(target)
+
+
 def test_mount_of_missing_subdir_fails_cleanly(shared_cluster, tmp_path):
     target = tmp_path / "m"
     target.mkdir()

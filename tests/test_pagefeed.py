@@ -14,11 +14,9 @@ import pyfuse3
 import pytest
 import trio
 
-from dfs.chunkio import ChunkIO
-from dfs.fs import DfsFS
 from dfs.pagefeed import MAX_UNDER_WAY, PAGE, STORE_THREADS, PageFeed
-from dfs.session import MetaLink
 from faults import wait_for
+from inprocess import handlers
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -312,25 +310,13 @@ def test_a_truncation_is_answered_only_once_the_stores_under_way_landed(shared_c
         events.append("stored")
 
     async def scenario():
-        meta = MetaLink(ref.meta, ref.secret, "in-process test")
-        chunkio = ChunkIO(ref.secret)
-        try:
-            await meta.open_session()
-            root = (await meta.call("resolve", path=b"/"))["ino"]
-            async with trio.open_nursery() as nursery:
-                fs = DfsFS(meta, chunkio, root, nursery)
-                await fs.page_feed.close()
-                fs.page_feed = PageFeed(store)
-                try:
-                    await truncate_while_a_store_waits(fs, nursery)
-                finally:
-                    let_through.set()
-                    await fs.page_feed.close()
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                await meta.aclose()
-                await chunkio.aclose()
+        async with handlers(ref) as fs:
+            await fs.page_feed.close()
+            fs.page_feed = PageFeed(store)
+            try:
+                await truncate_while_a_store_waits(fs, fs.nursery)
+            finally:
+                let_through.set()
 
     async def truncate_while_a_store_waits(fs, nursery):
         fs.page_feed.offer(ino, [(0, b"x" * PAGE)], lambda: True)
