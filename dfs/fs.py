@@ -21,7 +21,8 @@ import trio
 from . import logs
 from .chunkio import ChunkIO
 from .errors import DfsError
-from .openfile import MTIME_LAG, READ_CACHE_BYTES, MountWrites, OpenFile
+from .openfile import (MTIME_LAG, READ_AHEAD_CACHE_BYTES, READ_CACHE_BYTES, MountWrites,
+                       OpenFile)
 from .pagefeed import PageFeed
 from .readcache import ReadCache
 from .records import Attr
@@ -81,7 +82,8 @@ class DfsFS(pyfuse3.Operations):
         self.nursery = nursery
         self.read_only = read_only
         self.writes = MountWrites()
-        self.read_cache = ReadCache(read_cache_bytes)
+        self.read_cache = ReadCache(read_cache_bytes,
+                                    min(read_cache_bytes, READ_AHEAD_CACHE_BYTES))
         self.page_feed = PageFeed()
         self.files: dict[int, OpenFile] = {}
         # (mtime, size) of recently closed files, to keep their page cache on reopen.

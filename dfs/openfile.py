@@ -40,9 +40,11 @@ log = logs.get_logger("client")
 
 SEGMENT = 1024 * 1024
 READ_AHEAD_SEGMENTS = 8
-# Shared by all files of a mount, by default: four sequential readers, each
-# with room for its read-ahead window twice over (dfs mount --read-cache).
-READ_CACHE_BYTES = 4 * 2 * READ_AHEAD_SEGMENTS * SEGMENT
+# Read-ahead of all files of a mount together: four sequential readers, each
+# with room for its read-ahead window twice over. By default the whole read
+# cache; a larger one (dfs mount --read-cache) holds random reads' blocks.
+READ_AHEAD_CACHE_BYTES = 4 * 2 * READ_AHEAD_SEGMENTS * SEGMENT
+READ_CACHE_BYTES = READ_AHEAD_CACHE_BYTES
 MIN_READ_CACHE_BYTES = 2 * READ_AHEAD_SEGMENTS * SEGMENT
 MAX_INFLIGHT_BATCHES = 16
 # Beyond this many bytes waiting in the open batches of all files, a write
@@ -520,7 +522,7 @@ class OpenFile:
             start = s * self.segment
             data = await self._read_range(start, min(start + self.segment, self.size))
             if generation == self._generation:
-                self.cache.put(self.ino, self.segment, s, data)
+                self.cache.put(self.ino, self.segment, s, data, ahead=True)
             return data
         finally:
             if self._fetching.get(s) is done:

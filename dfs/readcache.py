@@ -4,44 +4,63 @@ however many files are being read.
 
 A piece is named (inode, unit, index) and holds the file's bytes from index * unit
 for up to `unit` bytes: read-ahead stores 1 MiB segments, random reads 64 KiB blocks.
+Read-ahead pieces also have a bound of their own: a sequential reader rarely reads
+them again, and a large cache given for random reads would otherwise fill with a
+long sequential read's segments (memory the process must first fault in).
 """
 
 from collections import OrderedDict
 
 
 class ReadCache:
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, ahead_capacity: int | None = None):
         self.capacity = capacity
+        self.ahead_capacity = capacity if ahead_capacity is None else ahead_capacity
         self.size = 0
+        self.ahead_size = 0
         self._entries: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()
+        # The read-ahead pieces among them, in the same order.
+        self._ahead: OrderedDict[tuple[int, int, int], None] = OrderedDict()
 
     def get(self, ino: int, unit: int, index: int) -> bytes | None:
         key = (ino, unit, index)
         data = self._entries.get(key)
         if data is not None:
             self._entries.move_to_end(key)
+            if key in self._ahead:
+                self._ahead.move_to_end(key)
         return data
 
     def has(self, ino: int, unit: int, index: int) -> bool:
         return (ino, unit, index) in self._entries
 
-    def put(self, ino: int, unit: int, index: int, data: bytes) -> None:
+    def put(self, ino: int, unit: int, index: int, data: bytes, ahead: bool = False) -> None:
         key = (ino, unit, index)
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.size -= len(old)
+        self._remove(key)
         self._entries[key] = data
         self.size += len(data)
+        if ahead:
+            self._ahead[key] = None
+            self.ahead_size += len(data)
+            while self.ahead_size > self.ahead_capacity:
+                self._remove(next(iter(self._ahead)))
         while self.size > self.capacity:
-            self.size -= len(self._entries.popitem(last=False)[1])
+            self._remove(next(iter(self._entries)))
 
     def drop(self, ino: int, unit: int, start: int, end: int) -> None:
         """Forget the pieces of one unit that overlap bytes [start, end)."""
         for index in range(start // unit, (end - 1) // unit + 1):
-            data = self._entries.pop((ino, unit, index), None)
-            if data is not None:
-                self.size -= len(data)
+            self._remove((ino, unit, index))
 
     def drop_file(self, ino: int) -> None:
         for key in [key for key in self._entries if key[0] == ino]:
-            self.size -= len(self._entries.pop(key))
+            self._remove(key)
+
+    def _remove(self, key: tuple[int, int, int]) -> None:
+        data = self._entries.pop(key, None)
+        if data is None:
+            return
+        self.size -= len(data)
+        if key in self._ahead:
+            del self._ahead[key]
+            self.ahead_size -= len(data)

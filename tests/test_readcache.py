@@ -7,6 +7,8 @@ import pytest
 import trio
 
 from dfs.chunkio import ChunkIO
+from dfs.openfile import READ_AHEAD_CACHE_BYTES
+from dfs.readcache import ReadCache
 from inprocess import handlers
 
 pytestmark = pytest.mark.timeout(120)
@@ -62,3 +64,53 @@ def test_a_second_pass_of_random_reads_comes_from_the_cache_if_the_file_fits(
     first, second = trio.run(scenario)
     assert first == blocks
     assert second == second_pass_reads
+
+
+def test_a_long_sequential_read_keeps_no_more_read_ahead_than_its_own_bound(shared_cluster,
+                                                                         mnt):
+    """A large cache is for random reads: a sequential read of a file larger than
+    the read-ahead's bound leaves no more than that bound cached."""
+    path = mnt / "long"
+    size = READ_AHEAD_CACHE_BYTES + 16 * MiB
+    data = os.urandom(size)
+    path.write_bytes(data)
+    ino = os.stat(path).st_ino
+
+    async def scenario():
+        async with handlers(shared_cluster.ref, read_cache_bytes=4 * size) as fs:
+            fh = (await fs.open(ino, os.O_RDONLY, None)).fh
+            try:
+                most = most_ahead = 0
+                for pos in range(0, size, MiB):
+                    assert await fs.read(fh, pos, MiB) == data[pos:pos + MiB]
+                    most = max(most, fs.read_cache.size)
+                    most_ahead = max(most_ahead, fs.read_cache.ahead_size)
+            finally:
+                await fs.release(fh)
+        return most, most_ahead
+
+    most, most_ahead = trio.run(scenario)
+    assert READ_AHEAD_CACHE_BYTES // 2 < most_ahead <= READ_AHEAD_CACHE_BYTES
+    # The first read, out of sequence, kept its 64 KiB blocks as a random read does.
+    assert most <= READ_AHEAD_CACHE_BYTES + MiB
+
+
+def test_read_ahead_pieces_give_way_to_each_other_first():
+    cache = ReadCache(capacity=4 * BLOCK, ahead_capacity=2 * BLOCK)
+    piece = bytes(BLOCK)
+    cache.put(1, BLOCK, 0, piece)
+    for index in range(1, 4):
+        cache.put(1, BLOCK, index, piece, ahead=True)
+    # The oldest read-ahead piece went, not the older block.
+    assert [cache.has(1, BLOCK, i) for i in range(4)] == [True, False, True, True]
+    assert (cache.size, cache.ahead_size) == (3 * BLOCK, 2 * BLOCK)
+    cache.get(1, BLOCK, 2)
+    cache.put(1, BLOCK, 4, piece, ahead=True)
+    assert [cache.has(1, BLOCK, i) for i in range(5)] == [True, False, True, False, True]
+    for index in range(5, 7):
+        cache.put(1, BLOCK, index, piece)
+    # Past the whole capacity, the least recently used piece of any kind goes.
+    assert [cache.has(1, BLOCK, i) for i in range(7)] == [False, False, True, False, True,
+                                                          True, True]
+    cache.drop_file(1)
+    assert (cache.size, cache.ahead_size) == (0, 0)
