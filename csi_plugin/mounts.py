@@ -123,15 +123,18 @@ class Mounter:
         self.secret_file = secret_file
         self.log_dir = log_dir
 
-    def mount_volume(self, subdir: str, path: str, volume_id: str) -> None:
+    def mount_volume(self, subdir: str, path: str, volume_id: str,
+                     read_cache_mib: int | None = None) -> None:
         argv = [*self.dfs_command, "mount", "--meta", self.meta, "--subdir", subdir]
+        if read_cache_mib:
+            argv += ["--read-cache", str(read_cache_mib)]
         if self.secret_file:
             argv += ["--secret-file", self.secret_file]
         if self.log_dir:
             argv += ["--log-file", os.path.join(self.log_dir, f"mount-{volume_id}.log")]
         os.makedirs(path, exist_ok=True)
         _run(argv + [path], MOUNT_TIMEOUT, f"mounting volume {volume_id} at {path}")
-        log.info("volume mounted", volume=volume_id, path=path)
+        log.info("volume mounted", volume=volume_id, path=path, read_cache_mib=read_cache_mib)
 
     def unmount_volume(self, path: str, volume_id: str) -> None:
         """Unmount the FUSE mount at `path`; lazily if it is broken or busy."""

@@ -1,11 +1,16 @@
 """StorageClass parameters that dfs understands."""
 
+from dfs.openfile import MIN_READ_CACHE_BYTES
+
 from .errors import invalid
 
 # Keys the external-provisioner adds itself (PVC name, namespace, ...) are
 # information for the plugin, not settings; they are accepted and ignored.
 _SIDECAR_PREFIX = "csi.storage.k8s.io/"
 MAX_REPLICAS = 16
+MiB = 1024 * 1024
+MIN_READ_CACHE_MIB = MIN_READ_CACHE_BYTES // MiB
+MAX_READ_CACHE_MIB = 1 << 20
 
 
 def _count(key: str, text: str, low: int, high: int) -> int:
@@ -21,6 +26,8 @@ def parse(parameters) -> dict:
       the replication factor of the volume directory, recorded with the
       volume and handed to nodes in the volume context.
     - `inodeLimit`: most files and directories the volume may hold (0 = no limit).
+    - `readCacheMiB`: the read cache of the volume's mount on each node
+      (`dfs mount --read-cache`; 16..1048576, absent = the mount's default).
     """
     settings = {}
     for key, value in parameters.items():
@@ -30,6 +37,9 @@ def parse(parameters) -> dict:
             settings[key] = _count(key, value, 1, MAX_REPLICAS)
         elif key == "inodeLimit":
             settings[key] = _count(key, value, 0, 1 << 62)
+        elif key == "readCacheMiB":
+            settings[key] = _count(key, value, MIN_READ_CACHE_MIB, MAX_READ_CACHE_MIB)
         else:
-            raise invalid(f"unknown parameter {key!r}; dfs knows 'replicas' and 'inodeLimit'")
+            raise invalid(f"unknown parameter {key!r}; dfs knows 'replicas', 'inodeLimit' "
+                          "and 'readCacheMiB'")
     return settings

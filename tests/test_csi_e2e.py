@@ -159,11 +159,12 @@ def code(call, request) -> Code:
 class Volume:
     """One volume taken through the Kubernetes sequence by a test."""
 
-    def __init__(self, plugin: Plugin, name: str, size: int, mode=Mode.SINGLE_NODE_WRITER):
+    def __init__(self, plugin: Plugin, name: str, size: int, mode=Mode.SINGLE_NODE_WRITER,
+                 parameters: dict | None = None):
         self.plugin = plugin
         self.cap = cap(mode)
         self.volume = plugin.controller.CreateVolume(csi.CreateVolumeRequest(
-            name=name, volume_capabilities=[self.cap],
+            name=name, volume_capabilities=[self.cap], parameters=parameters or {},
             capacity_range=csi.CapacityRange(required_bytes=size)), timeout=60).volume
         self.id = self.volume.volume_id
         self.staging = plugin.dir / "staging" / self.id
@@ -327,6 +328,21 @@ def test_lifecycle_with_online_expansion_while_writing(plugin):
     assert vol.id not in [e.volume.volume_id for e in listed.entries]
     assert code(plugin.controller.ControllerGetVolume,
                 csi.ControllerGetVolumeRequest(volume_id=vol.id)) == Code.NOT_FOUND
+
+
+def test_read_cache_parameter_sizes_the_mount_on_the_node(plugin):
+    vol = Volume(plugin, "pvc-read-cache", 8 * MiB, parameters={"readCacheMiB": "128"})
+    assert vol.volume.volume_context["readCacheMiB"] == "128"
+    vol.attach()
+    vol.stage()
+    target = vol.publish("reader")
+    (target / "page").write_bytes(b"kept by a larger cache")
+    [mount_pid] = [pid for pid in processes_mentioning(str(vol.staging))
+                   if "dfs.mount" in Path(f"/proc/{pid}/cmdline").read_text()]
+    argv = Path(f"/proc/{mount_pid}/cmdline").read_text().split("\0")
+    assert argv[argv.index("--read-cache") + 1] == "128"
+    assert (target / "page").read_bytes() == b"kept by a larger cache"
+    vol.teardown()
 
 
 def write_bytes(path: Path, count: int, mode="wb") -> None:
@@ -507,6 +523,9 @@ def controller_cases(vol):
          Code.INVALID_ARGUMENT),
         ("CreateVolume", csi.CreateVolumeRequest(name="pvc-param", volume_capabilities=[GOOD],
                                                parameters={"replicas": "zero"}),
+         Code.INVALID_ARGUMENT),
+        ("CreateVolume", csi.CreateVolumeRequest(name="pvc-param", volume_capabilities=[GOOD],
+                                               parameters={"readCacheMiB": "8"}),
          Code.INVALID_ARGUMENT),
         ("CreateVolume", csi.CreateVolumeRequest(
             name="pvc-errors", volume_capabilities=[GOOD],
