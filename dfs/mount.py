@@ -31,8 +31,6 @@ log = logs.get_logger("client")
 
 MOUNT_TIMEOUT = 30.0
 READ_AHEAD_KB = 4096
-
-
 MIB = 1024 * 1024
 
 
@@ -73,6 +71,7 @@ def read_cache_mib(text: str) -> int:
 
 
 def add_read_cache_option(parser: argparse.ArgumentParser) -> None:
+    """--read-cache, which `dfs up` takes too."""
     parser.add_argument(
         "--read-cache", type=read_cache_mib, default=READ_CACHE_BYTES // MIB, metavar="MIB",
         help="MiB of file data the mount keeps in memory for the reads that miss the "
