@@ -56,9 +56,38 @@ def _block_pages(block: int) -> list[int]:
     return list(range(block * PAGES_PER_BLOCK, (block + 1) * PAGES_PER_BLOCK))
 
 
+def _wait_for_block(path, block: int) -> None:
+    """Wait until the page cache holds exactly the pages of `block` of the file."""
+    seen = []
+
+    def there() -> bool:
+        seen[:] = _resident(path)
+        return seen == _block_pages(block)
+
+    try:
+        wait_for(there, 10, f"block {block} to reach the page cache")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the pages there: {seen}") from None
+
+
 def _written(path, blocks: int = 8) -> bytes:
+    """Write a file and evict it from the page cache, once the mount has taken in
+    that its writer closed: the release reaches the mount some time after close
+    returns (later still on a busy machine), and until it has, a read stores
+    nothing."""
     data = os.urandom(blocks * BLOCK)
     path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        def fed() -> bool:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.pread(fd, PAGE, BLOCK + 3 * PAGE)
+            time.sleep(0.05)
+            return _resident(path) == _block_pages(1)
+
+        wait_for(fed, 10, "the mount to take in that the file's writer closed")
+    finally:
+        os.close(fd)
     _evict(path)
     return data
 
@@ -79,9 +108,7 @@ def test_a_random_read_brings_its_whole_block_into_the_page_cache(mnt):
     try:
         at = 3 * BLOCK + 5 * PAGE + 10
         assert os.pread(fd, 100, at) == data[at:at + 100]
-        wait_for(lambda: len(_resident(path)) == PAGES_PER_BLOCK, 10,
-                 "the block to reach the page cache")
-        assert _resident(path) == _block_pages(3)
+        _wait_for_block(path, 3)
         assert os.pread(fd, BLOCK, 3 * BLOCK) == data[3 * BLOCK:4 * BLOCK]
     finally:
         os.close(fd)
@@ -125,8 +152,7 @@ def test_a_change_from_another_mount_replaces_stored_pages_at_the_next_open(shar
         with open(path, "rb", buffering=0) as f:
             f.seek(4 * BLOCK + 9 * PAGE)
             f.read(PAGE)
-            wait_for(lambda: len(_resident(path)) == PAGES_PER_BLOCK, 10,
-                     "the block to reach the page cache")
+            _wait_for_block(path, 4)
         newer = os.urandom(8 * BLOCK)
         (other / mnt.name / "f").write_bytes(newer)
         with open(path, "rb") as f:
@@ -140,8 +166,7 @@ def test_a_truncation_cuts_stored_pages(mnt):
     with open(path, "rb", buffering=0) as f:
         f.seek(6 * BLOCK + PAGE)
         f.read(PAGE)
-        wait_for(lambda: len(_resident(path)) == PAGES_PER_BLOCK, 10,
-                 "the block to reach the page cache")
+        _wait_for_block(path, 6)
         cut = 6 * BLOCK + 3 * PAGE + 123
         os.truncate(path, cut)
         os.truncate(path, 8 * BLOCK)
