@@ -2,13 +2,13 @@
 
 from dfs.openfile import MIN_READ_CACHE_BYTES
 
+from .capabilities import MiB
 from .errors import invalid
 
 # Keys the external-provisioner adds itself (PVC name, namespace, ...) are
 # information for the plugin, not settings; they are accepted and ignored.
 _SIDECAR_PREFIX = "csi.storage.k8s.io/"
 MAX_REPLICAS = 16
-MiB = 1024 * 1024
 MIN_READ_CACHE_MIB = MIN_READ_CACHE_BYTES // MiB
 MAX_READ_CACHE_MIB = 1 << 20
 

@@ -82,8 +82,7 @@ class DfsFS(pyfuse3.Operations):
         self.nursery = nursery
         self.read_only = read_only
         self.writes = MountWrites()
-        self.read_cache = ReadCache(read_cache_bytes,
-                                    min(read_cache_bytes, READ_AHEAD_CACHE_BYTES))
+        self.read_cache = ReadCache(read_cache_bytes, READ_AHEAD_CACHE_BYTES)
         self.page_feed = PageFeed()
         self.files: dict[int, OpenFile] = {}
         # (mtime, size) of recently closed files, to keep their page cache on reopen.

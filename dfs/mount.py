@@ -73,10 +73,10 @@ def read_cache_mib(text: str) -> int:
 def add_read_cache_option(parser: argparse.ArgumentParser) -> None:
     """--read-cache, which `dfs up` takes too."""
     parser.add_argument(
-        "--read-cache", type=read_cache_mib, default=READ_CACHE_BYTES // MIB, metavar="MIB",
+        "--read-cache", type=read_cache_mib, default=MountOptions.read_cache_mib, metavar="MIB",
         help="MiB of file data the mount keeps in memory for the reads that miss the "
              "kernel's page cache: read-ahead and the 64 KiB blocks of random reads, shared "
-             f"by all files (default {READ_CACHE_BYTES // MIB}; at least "
+             f"by all files (default {MountOptions.read_cache_mib}; at least "
              f"{MIN_READ_CACHE_BYTES // MIB}). More keeps a larger working set of random "
              "reads off the chunk servers, at that much more memory per mount")
 

@@ -13,9 +13,9 @@ from collections import OrderedDict
 
 
 class ReadCache:
-    def __init__(self, capacity: int, ahead_capacity: int | None = None):
+    def __init__(self, capacity: int, ahead_capacity: int):
         self.capacity = capacity
-        self.ahead_capacity = capacity if ahead_capacity is None else ahead_capacity
+        self.ahead_capacity = min(ahead_capacity, capacity)
         self.size = 0
         self.ahead_size = 0
         self._entries: OrderedDict[tuple[int, int, int], bytes] = OrderedDict()

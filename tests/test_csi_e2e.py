@@ -335,14 +335,16 @@ def test_read_cache_parameter_sizes_the_mount_on_the_node(plugin):
     assert vol.volume.volume_context["readCacheMiB"] == "128"
     vol.attach()
     vol.stage()
-    target = vol.publish("reader")
-    (target / "page").write_bytes(b"kept by a larger cache")
-    [mount_pid] = [pid for pid in processes_mentioning(str(vol.staging))
-                   if "dfs.mount" in Path(f"/proc/{pid}/cmdline").read_text()]
-    argv = Path(f"/proc/{mount_pid}/cmdline").read_text().split("\0")
-    assert argv[argv.index("--read-cache") + 1] == "128"
-    assert (target / "page").read_bytes() == b"kept by a larger cache"
-    vol.teardown()
+    try:
+        target = vol.publish("reader")
+        (target / "page").write_bytes(b"kept by a larger cache")
+        [mount_pid] = [pid for pid in processes_mentioning(str(vol.staging))
+                       if "dfs.mount" in Path(f"/proc/{pid}/cmdline").read_text()]
+        argv = Path(f"/proc/{mount_pid}/cmdline").read_text().split("\0")
+        assert argv[argv.index("--read-cache") + 1] == "128"
+        assert (target / "page").read_bytes() == b"kept by a larger cache"
+    finally:
+        vol.teardown()
 
 
 def write_bytes(path: Path, count: int, mode="wb") -> None:
