@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: on; --no-isolate keeps every target up throughout)")
     run.add_argument("--dfs-read-cache", type=read_cache_mib, metavar="MIB",
                      help="mount dfs with this much read cache (dfs up --read-cache); "
-                          "default: the mount's own, 64 MiB")
+                          "default: the mount's own, 256 MiB")
     run.add_argument("--results", type=Path, default=RESULTS,
                      help=f"where result folders go (default: {RESULTS})")
     run.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()),

@@ -41,10 +41,13 @@ log = logs.get_logger("client")
 SEGMENT = 1024 * 1024
 READ_AHEAD_SEGMENTS = 8
 # Read-ahead of all files of a mount together: four sequential readers, each
-# with room for its read-ahead window twice over. By default the whole read
-# cache; a larger one (dfs mount --read-cache) holds random reads' blocks.
+# with room for its read-ahead window twice over. The rest of the read cache
+# holds random reads' blocks, which the kernel drops with the file's pages
+# (fadvise, memory pressure) and asks for again.
 READ_AHEAD_CACHE_BYTES = 4 * 2 * READ_AHEAD_SEGMENTS * SEGMENT
-READ_CACHE_BYTES = READ_AHEAD_CACHE_BYTES
+# The memory MooseFS's client gives its read buffers by default, so a mount
+# holds the same working set of random reads as the client users compare it to.
+READ_CACHE_BYTES = 256 * SEGMENT
 MIN_READ_CACHE_BYTES = 2 * READ_AHEAD_SEGMENTS * SEGMENT
 MAX_INFLIGHT_BATCHES = 16
 # Beyond this many bytes waiting in the open batches of all files, a write
