@@ -14,6 +14,12 @@ hundreds of times a second: once the metaserver knows the file is written
 quietly (other mounts then do not trust their caches of it), such a sync
 leaves the mtime to be recorded in the background, within MTIME_LAG.
 
+A reader is sequential once SEQUENTIAL_READS reads in a row each began where
+the one before ended: its reads go by 1 MiB segments, READ_AHEAD_SEGMENTS of
+them read ahead. Every other read takes the 64 KiB blocks around it (fetched,
+or out of the cache of blocks and segments) and gives the kernel's page cache
+the rest of them (pagefeed.py).
+
 Memory, for the whole mount however many files it writes: at most
 MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) being sent, plus at
 most MAX_UNSENT_BYTES waiting in open batches, plus the read cache
@@ -40,6 +46,10 @@ log = logs.get_logger("client")
 
 SEGMENT = 1024 * 1024
 READ_AHEAD_SEGMENTS = 8
+# Reads in a row, each beginning where the one before ended, that make a reader
+# sequential. A random reader's read now and then begins where its last one
+# ended; read-ahead for it would push that many segments of its blocks out.
+SEQUENTIAL_READS = 2
 # Read-ahead of all files of a mount together: four sequential readers, each
 # with room for its read-ahead window twice over. The rest of the read cache
 # holds random reads' blocks, which the kernel drops with the file's pages
@@ -158,6 +168,8 @@ class OpenFile:
         self._launched = 0
         self._fetching: dict[int, trio.Event] = {}
         self._last_read_end = -1
+        # Reads in a row so far that each began where the one before ended.
+        self._in_sequence = 0
         self._generation = 0
         # Moved by every open: what was fetched before it stays out of the
         # kernel's page cache (see pagefeed.py; a truncation moves _generation).
@@ -449,19 +461,13 @@ class OpenFile:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
-        sequential = offset == self._last_read_end
+        self._in_sequence = self._in_sequence + 1 if offset == self._last_read_end else 0
         self._last_read_end = end
-        if not sequential and not self._cached(self.segment, offset, end):
+        if self._in_sequence < SEQUENTIAL_READS:
             return await self._read_blocks(offset, end)
-        first, last = offset // self.segment, (end - 1) // self.segment
-        parts = []
-        for s in range(first, last + 1):
-            data = await self._segment(s)
-            base = s * self.segment
-            parts.append(data[max(offset - base, 0):end - base])
-        if sequential:
-            self._read_ahead(last + 1)
-        return b"".join(parts)
+        data = await self._segments(offset, end)
+        self._read_ahead((end - 1) // self.segment + 1)
+        return data
 
     def _cached(self, unit: int, start: int, end: int) -> bool:
         return all(self.cache.has(self.ino, unit, i)
@@ -470,21 +476,35 @@ class OpenFile:
     async def _read_blocks(self, offset: int, end: int) -> bytes:
         """A read out of sequence: the whole blocks around it are fetched (the chunk
         server reads and verifies whole blocks anyway), kept, and given to the
-        kernel's page cache, so the reads that follow nearby need no round trip."""
+        kernel's page cache, so the reads that follow nearby need no round trip.
+        Blocks that read-ahead holds are taken from there, and given to the
+        kernel too: each later read in them would otherwise reach the mount."""
         unit = self.block
         first, last = offset // unit, (end - 1) // unit
-        start = first * unit
+        start, stop = first * unit, min((last + 1) * unit, self.size)
         generation, epoch = self._generation, self._page_cache_epoch
         if self._cached(unit, offset, end):
             data = b"".join(self.cache.get(self.ino, unit, i) for i in range(first, last + 1))
+        elif self._cached(self.segment, start, stop):
+            data = await self._segments(start, stop)
         else:
-            data = await self._read_range(start, min((last + 1) * unit, self.size))
+            data = await self._read_range(start, stop)
             if generation != self._generation:
                 return data[offset - start:end - start]
             for i in range(first, last + 1):
                 self.cache.put(self.ino, unit, i, data[(i - first) * unit:(i - first + 1) * unit])
         self._feed_page_cache(start, data, offset, end, (generation, epoch))
         return data[offset - start:end - start]
+
+    async def _segments(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) out of read-ahead's segments, fetching the missing ones."""
+        unit = self.segment
+        parts = []
+        for s in range(start // unit, (end - 1) // unit + 1):
+            data = await self._segment(s)
+            base = s * unit
+            parts.append(data[max(start - base, 0):end - base])
+        return b"".join(parts)
 
     def _feed_page_cache(self, start: int, data: bytes, offset: int, end: int,
                          fetched: tuple[int, int]) -> None:

@@ -114,6 +114,32 @@ def test_a_random_read_brings_its_whole_block_into_the_page_cache(mnt):
         os.close(fd)
 
 
+def test_a_random_read_in_read_ahead_brings_its_whole_block_into_the_page_cache(mnt):
+    """Blocks read-ahead holds go to the kernel's page cache as fetched ones do,
+    or every later read in them would reach the mount."""
+    path = mnt / "f"
+    data = _written(path, 64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # Sequential reads of the first half: the rest is read ahead into the
+        # mount's cache.
+        for pos in range(0, len(data) // 2, BLOCK):
+            assert os.pread(fd, BLOCK, pos) == data[pos:pos + BLOCK]
+
+        def dropped() -> bool:
+            # The kernel's own read-ahead may still be landing pages.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            time.sleep(0.05)
+            return _resident(path) == []
+
+        wait_for(dropped, 10, "the file's pages to leave the page cache")
+        at = 40 * BLOCK + 2 * PAGE
+        assert os.pread(fd, PAGE, at) == data[at:at + PAGE]
+        _wait_for_block(path, 40)
+    finally:
+        os.close(fd)
+
+
 def test_nothing_is_stored_while_this_mount_may_write_the_file(mnt):
     path = mnt / "f"
     data = _written(path)

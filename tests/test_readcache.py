@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from dfs.chunkio import ChunkIO
-from dfs.openfile import READ_AHEAD_CACHE_BYTES
+from dfs.openfile import READ_AHEAD_CACHE_BYTES, SEQUENTIAL_READS
 from dfs.readcache import ReadCache
 from inprocess import handlers
 
@@ -91,8 +91,41 @@ def test_a_long_sequential_read_keeps_no_more_read_ahead_than_its_own_bound(shar
 
     most, most_ahead = trio.run(scenario)
     assert READ_AHEAD_CACHE_BYTES // 2 < most_ahead <= READ_AHEAD_CACHE_BYTES
-    # The first read, out of sequence, kept its 64 KiB blocks as a random read does.
-    assert most <= READ_AHEAD_CACHE_BYTES + MiB
+    # The reads before the reader counted as sequential kept their 64 KiB blocks,
+    # as random reads do.
+    assert most <= READ_AHEAD_CACHE_BYTES + SEQUENTIAL_READS * MiB
+
+
+def test_a_random_read_that_begins_where_the_last_ended_starts_no_read_ahead(
+        shared_cluster, mnt):
+    path = mnt / "random"
+    data = os.urandom(FILE)
+    path.write_bytes(data)
+    ino = os.stat(path).st_ino
+    chunkio = CountingChunkIO(shared_cluster.ref.secret)
+
+    async def read_blocks(fs, fh, blocks):
+        for i in blocks:
+            assert await fs.read(fh, i * BLOCK, BLOCK) == data[i * BLOCK:(i + 1) * BLOCK]
+
+    async def scenario():
+        async with handlers(shared_cluster.ref, chunkio) as fs:
+            fh = (await fs.open(ino, os.O_RDONLY, None)).fh
+            try:
+                # The second read begins where the first ended, by chance.
+                await read_blocks(fs, fh, [40, 41, 7, 300])
+                random_reads = (chunkio.reads, fs.read_cache.ahead_size)
+                # Two in a row that each begin where the one before ended: a
+                # sequential reader.
+                await read_blocks(fs, fh, [8, 9, 10])
+                await trio.sleep(1)
+                return random_reads, fs.read_cache.ahead_size
+            finally:
+                await fs.release(fh)
+
+    (reads, ahead), ahead_after = trio.run(scenario)
+    assert (reads, ahead) == (4, 0)
+    assert ahead_after > 0
 
 
 def test_read_ahead_pieces_give_way_to_each_other_first():
