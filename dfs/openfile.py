@@ -15,8 +15,9 @@ quietly (other mounts then do not trust their caches of it), such a sync
 leaves the mtime to be recorded in the background, within MTIME_LAG.
 
 A reader is sequential once SEQUENTIAL_READS reads in a row each began where
-the one before ended: its reads go by 1 MiB segments, READ_AHEAD_SEGMENTS of
-them read ahead. Every other read takes the 64 KiB blocks around it (fetched,
+the one before ended, and stays so while its reads fall in what read-ahead
+holds for it: its reads go by 1 MiB segments, READ_AHEAD_SEGMENTS of them read
+ahead. Every other read takes the 64 KiB blocks around it (fetched,
 or out of the cache of blocks and segments) and gives the kernel's page cache
 the rest of them (pagefeed.py).
 
@@ -461,13 +462,22 @@ class OpenFile:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
-        self._in_sequence = self._in_sequence + 1 if offset == self._last_read_end else 0
+        # The kernel sends a read someone waits for ahead of its own read-ahead
+        # still queued, so a sequential reader's reads also come out of order,
+        # within what read-ahead holds for it.
+        in_order = offset == self._last_read_end or (
+            self._in_sequence >= SEQUENTIAL_READS and self._read_ahead_holds(offset))
+        self._in_sequence = self._in_sequence + 1 if in_order else 0
         self._last_read_end = end
         if self._in_sequence < SEQUENTIAL_READS:
             return await self._read_blocks(offset, end)
         data = await self._segments(offset, end)
         self._read_ahead((end - 1) // self.segment + 1)
         return data
+
+    def _read_ahead_holds(self, offset: int) -> bool:
+        s = offset // self.segment
+        return s in self._fetching or self.cache.has(self.ino, self.segment, s)
 
     def _cached(self, unit: int, start: int, end: int) -> bool:
         return all(self.cache.has(self.ino, unit, i)

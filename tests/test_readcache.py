@@ -128,6 +128,37 @@ def test_a_random_read_that_begins_where_the_last_ended_starts_no_read_ahead(
     assert ahead_after > 0
 
 
+def test_a_sequential_readers_reads_out_of_order_stay_in_its_read_ahead(shared_cluster, mnt):
+    """The kernel sends the read a process waits for ahead of its own
+    read-ahead, so a sequential reader's reads come out of order: those stay in
+    read-ahead, not fetched again as blocks nor kept beside it."""
+    path = mnt / "stream"
+    data = os.urandom(FILE)
+    path.write_bytes(data)
+    ino = os.stat(path).st_ino
+    chunkio = CountingChunkIO(shared_cluster.ref.secret)
+
+    async def scenario():
+        async with handlers(shared_cluster.ref, chunkio) as fs:
+            fh = (await fs.open(ino, os.O_RDONLY, None)).fh
+            try:
+                # The third read in a row starts read-ahead of 3..10 MiB; the
+                # next ones jump ahead into it and come back.
+                for mib in [0, 1, 2, 5, 3, 4]:
+                    got = await fs.read(fh, mib * MiB, MiB)
+                    assert got == data[mib * MiB:(mib + 1) * MiB]
+                await trio.sleep(1)
+                return fs.read_cache.size - fs.read_cache.ahead_size, chunkio.reads
+            finally:
+                await fs.release(fh)
+
+    blocks_held, reads = trio.run(scenario)
+    # Only the reads before the reader counted as sequential kept blocks.
+    assert blocks_held == SEQUENTIAL_READS * MiB
+    # Those two, then segment 2 and read-ahead to 13 MiB, each read once.
+    assert reads == SEQUENTIAL_READS + 12
+
+
 def test_read_ahead_pieces_give_way_to_each_other_first():
     cache = ReadCache(capacity=4 * BLOCK, ahead_capacity=2 * BLOCK)
     piece = bytes(BLOCK)
