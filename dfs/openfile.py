@@ -17,9 +17,9 @@ leaves the mtime to be recorded in the background, within MTIME_LAG.
 A reader is sequential once SEQUENTIAL_READS reads in a row each began where
 the one before ended, and stays so while its reads fall in what read-ahead
 holds for it: its reads go by 1 MiB segments, READ_AHEAD_SEGMENTS of them read
-ahead. Every other read takes the 64 KiB blocks around it (fetched,
-or out of the cache of blocks and segments) and gives the kernel's page cache
-the rest of them (pagefeed.py).
+ahead. Every other read takes the 64 KiB blocks around it, fetched or out of
+the cache of blocks and segments, and gives the kernel's page cache the rest
+of them (pagefeed.py).
 
 Memory, for the whole mount however many files it writes: at most
 MAX_INFLIGHT_BATCHES batches of MAX_DATA bytes (64 MiB) being sent, plus at
@@ -462,22 +462,24 @@ class OpenFile:
         end = min(offset + length, self.size)
         if offset >= end:
             return b""
+        continues = offset == self._last_read_end
         # The kernel sends a read someone waits for ahead of its own read-ahead
         # still queued, so a sequential reader's reads also come out of order,
         # within what read-ahead holds for it.
-        in_order = offset == self._last_read_end or (
-            self._in_sequence >= SEQUENTIAL_READS and self._read_ahead_holds(offset))
-        self._in_sequence = self._in_sequence + 1 if in_order else 0
+        in_stream = continues or (
+            self._in_sequence >= SEQUENTIAL_READS and self._read_ahead_holds(offset, end))
+        self._in_sequence = self._in_sequence + 1 if in_stream else 0
         self._last_read_end = end
-        if self._in_sequence < SEQUENTIAL_READS:
+        if not continues or self._in_sequence < SEQUENTIAL_READS:
             return await self._read_blocks(offset, end)
         data = await self._segments(offset, end)
         self._read_ahead((end - 1) // self.segment + 1)
         return data
 
-    def _read_ahead_holds(self, offset: int) -> bool:
-        s = offset // self.segment
-        return s in self._fetching or self.cache.has(self.ino, self.segment, s)
+    def _read_ahead_holds(self, start: int, end: int) -> bool:
+        """Whether read-ahead holds, or is fetching, every segment of [start, end)."""
+        return all(s in self._fetching or self.cache.has(self.ino, self.segment, s)
+                   for s in range(start // self.segment, (end - 1) // self.segment + 1))
 
     def _cached(self, unit: int, start: int, end: int) -> bool:
         return all(self.cache.has(self.ino, unit, i)
@@ -487,15 +489,16 @@ class OpenFile:
         """A read out of sequence: the whole blocks around it are fetched (the chunk
         server reads and verifies whole blocks anyway), kept, and given to the
         kernel's page cache, so the reads that follow nearby need no round trip.
-        Blocks that read-ahead holds are taken from there, and given to the
-        kernel too: each later read in them would otherwise reach the mount."""
+        Blocks that read-ahead holds or is fetching are taken from there, and
+        given to the kernel too: each later read in them would otherwise reach
+        the mount."""
         unit = self.block
         first, last = offset // unit, (end - 1) // unit
         start, stop = first * unit, min((last + 1) * unit, self.size)
         generation, epoch = self._generation, self._page_cache_epoch
         if self._cached(unit, offset, end):
             data = b"".join(self.cache.get(self.ino, unit, i) for i in range(first, last + 1))
-        elif self._cached(self.segment, start, stop):
+        elif self._read_ahead_holds(start, stop):
             data = await self._segments(start, stop)
         else:
             data = await self._read_range(start, stop)
