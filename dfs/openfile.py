@@ -481,10 +481,6 @@ class OpenFile:
         return all(s in self._fetching or self.cache.has(self.ino, self.segment, s)
                    for s in range(start // self.segment, (end - 1) // self.segment + 1))
 
-    def _cached(self, unit: int, start: int, end: int) -> bool:
-        return all(self.cache.has(self.ino, unit, i)
-                   for i in range(start // unit, (end - 1) // unit + 1))
-
     async def _read_blocks(self, offset: int, end: int) -> bytes:
         """A read out of sequence: the whole blocks around it are fetched (the chunk
         server reads and verifies whole blocks anyway), kept, and given to the
@@ -496,7 +492,7 @@ class OpenFile:
         first, last = offset // unit, (end - 1) // unit
         start, stop = first * unit, min((last + 1) * unit, self.size)
         generation, epoch = self._generation, self._page_cache_epoch
-        if self._cached(unit, offset, end):
+        if all(self.cache.has(self.ino, unit, i) for i in range(first, last + 1)):
             data = b"".join(self.cache.get(self.ino, unit, i) for i in range(first, last + 1))
         elif self._read_ahead_holds(start, stop):
             data = await self._segments(start, stop)
