@@ -63,10 +63,11 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
     if checks:
         lines += ["", "| MySQL demo check | figure | verdict |", "|---|---|---|"]
         lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in checks]
-    growth = memory_suite.growth_checks(table, subject, meta["scale"].get("mem_sizes", ""))
-    if growth:
-        lines += ["", "| memory check | peak ratio | verdict |", "|---|---|---|"]
-        lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in growth]
+    memory = memory_suite.memory_checks(table, subject, meta["scale"].get("mem_sizes", ""),
+                                        meta.get("memory_bounds", {}).get(subject, {}))
+    if memory:
+        lines += ["", "| memory check | peak MiB, or ratio of peaks | verdict |", "|---|---|---|"]
+        lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in memory]
     if meta.get("memory"):
         lines += ["", "## Peak resident memory (VmHWM, MiB) over the run", "",
                   "| target | role | peak MiB |", "|---|---|---|"]

@@ -142,6 +142,7 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
     failures: list[str] = []
     # Peak resident memory by target and role, over every process the run started.
     peaks: dict[str, dict[str, float]] = {}
+    bounds: dict[str, dict[str, float]] = {}
     paused: set[str] = set()
     try:
         with contextlib.ExitStack() as stack:
@@ -151,6 +152,7 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
                 if isinstance(target, Dfs):
                     target.read_cache_mib = dfs_read_cache
             for target in targets:
+                bounds[target.name] = target.memory_bounds()
                 ctx.say(f"bringing up {target.name}")
                 stack.push(_stopper(target, ctx, failures))
                 roots[target.name] = target.up()
@@ -189,7 +191,8 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
             "machine": machine(), "subject": subject, "baselines": baselines, "rounds": rounds,
             "suites": suite_names, "scale_name": scale_name, "scale": vars(scale),
             "notes": ctx.notes, "failures": failures,
-            "isolated": isolate, "dfs_read_cache_mib": dfs_read_cache, "memory": peaks}
+            "isolated": isolate, "dfs_read_cache_mib": dfs_read_cache, "memory": peaks,
+            "memory_bounds": bounds}
     report.write_json(artifacts / "results.json", meta, rows, extra)
     (artifacts / "results.md").write_text(report.render_markdown(meta, rows, extra))
     ctx.say(f"results written to {artifacts}/results.md and results.json")

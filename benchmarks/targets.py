@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 from benchmarks import csi, procs
+from dfs.openfile import READ_CACHE_BYTES
+
+MIB = 1024 * 1024
 
 
 class Target:
@@ -39,6 +42,12 @@ class Target:
 
     def processes(self) -> dict[str, list[int]]:
         """Processes serving this filesystem by role (client, master, chunkserver)."""
+        return {}
+
+    def memory_bounds(self) -> dict[str, float]:
+        """The peak resident MiB this target promises for each role of `processes()`
+        while one file is written and read back, whatever its size (the memory
+        suite holds it to them). None promised: judged by growth alone."""
         return {}
 
     def log_files(self) -> list[Path]:
@@ -134,6 +143,11 @@ class Dfs(Target):
     has_quota = True
     chunkservers = 3
     replicas = 2
+    # The stated bounds, worked out under "memory" in benchmarks/README.md: a
+    # client's memory besides its read cache, and a chunk server's with one mount
+    # writing to it.
+    CLIENT_BESIDES_READ_CACHE_MIB = 134
+    CHUNKSERVER_MIB = 175
 
     def __init__(self, work: Path):
         super().__init__(work)
@@ -189,6 +203,12 @@ class Dfs(Target):
                     else "csi" if "dfs-csi" in line else "client")
             roles.setdefault(role, []).append(pid)
         return roles
+
+    def memory_bounds(self) -> dict[str, float]:
+        cache = (READ_CACHE_BYTES // MIB if self.read_cache_mib is None
+                 else self.read_cache_mib)
+        return {"client": self.CLIENT_BESIDES_READ_CACHE_MIB + cache,
+                "chunkserver": self.CHUNKSERVER_MIB}
 
     def _volume_path(self, name: str) -> Path:
         return self.root / "volumes" / self.volume_ids.get(name, name)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 # benchmarks/ is run from the repository (python -m benchmarks), not installed with dfs.
 sys.path.insert(0, str(REPO))
 
-from benchmarks import goals, memory_suite, report  # noqa: E402
+from benchmarks import goals, memory_suite, report, targets  # noqa: E402
 from benchmarks.procs import BenchError  # noqa: E402
 from benchmarks.results import Row, medians  # noqa: E402
 from benchmarks.scale import SMOKE  # noqa: E402
@@ -91,7 +91,7 @@ def test_every_suite_runs_on_dfs(tmp_path):
                    ("memory", "4m file", "chunkserver peak MiB")]:
         assert figure in seen
     assert "| fio | seq-write | MB/s |" in markdown
-    assert "| dfs client peak MiB: 4m file against 1m file" in markdown
+    assert "| dfs client peak MiB: 4m file, against the stated bound of 390 MiB" in markdown
     expansions = data["suites"]["mysql"]["details"]["dfs"][0]["expansions"]
     assert [e["error"] for e in expansions] == ["", ""], "both online expansions went through"
     if importlib.util.find_spec("matplotlib"):
@@ -192,15 +192,32 @@ def test_scale_overrides_apply_by_name_and_type():
         SMOKE.with_overrides(["mysql_seconds"])
 
 
-def test_memory_that_grows_with_the_file_is_flagged():
+def test_memory_is_judged_by_the_stated_bound_or_else_by_growth():
+    peaks = (("64m", "client", 30), ("1g", "client", 100), ("4g", "client", 150),
+             ("64m", "chunkserver", 40), ("1g", "chunkserver", 50), ("4g", "chunkserver", 60),
+             ("64m", "metaserver", 30), ("1g", "metaserver", 30), ("4g", "metaserver", 31),
+             ("64m", "csi", 20), ("1g", "csi", 20), ("4g", "csi", 200))
     rows = [Row("memory", f"{size} file", f"{role} peak MiB", "dfs", 1, mib)
-            for size, role, mib in (("64m", "client", 30), ("1g", "client", 100),
-                                    ("4g", "client", 110), ("64m", "chunkserver", 40),
-                                    ("1g", "chunkserver", 50), ("4g", "chunkserver", 400))]
+            for size, role, mib in peaks]
     checks = {what.split(":")[0]: (verdict, value) for what, verdict, value in
-              memory_suite.growth_checks(medians(rows), "dfs", "64m,1g,4g")}
-    assert checks == {"dfs client peak MiB": ("met", 1.1),
-                      "dfs chunkserver peak MiB": ("NOT MET", 8.0)}
+              memory_suite.memory_checks(medians(rows), "dfs", "64m,1g,4g",
+                                         {"client": 160, "chunkserver": 55})}
+    assert checks == {
+        # 1.5x growth, under its bound: what a filling pipeline looks like.
+        "dfs client peak MiB": ("met", 150),
+        # Little growth, over its bound.
+        "dfs chunkserver peak MiB": ("NOT MET", 60),
+        # No bound stated: growth decides.
+        "dfs metaserver peak MiB": ("met", 31 / 30),
+        "dfs csi peak MiB": ("NOT MET", 10.0)}
+
+
+def test_dfs_states_a_client_bound_that_follows_its_read_cache(tmp_path):
+    dfs = targets.Dfs(tmp_path)
+    default = dfs.memory_bounds()
+    dfs.read_cache_mib = 1024
+    assert dfs.memory_bounds()["client"] == default["client"] + 1024 - 256
+    assert dfs.memory_bounds()["chunkserver"] == default["chunkserver"]
 
 
 def test_targets_are_judged_on_medians_against_moosefs():
