@@ -45,9 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="override one size or duration, e.g. --set seq_size=256m or "
                           "--set mysql_seconds=120 (repeatable; names in benchmarks/scale.py)")
     run.add_argument("--profile", action="store_true",
-                     help="record a py-spy flame graph of each of the subject's processes "
-                          "during the first round of every case, into profiles/ beside the "
-                          "results (needs .venv/bin/pip install py-spy)")
+                     help="after the rounds of every case, run it once more on the subject "
+                          "(not counted) and record a py-spy flame graph of each of its "
+                          "processes into profiles/ beside the results (needs .venv/bin/pip "
+                          "install py-spy)")
     run.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
                      help="while a case runs on one target, stop the other targets' "
                           "processes (their data is kept) and start them again before "
