@@ -161,8 +161,6 @@ class OpenFile:
         self._lease_locks: dict[int, trio.Lock] = {}
         self._batches: dict[int, _Batch] = {}
         self._inflight: list[_InFlight] = []
-        self._idle = trio.Event()
-        self._idle.set()
         self._error: DfsError | None = None
         # Chunks written but not synced: the placement, and the latest launch written.
         self._to_sync: dict[int, tuple[Placement, int]] = {}
@@ -250,17 +248,34 @@ class OpenFile:
 
     async def _launch(self, index: int, sync: bool = False) -> None:
         """Send the chunk's open batch. A batch that also syncs the replica
-        waits for every earlier batch to the chunk, so it is the last to land."""
+        waits for every earlier batch to the chunk, so it is the last to land.
+
+        The batch is in flight from the moment it leaves `_batches`, also while
+        it waits for room in the mount's pipeline: a read or a drain meanwhile
+        must wait for it, and a later overlapping batch must land after it."""
         batch = self._batches.pop(index)
         self.writes.unsent -= batch.size
-        await self.writes.in_flight.acquire_on_behalf_of(batch)
         earlier = [f for f in self._inflight if f.index == index
                    and (sync or (f.start < batch.end and batch.start < f.end))]
         self._launched += 1
         flight = _InFlight(index, batch.start, batch.end, trio.Event(), self._launched)
         self._inflight.append(flight)
-        self._idle = trio.Event()
+        try:
+            await self.writes.in_flight.acquire_on_behalf_of(batch)
+        except BaseException:
+            # Cancelled before it was sent (the mount is stopping): the batch is lost.
+            if self._error is None:
+                self._error = DfsError(errno.EIO, "a write was cancelled before it was sent")
+            self._land(flight)
+            raise
         self.nursery.start_soon(self._send, batch, flight, earlier, sync)
+
+    def _land(self, flight: _InFlight) -> None:
+        self._inflight.remove(flight)
+        # A fetch that began after the write but before it reached the
+        # replicas read what was there before it: drop that too.
+        self._drop_cached(flight.start, flight.end)
+        flight.done.set()
 
     async def _send(self, batch: _Batch, flight: _InFlight, earlier: list[_InFlight],
                     sync: bool) -> None:
@@ -290,11 +305,8 @@ class OpenFile:
             if self._error is None:
                 self._error = DfsError(errno.EIO, "internal error in the client")
         finally:
-            flight.done.set()
-            self._inflight.remove(flight)
+            self._land(flight)
             self.writes.in_flight.release_on_behalf_of(batch)
-            if not self._inflight:
-                self._idle.set()
 
     @staticmethod
     def _failed_replicas(exc: DfsError, placement: Placement) -> tuple[str, ...]:
@@ -338,10 +350,14 @@ class OpenFile:
                        f"writing inode {self.ino} failed: {exc.message}")
 
     async def drain(self) -> None:
-        """Send every buffered batch and wait for all sends; raise a pending error."""
+        """Send every buffered batch and wait for every batch launched so far;
+        raise a pending error. Batches launched meanwhile are not waited for:
+        they were written after the drain began, and a steady writer would
+        otherwise keep it waiting for ever."""
         for index in list(self._batches):
             await self._launch(index)
-        await self._idle.wait()
+        for flight in list(self._inflight):
+            await flight.done.wait()
         if self._error is not None:
             self._raise_error()
 

@@ -1,8 +1,12 @@
 """File data: chunk boundaries, large files, random writes, replicas on disk."""
 
 import hashlib
+import mmap
 import os
 import random
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +294,72 @@ def test_replicas_hold_the_data(shared_cluster, mnt):
         assert len({addr for addr, _ in replicas}) == 2, "two distinct chunk servers"
         piece = payload[index * TEST_CHUNK_SIZE:(index + 1) * TEST_CHUNK_SIZE]
         assert all(data == piece for _, data in replicas)
+
+
+@pytest.mark.timeout(120)
+def test_reads_beside_a_writer_of_the_same_file_see_its_writes_and_never_hang(cluster):
+    """A database reads pages of a tablespace while another of its threads
+    writes others. Each read sees every write that returned before it began
+    (a fetch that ran between a write and the write's landing on the replicas
+    once left the old bytes in the read cache), and waits for those writes
+    only (a read that waited for the file's writes to stop, while the writer
+    went on, once hung for ever: MariaDB, 20261127-052652)."""
+    mnt = cluster.mount()
+    path = mnt / "tablespace"
+    page, pages = 16 * 1024, 64
+    path.write_bytes(bytes(page * pages))
+    written = [0] * pages   # the last version of each page whose write returned
+    stop = threading.Event()
+    failures: list[str] = []
+    reads = 0
+
+    def writer():
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            version = 0
+            while not stop.is_set():
+                version += 1
+                # Pages far apart, so that every write sends the batch before it.
+                for n in random.sample(range(pages), 8):
+                    os.pwrite(fd, version.to_bytes(8, "little") * (page // 8), n * page)
+                    written[n] = version
+        finally:
+            os.close(fd)
+
+    def reader():
+        nonlocal reads
+        # O_DIRECT: every read reaches the mount, as a database's do.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        buf = mmap.mmap(-1, page)
+        try:
+            while not stop.is_set():
+                n = random.randrange(pages)
+                floor = written[n]
+                os.preadv(fd, [buf], n * page)
+                seen = int.from_bytes(buf[:8], "little")
+                if seen < floor:
+                    failures.append(f"page {n}: read version {seen} after {floor} was written")
+                reads += 1
+        finally:
+            buf.close()
+            os.close(fd)
+
+    threads = [threading.Thread(target=writer, daemon=True),
+               threading.Thread(target=reader, daemon=True),
+               threading.Thread(target=reader, daemon=True)]
+    for thread in threads:
+        thread.start()
+    time.sleep(6)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    hung = [t for t in threads if t.is_alive()]
+    if hung:
+        # Release the stuck system calls: with its server gone the kernel fails them.
+        for pid in processes_mentioning(str(mnt)):
+            os.kill(pid, signal.SIGKILL)
+        for thread in hung:
+            thread.join(timeout=10)
+    assert not hung, "a read or write never returned"
+    assert not failures, failures[:5]
+    assert reads > 100
