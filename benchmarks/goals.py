@@ -18,11 +18,16 @@ class Goal:
         sign = "<=" if lower_is_better(self.metric) else ">="
         return f"{self.suite} {self.case} {self.metric} {sign} {self.factor:g}x {REFERENCE}"
 
-    def judge(self, medians: dict, subject: str) -> tuple[str, float | None]:
+    def judge(self, medians: dict, subject: str,
+              failed: frozenset = frozenset()) -> tuple[str, float | None]:
+        """`failed`: the (suite, case, target) of rounds that did not finish. The
+        medians leave such a round out, so the verdict must not rest on them."""
         per_target = medians.get((self.suite, self.case, self.metric), {})
-        if REFERENCE not in per_target or subject not in per_target:
-            return "not measured", None
-        got = ratio(per_target[subject], per_target[REFERENCE])
+        got = None
+        if REFERENCE in per_target and subject in per_target:
+            got = ratio(per_target[subject], per_target[REFERENCE])
+        if (self.suite, self.case, subject) in failed:
+            return "NOT MET (a round failed)", got
         if got is None:
             return "not measured", None
         met = got <= self.factor if lower_is_better(self.metric) else got >= self.factor
@@ -46,9 +51,13 @@ RATIO_GOALS = [
 MAX_QPS_CHANGE = 0.10
 
 
-def absolute_checks(medians: dict, subject: str) -> list[tuple[str, str, float]]:
-    """The MySQL demo's own promises, on the subject alone: (what, verdict, figure)."""
-    checks = []
+def absolute_checks(medians: dict, subject: str,
+                    failed: frozenset = frozenset()) -> list[tuple[str, str, float]]:
+    """The MySQL demo's own promises, on the subject alone: (what, verdict, figure).
+    A round that did not finish (MariaDB stalled, sysbench gave up) breaks them all,
+    whatever the finished rounds show."""
+    unfinished = sum(1 for suite, _, target in failed if suite == "mysql" and target == subject)
+    checks = [("mysql: every round ran to its end", "NOT MET", unfinished)] if unfinished else []
     for (suite, case, metric), per_target in medians.items():
         if suite != "mysql" or subject not in per_target:
             continue

@@ -50,16 +50,17 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
             cells += [_fmt(per_target.get(base)),
                       _fmt(ratio(per_target.get(subject), per_target.get(base)))]
         lines.append("| " + " | ".join(cells) + " |")
+    failed = frozenset(tuple(f) for f in meta.get("failed", []))
     lines += ["", f"## Targets ({subject} against {goals.REFERENCE}, ratio of medians)", ""]
     if goals.REFERENCE in baselines:
         lines += ["| target | ratio | verdict |", "|---|---|---|"]
         for goal in goals.RATIO_GOALS:
             if goal.suite in meta["suites"]:
-                verdict, got = goal.judge(table, subject)
+                verdict, got = goal.judge(table, subject, failed)
                 lines.append(f"| {goal.describe()} | {_fmt(got)} | {verdict} |")
     else:
         lines.append(f"Not judged: {goals.REFERENCE} was not among the baselines of this run.")
-    checks = goals.absolute_checks(table, subject)
+    checks = goals.absolute_checks(table, subject, failed)
     if checks:
         lines += ["", "| MySQL demo check | figure | verdict |", "|---|---|---|"]
         lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in checks]

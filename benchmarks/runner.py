@@ -140,6 +140,8 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
     rows: list[Row] = []
     extra: dict = {}
     failures: list[str] = []
+    # (suite, case, target) of counted rounds that failed: no verdict may rest on the rest.
+    failed: list[tuple[str, str, str]] = []
     # Peak resident memory by target and role, over every process the run started.
     peaks: dict[str, dict[str, float]] = {}
     bounds: dict[str, dict[str, float]] = {}
@@ -166,6 +168,7 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
                             outcome = _attempt(suite, case, target, roots[target.name],
                                                f"round {round_no}/{rounds}", ctx, failures)
                             if outcome is None:
+                                failed.append((suite.name, case, target.name))
                                 continue
                             rows += [Row(suite.name, c, m, target.name, round_no, v)
                                      for c, m, v in outcome.figures]
@@ -190,7 +193,7 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
     meta = {"stamp": stamp, "command": shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]]),
             "machine": machine(), "subject": subject, "baselines": baselines, "rounds": rounds,
             "suites": suite_names, "scale_name": scale_name, "scale": vars(scale),
-            "notes": ctx.notes, "failures": failures,
+            "notes": ctx.notes, "failures": failures, "failed": failed,
             "isolated": isolate, "dfs_read_cache_mib": dfs_read_cache, "memory": peaks,
             "memory_bounds": bounds}
     report.write_json(artifacts / "results.json", meta, rows, extra)

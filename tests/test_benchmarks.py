@@ -237,3 +237,35 @@ def test_targets_are_judged_on_medians_against_moosefs():
     markdown = report.render_markdown(meta, rows, {})
     assert "| fio rand-read p99 ms <= 1x moosefs | 1.25 | NOT MET |" in markdown
     assert "| mysql zero-QPS s == 0 | 0 | met |" in markdown
+
+
+def test_a_round_of_the_subject_that_failed_fails_its_verdicts():
+    """The medians leave a failed round out; the verdicts must not (20261127-052652:
+    MariaDB on dfs stalled for good in round 2, round 1 alone said "met")."""
+    rows = [Row("fio", "seq-write", "MB/s", "dfs", 1, 400),
+            Row("fio", "seq-write", "MB/s", "moosefs", 1, 200),
+            Row("fio", "seq-write", "MB/s", "moosefs", 2, 250),
+            Row("fio", "seq-read", "MB/s", "dfs", 1, 500),
+            Row("fio", "seq-read", "MB/s", "dfs", 2, 500),
+            Row("fio", "seq-read", "MB/s", "moosefs", 1, 400),
+            Row("mysql", "oltp", "QPS", "dfs", 1, 1200),
+            Row("mysql", "oltp", "QPS", "moosefs", 1, 1000),
+            Row("mysql", "oltp", "zero-QPS s", "dfs", 1, 0)]
+    failed = [("fio", "seq-write", "dfs"), ("fio", "seq-read", "moosefs"),
+              ("mysql", "oltp", "dfs")]
+    table = medians(rows)
+    verdicts = {g.describe(): g.judge(table, "dfs", frozenset(failed))
+                for g in goals.RATIO_GOALS}
+    assert verdicts["fio seq-write MB/s >= 1.5x moosefs"] == ("NOT MET (a round failed)",
+                                                              400 / 225)
+    # A baseline's failed round is the baseline's problem, not the subject's.
+    assert verdicts["fio seq-read MB/s >= 1x moosefs"] == ("met", 1.25)
+    meta = {"stamp": "s", "command": "c", "machine": "m", "subject": "dfs",
+            "baselines": ["moosefs"], "rounds": 2, "suites": ["fio", "mysql"],
+            "scale_name": "smoke", "scale": {}, "notes": [], "memory": {},
+            "failures": ["mysql oltp round 2/2 on dfs: sysbench exited with 1"],
+            "failed": [list(f) for f in failed]}
+    markdown = report.render_markdown(meta, rows, {})
+    assert "| mysql oltp QPS >= 1x moosefs | 1.2 | NOT MET (a round failed) |" in markdown
+    assert "| mysql: every round ran to its end | 1 | NOT MET |" in markdown
+    assert "| mysql zero-QPS s == 0 | 0 | met |" in markdown
