@@ -60,7 +60,11 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
                 lines.append(f"| {goal.describe()} | {_fmt(got)} | {verdict} |")
     else:
         lines.append(f"Not judged: {goals.REFERENCE} was not among the baselines of this run.")
-    checks = goals.absolute_checks(table, subject, failed)
+    unfinished = goals.unfinished_checks(failed, subject)
+    if unfinished:
+        lines += ["", "| round check | failed rounds | verdict |", "|---|---|---|"]
+        lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in unfinished]
+    checks = goals.absolute_checks(table, subject)
     if checks:
         lines += ["", "| MySQL demo check | figure | verdict |", "|---|---|---|"]
         lines += [f"| {what} | {_fmt(value)} | {verdict} |" for what, verdict, value in checks]

@@ -252,7 +252,7 @@ def test_a_round_of_the_subject_that_failed_fails_its_verdicts():
             Row("mysql", "oltp", "QPS", "moosefs", 1, 1000),
             Row("mysql", "oltp", "zero-QPS s", "dfs", 1, 0)]
     failed = [("fio", "seq-write", "dfs"), ("fio", "seq-read", "moosefs"),
-              ("mysql", "oltp", "dfs")]
+              ("mysql", "oltp", "dfs"), ("memory", "sizes", "dfs")]
     table = medians(rows)
     verdicts = {g.describe(): g.judge(table, "dfs", frozenset(failed))
                 for g in goals.RATIO_GOALS}
@@ -268,4 +268,6 @@ def test_a_round_of_the_subject_that_failed_fails_its_verdicts():
     markdown = report.render_markdown(meta, rows, {})
     assert "| mysql oltp QPS >= 1x moosefs | 1.2 | NOT MET (a round failed) |" in markdown
     assert "| mysql: every round ran to its end | 1 | NOT MET |" in markdown
+    assert "| memory: every round ran to its end | 1 | NOT MET |" in markdown
+    assert "| fio: every round ran to its end | 1 | NOT MET |" in markdown
     assert "| mysql zero-QPS s == 0 | 0 | met |" in markdown
