@@ -15,6 +15,9 @@ READ_ONLY_MODES = {Mode.SINGLE_NODE_READER_ONLY, Mode.MULTI_NODE_READER_ONLY}
 MULTI_TARGET_MODES = {Mode.SINGLE_NODE_MULTI_WRITER, Mode.MULTI_NODE_READER_ONLY,
                       Mode.MULTI_NODE_SINGLE_WRITER, Mode.MULTI_NODE_MULTI_WRITER}
 KNOWN_MODES = SINGLE_NODE_MODES | MULTI_TARGET_MODES
+# Modes with at most one writing node: publishing the volume to a writer moves
+# its attachment epoch, which fences out the node it was on before.
+SOLE_WRITER_MODES = (SINGLE_NODE_MODES - READ_ONLY_MODES) | {Mode.MULTI_NODE_SINGLE_WRITER}
 
 # The dfs mount is a FUSE filesystem: no other fs_type can be honoured.
 FS_TYPES = {"", "dfs", "fuse.dfs"}

@@ -10,7 +10,7 @@ from . import parameters as params
 from .errors import (CsiError, aborted, already_exists, from_dfs, grpc_method, invalid,
                      not_found, precondition)
 from .ids import check_node_id, check_volume_id, volume_id_for
-from .volumes import PUBLISH_READONLY, Publication, Volume, VolumeStore
+from .volumes import PUBLISH_EPOCH, PUBLISH_READONLY, Publication, Volume, VolumeStore
 
 log = logs.get_logger("csi.controller")
 
@@ -45,7 +45,7 @@ def page_start(token: str) -> str:
 def check_publish_allowed(volume: Volume, node_id: str, wanted: Publication) -> None:
     """Raise unless `node_id` may publish `volume` as `wanted` next to the others."""
     held = volume.published.get(node_id)
-    if held is not None and held != wanted:
+    if held is not None and not held.same_access(wanted):
         raise already_exists(
             f"volume {volume.volume_id} is already published to node {node_id} as "
             f"{caps.mode_name(held.mode)} readonly={held.readonly}")
@@ -128,12 +128,20 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 raise not_found(f"node {node_id} is not known: no dfs-csi node plugin "
                                 "has registered it")
             check_publish_allowed(volume, node_id, wanted)
-            if node_id not in volume.published:
+            held = volume.published.get(node_id)
+            if held is None:
+                if wanted.mode in caps.SOLE_WRITER_MODES and not wanted.readonly:
+                    # Whatever mount the volume had before may change nothing now.
+                    wanted.epoch = self.store.fence(volume)
                 self.store.set_published(volume, {**volume.published, node_id: wanted})
                 log.info("volume published", volume=volume_id, node=node_id,
-                         mode=caps.mode_name(wanted.mode), readonly=wanted.readonly)
-        return csi.ControllerPublishVolumeResponse(
-            publish_context={PUBLISH_READONLY: "true" if wanted.readonly else "false"})
+                         mode=caps.mode_name(wanted.mode), readonly=wanted.readonly,
+                         epoch=wanted.epoch)
+                held = wanted
+        publish_context = {PUBLISH_READONLY: "true" if held.readonly else "false"}
+        if held.epoch:
+            publish_context[PUBLISH_EPOCH] = str(held.epoch)
+        return csi.ControllerPublishVolumeResponse(publish_context=publish_context)
 
     @grpc_method(log)
     def ControllerUnpublishVolume(self, request, context):
@@ -146,6 +154,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             remaining = {node: p for node, p in volume.published.items()
                          if node_id and node != node_id}
             if remaining != volume.published:
+                # The node may be cut off and still writing: fence it out
+                # before the volume counts as free for another node.
+                if any(p.epoch for node, p in volume.published.items() if node not in remaining):
+                    self.store.fence(volume)
                 self.store.set_published(volume, remaining)
                 log.info("volume unpublished", volume=volume_id, node=node_id or "all")
         return csi.ControllerUnpublishVolumeResponse()

@@ -44,7 +44,7 @@ def aborted(message: str) -> CsiError:
 # Errno values that mean "the cluster is not answering right now": the CO
 # retries UNAVAILABLE with back-off, which is what these need.
 _UNAVAILABLE = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.ESHUTDOWN,
-                errno.EHOSTUNREACH, errno.ENETUNREACH}
+                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN}
 
 _CODES = {
     errno.ENOENT: grpc.StatusCode.NOT_FOUND,

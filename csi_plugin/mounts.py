@@ -124,17 +124,20 @@ class Mounter:
         self.log_dir = log_dir
 
     def mount_volume(self, subdir: str, path: str, volume_id: str,
-                     read_cache_mib: int | None = None) -> None:
+                     read_cache_mib: int | None = None, epoch: int = 0) -> None:
         argv = [*self.dfs_command, "mount", "--meta", self.meta, "--subdir", subdir]
         if read_cache_mib:
             argv += ["--read-cache", str(read_cache_mib)]
+        if epoch:
+            argv += ["--epoch", str(epoch)]
         if self.secret_file:
             argv += ["--secret-file", self.secret_file]
         if self.log_dir:
             argv += ["--log-file", os.path.join(self.log_dir, f"mount-{volume_id}.log")]
         os.makedirs(path, exist_ok=True)
         _run(argv + [path], MOUNT_TIMEOUT, f"mounting volume {volume_id} at {path}")
-        log.info("volume mounted", volume=volume_id, path=path, read_cache_mib=read_cache_mib)
+        log.info("volume mounted", volume=volume_id, path=path, read_cache_mib=read_cache_mib,
+                 epoch=epoch)
 
     def unmount_volume(self, path: str, volume_id: str) -> None:
         """Unmount the FUSE mount at `path`; lazily if it is broken or busy."""

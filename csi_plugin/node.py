@@ -12,7 +12,7 @@ from .errors import already_exists, grpc_method, invalid, not_found, out_of_rang
 from .ids import check_volume_id
 from .mounts import Mounter, broken, exists, mounted_at
 from .nodestate import NodeState, Target
-from .volumes import PUBLISH_READONLY, VOLUMES_DIR, Volume, VolumeStore
+from .volumes import PUBLISH_EPOCH, PUBLISH_READONLY, VOLUMES_DIR, Volume, VolumeStore
 
 log = logs.get_logger("csi.node")
 
@@ -29,6 +29,17 @@ def _required_path(request, field: str) -> str:
     if not os.path.isabs(path) or "\0" in path:
         raise invalid(f"{field} must be an absolute path")
     return os.path.normpath(path)
+
+
+def _epoch_of(request) -> int:
+    """The attachment epoch ControllerPublishVolume handed out (0: none)."""
+    text = request.publish_context.get(PUBLISH_EPOCH, "")
+    if not text:
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise invalid(f"publish_context {PUBLISH_EPOCH!r} must be a positive whole number, "
+                      f"not {text[:32]!r}")
+    return int(text)
 
 
 def _target_for(request, cap: csi.VolumeCapability) -> Target:
@@ -54,7 +65,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.max_volumes = max_volumes
 
     # --- mount upkeep -------------------------------------------------------
-    def _mount_staging(self, volume_id: str, path: str) -> None:
+    def _mount_staging(self, volume_id: str, path: str, epoch: int) -> None:
         """Make sure the staging mount at `path` is live, repairing a broken one."""
         entry = mounted_at(path)
         if entry is not None and not broken(path):
@@ -63,7 +74,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             log.warning("repairing broken mount", volume=volume_id, path=path)
             self.mounter.unmount_volume(path, volume_id)
         read_cache = self.store.get(volume_id).parameters.get("readCacheMiB")
-        self.mounter.mount_volume(f"{VOLUMES_DIR}/{volume_id}", path, volume_id, read_cache)
+        self.mounter.mount_volume(f"{VOLUMES_DIR}/{volume_id}", path, volume_id, read_cache,
+                                  epoch)
 
     def _bind_target(self, staging: str, path: str, target: Target) -> None:
         if mounted_at(path) is not None and not broken(path):
@@ -78,7 +90,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         state = self.state.load(volume_id)
         if not state.staging:
             return
-        self._mount_staging(volume_id, state.staging)
+        self._mount_staging(volume_id, state.staging, state.epoch)
         for path, target in state.targets.items():
             self._bind_target(state.staging, path, target)
 
@@ -101,15 +113,24 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         volume_id = check_volume_id(request.volume_id)
         staging = _required_path(request, "staging_target_path")
         caps.require_capability(request)
+        epoch = _epoch_of(request)
         with self.store.lock(volume_id):
             self.store.get(volume_id)
             state = self.state.load(volume_id)
             if state.staging and state.staging != staging and mounted_at(state.staging):
                 raise precondition(f"volume {volume_id} is already staged at {state.staging}")
-            self._mount_staging(volume_id, staging)
+            if state.staging == staging and state.epoch != epoch and mounted_at(staging):
+                # Published to this node again under a new epoch: the mount made
+                # under the old one may change nothing any more.
+                log.warning("remounting under a new attachment epoch", volume=volume_id,
+                            path=staging, old=state.epoch, epoch=epoch)
+                for path in state.targets:
+                    self.mounter.unbind(path)
+                self.mounter.unmount_volume(staging, volume_id)
+            self._mount_staging(volume_id, staging, epoch)
             for path, target in state.targets.items():
                 self._bind_target(staging, path, target)
-            state.staging = staging
+            state.staging, state.epoch = staging, epoch
             self.state.save(state)
         return csi.NodeStageVolumeResponse()
 
@@ -148,7 +169,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             if others and wanted.mode not in caps.MULTI_TARGET_MODES:
                 raise precondition(f"volume {volume_id} is {caps.mode_name(wanted.mode)} and "
                                    f"already published at {others[0]}")
-            self._mount_staging(volume_id, staging)
+            self._mount_staging(volume_id, staging, state.epoch)
             self._bind_target(staging, target_path, wanted)
             state.staging = staging
             state.targets[target_path] = wanted

@@ -30,6 +30,8 @@ class VolumeState:
     volume_id: str
     staging: str = ""
     targets: dict[str, Target] = field(default_factory=dict)
+    # The attachment epoch the staging mount was made under (0: none).
+    epoch: int = 0
 
 
 class NodeState:
@@ -47,7 +49,8 @@ class NodeState:
         except FileNotFoundError:
             return VolumeState(volume_id)
         return VolumeState(volume_id, wire.get("staging", ""),
-                           {path: Target.from_wire(t) for path, t in wire["targets"].items()})
+                           {path: Target.from_wire(t) for path, t in wire["targets"].items()},
+                           int(wire.get("epoch", 0)))
 
     def save(self, state: VolumeState) -> None:
         path = self._path(state.volume_id)
@@ -57,7 +60,7 @@ class NodeState:
             except FileNotFoundError:
                 pass
             return
-        wire = {"staging": state.staging,
+        wire = {"staging": state.staging, "epoch": state.epoch,
                 "targets": {p: t.to_wire() for p, t in sorted(state.targets.items())}}
         tmp = path + ".tmp"
         with open(tmp, "w") as f:

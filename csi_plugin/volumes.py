@@ -8,7 +8,8 @@ of unprivileged pods that mount the directory):
 - `trusted.dfs.csi.volume`: the CSI name and StorageClass parameters; written
   last when a volume is created, so a directory without it is a creation that
   was interrupted and the next CreateVolume finishes it.
-- `trusted.dfs.csi.published`: node id -> how the volume is published there.
+- `trusted.dfs.csi.published`: node id -> how the volume is published there,
+  with the attachment epoch a sole writer was given (metaserver/fences.py).
 
 Nodes announce themselves as directories under `/.dfs-csi/nodes/` so that
 ControllerPublishVolume can tell an unknown node from a known one.
@@ -18,6 +19,7 @@ atomic, then removes the tree; a removal cut short is finished by the next one.
 
 import errno
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,21 +36,28 @@ RECORD_XATTR = "trusted.dfs.csi.volume"
 PUBLISHED_XATTR = "trusted.dfs.csi.published"
 # Pods run as any uid; the volume's root is theirs to fill.
 VOLUME_MODE = 0o777
-# The publish-context key that tells the node a volume was attached read-only.
+# The publish-context keys that tell the node a volume was attached read-only,
+# and the attachment epoch it is to mount the volume under.
 PUBLISH_READONLY = "readonly"
+PUBLISH_EPOCH = "epoch"
 
 
 @dataclass
 class Publication:
     readonly: bool
     mode: int
+    # The attachment epoch the node mounts under (0: the node is not fenced).
+    epoch: int = 0
 
     def to_wire(self) -> dict:
-        return {"readonly": self.readonly, "mode": self.mode}
+        return {"readonly": self.readonly, "mode": self.mode, "epoch": self.epoch}
 
     @classmethod
     def from_wire(cls, wire: dict) -> "Publication":
-        return cls(bool(wire["readonly"]), int(wire["mode"]))
+        return cls(bool(wire["readonly"]), int(wire["mode"]), int(wire.get("epoch", 0)))
+
+    def same_access(self, other: "Publication") -> bool:
+        return (self.readonly, self.mode) == (other.readonly, other.mode)
 
 
 @dataclass
@@ -144,6 +153,14 @@ class VolumeStore:
         except DfsError as exc:
             raise from_dfs(exc, f"resizing volume {volume.volume_id}") from None
         volume.capacity = capacity
+
+    def fence(self, volume: Volume) -> int:
+        """Move the volume's attachment epoch on: mounts made under an older
+        one may change nothing from now on. Returns the new epoch."""
+        try:
+            return self.meta.call("fence", ino=volume.ino, token=os.urandom(16))["epoch"]
+        except DfsError as exc:
+            raise from_dfs(exc, f"fencing volume {volume.volume_id}") from None
 
     def set_published(self, volume: Volume, published: dict[str, Publication]) -> None:
         wire = {node: p.to_wire() for node, p in sorted(published.items())}

@@ -228,6 +228,13 @@ def cmd_replicas_get(args) -> int:
     return 0
 
 
+def cmd_fence(args) -> int:
+    epoch = _call(args, "fence", ino=_resolve(args, args.path), token=os.urandom(16))["epoch"]
+    print(epoch if args.quiet else f"{args.path}: attachment epoch {epoch}; mount it with "
+                                   f"--subdir {args.path} --epoch {epoch}")
+    return 0
+
+
 # ---- argument parsing ------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,6 +348,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true",
                    help='print {"replicas": stored factor (0 = none), "effective": N}')
     r.set_defaults(func=cmd_replicas_get)
+
+    p = sub.add_parser("fence", help="hand a folder to one new mount, fencing out the others",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Move the attachment epoch of folder PATH (a path inside\n"
+                                   "dfs, e.g. /volumes/pvc-1) on and print the new epoch. Every\n"
+                                   "mount made with --epoch and an older epoch is refused each\n"
+                                   "change from then on (EROFS), and its writes on their way\n"
+                                   "are refused by the chunk servers, so it cannot overwrite\n"
+                                   "what the mount made with the new epoch writes. Reading goes\n"
+                                   "on. Mounts made without --epoch are not affected. The CSI\n"
+                                   "plugin does this itself for single-node volumes; use it by\n"
+                                   "hand to move a database from one host to another.",
+                       epilog="example: dfs fence --data-dir /var/lib/dfs /db\n"
+                              "         dfs mount --data-dir /var/lib/dfs --subdir /db "
+                              "--epoch 2 /mnt/db")
+    add_cluster_args(p)
+    p.add_argument("path", help="the folder, a path inside dfs")
+    p.add_argument("--quiet", action="store_true", help="print the epoch alone")
+    p.set_defaults(func=cmd_fence)
     return parser
 
 

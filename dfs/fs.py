@@ -344,7 +344,7 @@ class DfsFS(pyfuse3.Operations):
         ino = self._real(inode)
         self.no_capability.pop(ino, None)
         async with self._changing(inodes=(ino,)), self._by_inode(ino):
-            await self.meta.call("setxattr", ino=ino, name=name, value=value, flags=0)
+            await self.meta.change("setxattr", ino=ino, name=name, value=value, flags=0)
 
     async def getxattr(self, inode, name, ctx):
         ino = self._real(inode)
@@ -368,7 +368,7 @@ class DfsFS(pyfuse3.Operations):
         self._check_writable()
         ino = self._real(inode)
         async with self._changing(inodes=(ino,)), self._by_inode(ino):
-            await self.meta.call("removexattr", ino=ino, name=name)
+            await self.meta.change("removexattr", ino=ino, name=name)
 
     # ---- files -----------------------------------------------------------
 

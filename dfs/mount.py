@@ -37,11 +37,13 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class MountOptions:
     """What one mount serves and how: the folder, whether it may change
-    anything, and how much of what it reads it keeps in memory."""
+    anything, the attachment epoch it changes it under, and how much of what
+    it reads it keeps in memory."""
 
     subdir: str = "/"
     read_only: bool = False
     read_cache_mib: int = READ_CACHE_BYTES // MIB
+    epoch: int = 0
 
     def fuse(self) -> set[str]:
         options = {"default_permissions", "allow_other", "fsname=dfs:" + self.subdir,
@@ -53,6 +55,8 @@ class MountOptions:
     def command_line(self) -> list[str]:
         """The same options for the mount process (`python -m dfs.mount`)."""
         argv = ["--subdir", self.subdir, "--read-cache", str(self.read_cache_mib)]
+        if self.epoch:
+            argv += ["--epoch", str(self.epoch)]
         return argv + ["--read-only"] if self.read_only else argv
 
 
@@ -86,11 +90,28 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subdir", default="/", metavar="PATH",
                         help="mount only this folder of the cluster, e.g. /volumes/pvc-1")
     parser.add_argument("--read-only", action="store_true", help="refuse every change")
+    parser.add_argument(
+        "--epoch", type=epoch_number, default=0, metavar="N",
+        help="change the --subdir folder only while its attachment epoch is N (as 'dfs "
+             "fence' or the CSI plugin's ControllerPublishVolume handed it out); once the "
+             "folder is fenced again, every change through this mount fails with EROFS. "
+             "Default: the mount is never fenced")
     add_read_cache_option(parser)
 
 
+def epoch_number(text: str) -> int:
+    """An argparse type: a positive attachment epoch."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"an epoch is a whole number from 1 on, not {text!r}")
+    return value
+
+
 def options_from_args(args: argparse.Namespace) -> MountOptions:
-    return MountOptions(args.subdir, args.read_only, args.read_cache)
+    return MountOptions(args.subdir, args.read_only, args.read_cache, args.epoch)
 
 
 class ReadyPipe:
@@ -110,14 +131,16 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
                 ready: ReadyPipe) -> None:
     meta = MetaLink(cluster.meta, cluster.secret, mountpoint)
     chunkio = ChunkIO(cluster.secret)
-    await meta.open_session()
     root = (await meta.call("resolve", path=options.subdir.encode()))["ino"]
+    if options.epoch:
+        meta.fence = [root, options.epoch]
+    await meta.open_session()
     async with trio.open_nursery() as nursery:
         fs = DfsFS(meta, chunkio, root, nursery, options.read_only,
                    options.read_cache_mib * MIB)
         pyfuse3.init(fs, mountpoint, options.fuse())
         log.info("mounted", mountpoint=mountpoint, subdir=options.subdir, meta=cluster.meta,
-                 session=meta.session, read_only=options.read_only,
+                 session=meta.session, read_only=options.read_only, epoch=options.epoch,
                  read_cache_mib=options.read_cache_mib)
         ready.tell("ok")
         nursery.start_soon(meta.keep_alive)

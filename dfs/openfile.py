@@ -68,6 +68,10 @@ MAX_UNSENT_BYTES = 64 * 1024 * 1024
 LEASE_REUSE_SECONDS = 15.0
 LEASE_MARGIN_SECONDS = 2.0
 WRITE_RETRY_SECONDS = 60.0
+# Why a write failed, told to the application as it is: out of space or
+# quota, or fenced (the folder was handed to another mount). Anything else
+# is EIO.
+TOLD_AS_IS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 READ_RETRIES = 3
 # How late the mtime of quietly synced writes may reach the metaserver.
 MTIME_LAG = 1.0
@@ -346,7 +350,7 @@ class OpenFile:
 
     def _raise_error(self):
         exc, self._error = self._error, None
-        raise DfsError(exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO,
+        raise DfsError(exc.errno if exc.errno in TOLD_AS_IS else errno.EIO,
                        f"writing inode {self.ino} failed: {exc.message}")
 
     async def drain(self) -> None:
@@ -390,8 +394,8 @@ class OpenFile:
                     nursery.start_soon(self._sync_chunk, index, placement)
         except* DfsError as group:
             exc = group.exceptions[0]
-            raise DfsError(exc.errno if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                           else errno.EIO, f"sync of inode {self.ino} failed: {exc}") from None
+            raise DfsError(exc.errno if exc.errno in TOLD_AS_IS else errno.EIO,
+                           f"sync of inode {self.ino} failed: {exc}") from None
         if record and grew:
             await self._commit(size, mtime, committed, datasync)
         if quietly and self.dirty:
@@ -418,8 +422,15 @@ class OpenFile:
                       quiet: bool) -> None:
         """Send a commit (the caller holds the commit lock)."""
         sent = self._sent_mtime = max(mtime, self._sent_mtime)
-        reply = await self.meta.call("commit", ino=self.ino, session=self.meta.session,
-                                     size=size, mtime=sent, quiet=quiet or None)
+        try:
+            reply = await self.meta.call("commit", ino=self.ino, session=self.meta.session,
+                                         size=size, mtime=sent, quiet=quiet or None)
+        except DfsError as exc:
+            if exc.errno == errno.EROFS:
+                # Fenced: this mount can never record it; say so once, not at every close.
+                self.dirty = False
+                self.unrecorded = None
+            raise
         attr = Attr.from_wire(reply)
         # The metaserver ignores quiet from a session that no longer holds the file.
         if quiet and self.ino in self.meta.open_inodes:

@@ -98,7 +98,10 @@ def _ops(*ops: Op) -> dict:
 # `session` is the id returned by session_open.
 META = _ops(
     # -> {session, chunk_size, block_size, session_ttl}
-    Op("session_open", {"host": str, "mountpoint": str, "pid": int}),
+    # `fence` [directory ino, epoch]: the session may change anything only
+    # while the directory's attachment epoch is that one (see `fence`); EROFS
+    # at once if it is not.
+    Op("session_open", {"host": str, "mountpoint": str, "pid": int, "fence": Opt(list)}),
     # -> {}; ESTALE if the session expired (the client opens a new one)
     Op("session_renew", {"session": int}, idempotent=True),
     Op("session_close", {"session": int}, idempotent=True),
@@ -109,9 +112,12 @@ META = _ops(
     # -> Attr; walks `path` (absolute, '/'-separated) from the root
     Op("resolve", {"path": bytes}, idempotent=True),
     Op("getattr", {"ino": int}, idempotent=True),
+    # Every change to the namespace may name the `writer`: the session it is
+    # made for. A session whose fence (session_open) no longer holds is
+    # refused with EROFS, as it is for chunk_write, reserve and commit.
     # changes: any of mode, uid, gid, size, atime, mtime (ns) and atime_now,
     # mtime_now (bool). -> Attr
-    Op("setattr", {"ino": int, "changes": dict, "token": Opt(bytes)}),
+    Op("setattr", {"ino": int, "changes": dict, "writer": Opt(int), "token": Opt(bytes)}),
     # The operations from mknod to rename answer with "dirs" besides: the Attr of
     # each folder they changed (one made or renamed included), as the change left
     # it, by inode number (the kernel forgets a folder's attributes after every
@@ -119,18 +125,19 @@ META = _ops(
     # mode carries the file type bits (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK).
     # With `session`, the new file is held open by that session (as by `open`). -> Attr
     Op("mknod", {"parent": int, "name": bytes, "mode": int, "rdev": int, "uid": int,
-                 "gid": int, "session": Opt(int), "token": Opt(bytes)}),
+                 "gid": int, "session": Opt(int), "writer": Opt(int), "token": Opt(bytes)}),
     Op("mkdir", {"parent": int, "name": bytes, "mode": int, "uid": int, "gid": int,
-                 "token": Opt(bytes)}),
+                 "writer": Opt(int), "token": Opt(bytes)}),
     Op("symlink", {"parent": int, "name": bytes, "target": bytes, "uid": int, "gid": int,
-                   "token": Opt(bytes)}),
-    Op("link", {"ino": int, "parent": int, "name": bytes, "token": Opt(bytes)}),
+                   "writer": Opt(int), "token": Opt(bytes)}),
+    Op("link", {"ino": int, "parent": int, "name": bytes, "writer": Opt(int),
+                "token": Opt(bytes)}),
     # -> {"dirs"}
-    Op("unlink", {"parent": int, "name": bytes, "token": Opt(bytes)}),
-    Op("rmdir", {"parent": int, "name": bytes, "token": Opt(bytes)}),
+    Op("unlink", {"parent": int, "name": bytes, "writer": Opt(int), "token": Opt(bytes)}),
+    Op("rmdir", {"parent": int, "name": bytes, "writer": Opt(int), "token": Opt(bytes)}),
     # flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2), as in renameat2(2)
     Op("rename", {"parent": int, "name": bytes, "newparent": int, "newname": bytes,
-                  "flags": int, "token": Opt(bytes)}),
+                  "flags": int, "writer": Opt(int), "token": Opt(bytes)}),
     # -> {"target": bytes}
     Op("readlink", {"ino": int}, idempotent=True),
     # Entries after `offset` (0 = from the start), at most `limit`.
@@ -154,10 +161,11 @@ META = _ops(
     # One handle fewer; the last one lets an unlinked inode go.
     Op("release", {"ino": int, "session": int}, idempotent=True),
     # flags: XATTR_CREATE (1), XATTR_REPLACE (2)
-    Op("setxattr", {"ino": int, "name": bytes, "value": bytes, "flags": int}),
+    Op("setxattr", {"ino": int, "name": bytes, "value": bytes, "flags": int,
+                    "writer": Opt(int)}),
     Op("getxattr", {"ino": int, "name": bytes}, idempotent=True),   # -> {"value"}
     Op("listxattr", {"ino": int}, idempotent=True),                 # -> {"names"}
-    Op("removexattr", {"ino": int, "name": bytes}),
+    Op("removexattr", {"ino": int, "name": bytes, "writer": Opt(int)}),
     # Quota-aware: inside a quota directory the quota is the filesystem size.
     # -> {bsize, blocks, bfree, bavail, files, ffree, namemax}
     Op("statfs", {"ino": int}, idempotent=True),
@@ -184,6 +192,15 @@ META = _ops(
     # -> Attr
     Op("commit", {"ino": int, "session": int, "size": int, "mtime": int,
                   "quiet": Opt(bool)}, idempotent=True),
+
+    # Move directory `ino`'s attachment epoch on (the CSI controller does, each
+    # time it publishes a volume with one writing node, or unpublishes it).
+    # Sessions bound to an older epoch are refused every change from then on,
+    # and the chunks they lease move to a new version before the reply, so
+    # their writes in flight are refused too. EAGAIN for one lease length
+    # after a restart if sessions from before it are bound to `ino`.
+    # -> {"epoch": the new epoch}
+    Op("fence", {"ino": int, "token": Opt(bytes)}),
 
     # Quotas on directories: 0 means unlimited. -> QuotaInfo dict
     Op("quota_set", {"ino": int, "bytes": int, "inodes": int}, idempotent=True),

@@ -21,6 +21,9 @@ class MetaLink:
                              on_reconnect=self._reannounce)
         self.mountpoint = mountpoint
         self.session = 0
+        # [directory ino, attachment epoch] the session is opened under, if any
+        # (see metaserver/fences.py): once the epoch moves, changes are refused.
+        self.fence: list[int] | None = None
         self.chunk_size = 0
         self.block_size = 0
         self.session_ttl = 60.0
@@ -65,16 +68,22 @@ class MetaLink:
     async def mutate(self, op: str, **args):
         """A mutation with a fresh token: a retry after a lost reply is answered
         from the metaserver's memory instead of being applied twice."""
-        return await self.client.call(op, token=os.urandom(16), **args)
+        return await self.change(op, token=os.urandom(16), **args)
+
+    async def change(self, op: str, **args):
+        """A change to the namespace, made as this mount's session (`writer`)."""
+        return await self.client.call(op, writer=self.session or None, **args)
 
     async def open_session(self) -> None:
         reply = await self.client.call("session_open", host=socket.gethostname(),
-                                       mountpoint=self.mountpoint, pid=os.getpid())
+                                       mountpoint=self.mountpoint, pid=os.getpid(),
+                                       fence=self.fence)
         self.session = reply["session"]
         self.chunk_size = reply["chunk_size"]
         self.block_size = reply["block_size"]
         self.session_ttl = float(reply["session_ttl"])
-        log.info("session opened", session=self.session, mountpoint=self.mountpoint)
+        log.info("session opened", session=self.session, mountpoint=self.mountpoint,
+                 fence=self.fence)
 
     async def keep_alive(self) -> None:
         """Renew the session; after an expiry open a new one and re-register open files."""

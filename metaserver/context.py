@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from dfs.ops import CHUNK
 from dfs.rpc import ClientPool
 
+from .fences import Fences
 from .namespace import Namespace
 from .opens import OpenFiles
 from .registry import Registry
@@ -36,6 +37,7 @@ class Context:
     opens: OpenFiles
     reservations: Reservations
     leases: Leases
+    fences: Fences
     registry: Registry
     # Connections to chunk servers, for version bumps, truncation and checks.
     chunkservers: ClientPool
@@ -45,5 +47,5 @@ class Context:
         opens = OpenFiles()
         return cls(settings, store, Namespace(settings.chunk_size, opens),
                    Sessions(settings.session_ttl), opens, Reservations(),
-                   Leases(settings.lease_seconds), Registry(settings.heartbeat_timeout),
+                   Leases(settings.lease_seconds), Fences(), Registry(settings.heartbeat_timeout),
                    ClientPool(secret, CHUNK, connect_timeout=3.0))

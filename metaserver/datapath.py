@@ -72,7 +72,9 @@ class DataPath:
         async with self.locks.hold(ino):
             chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
             if chunk is None:
-                return await self._allocate(ino, index)
+                reply = await self._allocate(ino, index)
+                self.ctx.fences.leased(session, reply["chunk"], reply["lease_until"])
+                return reply
             async with self.replicas.quiet(chunk_id):
                 chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
                 if chunk is None:
@@ -82,13 +84,31 @@ class DataPath:
                            if csid in registry.servers and registry.addr(csid) in failed}
                 until = self.ctx.leases.active(chunk_id)
                 whole = all(registry.alive(csid) for csid in chunk.locations)
-                if until is not None and whole and not exclude:
-                    return self._reply(chunk_id, chunk.version, chunk.locations, until)
-                if exclude:
-                    log.warning("client reported failed replicas", chunk=chunk_id, ino=ino,
-                                csids=sorted(exclude))
-                version, holders = await self.replicas.move_version(chunk_id, chunk, exclude)
-                return self._reply(chunk_id, version, holders, self.ctx.leases.grant(chunk_id))
+                version, holders = chunk.version, chunk.locations
+                if until is None or not whole or exclude:
+                    if exclude:
+                        log.warning("client reported failed replicas", chunk=chunk_id, ino=ino,
+                                    csids=sorted(exclude))
+                    version, holders = await self.replicas.move_version(chunk_id, chunk, exclude)
+                    until = self.ctx.leases.grant(chunk_id)
+                self.ctx.fences.leased(session, chunk_id, until)
+                return self._reply(chunk_id, version, holders, until)
+
+    async def revoke(self, chunk_id: int) -> None:
+        """End the write lease on `chunk_id`: its replicas move to a new
+        version, so writes under the old one are refused."""
+        async with self.replicas.quiet(chunk_id):
+            chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
+            if chunk is None or self.ctx.leases.active(chunk_id) is None:
+                return
+            try:
+                await self.replicas.move_version(chunk_id, chunk)
+            except DfsError as exc:
+                # No replica is in reach now; the next lease on the chunk then
+                # moves the version before anyone writes under it.
+                self.ctx.leases.revoke(chunk_id)
+                log.warning("cannot move a fenced chunk's version", chunk=chunk_id,
+                            error=str(exc))
 
     async def _place(self, count: int) -> list:
         """`count` servers for a new chunk; while known servers are not heard

@@ -255,6 +255,7 @@ class Namespace:
         for name in tx.xattr_names(inode.ino):
             tx.delete_xattr(inode.ino, name)
         tx.delete_quota(inode.ino)
+        tx.delete_epoch(inode.ino)
         tx.remove_orphan(inode.ino)
         tx.drop_inode(inode.ino)
 

@@ -90,6 +90,10 @@ class SessionRecord:
     host: str
     mountpoint: str
     pid: int
+    # The directory whose attachment epoch the session was opened under
+    # (0: none) and that epoch (see fences.py).
+    fence_ino: int = 0
+    fence_epoch: int = 0
 
 
 @dataclass(slots=True)

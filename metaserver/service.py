@@ -20,9 +20,10 @@ from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
 from .namespace import NAME_MAX, check_changes
 from .quotas import ROOT_INO
+from .fences import Binding
 from .fsck import Fsck
 from .records import Inode, Quota, SessionRecord
-from .replicas import Replicas
+from .replicas import POLL, KeyedLocks, Replicas
 from .store import REPLY_TTL, Tx
 
 log = logs.get_logger("metaserver")
@@ -30,6 +31,9 @@ log = logs.get_logger("metaserver")
 STATFS_BSIZE = 4096
 # What statfs reports as the inode count when nothing limits it.
 MANY_FILES = 1 << 40
+# The operations a fenced session is refused (see fences.py): every change.
+CHANGES = ("setattr mknod mkdir symlink link unlink rmdir rename setxattr removexattr "
+           "chunk_write reserve commit").split()
 
 
 class MetaService:
@@ -40,18 +44,20 @@ class MetaService:
         self.data = DataPath(ctx, self.replicas)
         self.cluster = Cluster(ctx, self.replicas)
         self.fsck = Fsck(ctx, self.replicas)
+        self.fencing = KeyedLocks()
 
     def start(self) -> None:
         """Prepare the store for serving: the root exists, old sessions get a fresh
         TTL and are presumed to hold what they had open until they re-announce."""
-        def init(tx: Tx) -> list[int]:
+        def init(tx: Tx) -> dict[int, SessionRecord]:
             if tx.get_inode(ROOT_INO) is None:
                 now = time.time_ns()
                 tx.next_id("inode")
                 tx.touch(Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, now, now, now,
                                ROOT_INO))
                 log.info("created the root directory", ino=ROOT_INO)
-            sids = {sid for sid, _ in tx.all_sessions()}
+            sessions = dict(tx.all_sessions())
+            sids = set(sessions)
             for ino, keepers in list(tx.all_orphans()):
                 inode = tx.get_inode(ino)
                 if inode is None:
@@ -61,7 +67,10 @@ class MetaService:
                 # recorded without keepers (older format) is kept by everyone.
                 self.ns.collect(tx, inode, keepers & sids if keepers else sids)
             self.ctx.opens.restored.update(sids)
-            return sids
+            self.ctx.fences.load(tx.all_epochs(), {
+                sid: Binding(record.fence_ino, record.fence_epoch)
+                for sid, record in sessions.items() if record.fence_ino})
+            return sessions
 
         for sid in self.ctx.store.write_now(init):
             self.ctx.sessions.start(sid)
@@ -73,7 +82,7 @@ class MetaService:
         names = ("session_open session_renew session_close lookup resolve getattr setattr "
                  "mknod mkdir symlink link unlink rmdir rename readlink readdir open release "
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
-                 "quota_list replicas_set replicas_get status").split()
+                 "quota_list replicas_set replicas_get status fence").split()
         table = {name: getattr(self, name) for name in names}
         for name in ("chunk_read", "chunk_write", "reserve", "commit"):
             table[name] = getattr(self.data, name)
@@ -84,6 +93,8 @@ class MetaService:
         for name, op in META.items():
             if "session" in op.fields:
                 table[name] = self._speaking(table[name])
+        for name in CHANGES:
+            table[name] = self._fenced(table[name])
         return table
 
     async def run_background(self) -> None:
@@ -111,15 +122,33 @@ class MetaService:
         return await self.ctx.store.write(fn, token)
 
     # --- sessions ---------------------------------------------------------------
-    async def session_open(self, host: str, mountpoint: str, pid: int) -> dict:
+    async def session_open(self, host: str, mountpoint: str, pid: int,
+                           fence: list | None) -> dict:
+        binding = None
+        if fence is not None:
+            if len(fence) != 2 or not all(type(n) is int and n > 0 for n in fence):
+                raise DfsError(errno.EINVAL, "session_open: fence must be [directory ino, "
+                                             "epoch], both positive integers")
+            binding = Binding(*fence)
+            if not self._read(lambda tx: tx.inode(binding.ino)).is_dir:
+                raise DfsError(errno.ENOTDIR, f"fence: inode {binding.ino} is not a directory")
+            self.ctx.fences.check_binding(binding)
+
         def open_session(tx: Tx) -> int:
             sid = tx.next_id("session")
-            tx.put_session(sid, SessionRecord(host, mountpoint, pid))
+            tx.put_session(sid, SessionRecord(host, mountpoint, pid, *(fence or (0, 0))))
             return sid
 
         sid = await self._write(open_session)
         self.ctx.sessions.start(sid)
-        log.info("session opened", session=sid, host=host, mountpoint=mountpoint, pid=pid)
+        if binding is not None:
+            try:
+                self.ctx.fences.bind(sid, binding)
+            except DfsError:
+                await self._end_session(sid)
+                raise
+        log.info("session opened", session=sid, host=host, mountpoint=mountpoint, pid=pid,
+                 fence=fence)
         return {"session": sid, "chunk_size": self.ctx.settings.chunk_size,
                 "block_size": BLOCK_SIZE, "session_ttl": self.ctx.settings.session_ttl}
 
@@ -134,6 +163,7 @@ class MetaService:
 
     async def _end_session(self, sid: int) -> None:
         self.ctx.sessions.end(sid)
+        self.ctx.fences.unbind(sid)
         self.ctx.reservations.drop(sid)
         kept = self.ctx.opens.end_session(sid)
 
@@ -152,6 +182,15 @@ class MetaService:
             if args["session"] is not None and args.get("count") is None:
                 await self._spoke(args["session"])
             return await handler(**args)
+        return handle
+
+    def _fenced(self, handler):
+        """`handler` for a change, refused to a session whose fence moved on;
+        `fence` waits for the changes that began before it."""
+        async def handle(**args):
+            writer = args.pop("writer", None)
+            with self.ctx.fences.changing(writer if writer is not None else args.get("session")):
+                return await handler(**args)
         return handle
 
     async def _spoke(self, sid: int) -> None:
@@ -333,6 +372,31 @@ class MetaService:
         return {"bsize": STATFS_BSIZE, "blocks": total // STATFS_BSIZE,
                 "bfree": free // STATFS_BSIZE, "bavail": free // STATFS_BSIZE,
                 "files": files, "ffree": ffree, "namemax": NAME_MAX}
+
+    async def fence(self, ino: int, token: bytes | None) -> dict:
+        fences = self.ctx.fences
+        left = self.ctx.leases.grace_until - time.time()
+        if ino in fences.restored and left > 0:
+            raise DfsError(errno.EAGAIN, f"fence: sessions from before the metaserver's restart "
+                                         f"are bound to directory {ino} and may hold write "
+                                         f"leases for {left:.0f} s more; try again then")
+
+        def move(tx: Tx) -> dict:
+            tx.directory(ino)
+            epoch = tx.epoch(ino) + 1
+            tx.put_epoch(ino, epoch)
+            return {"epoch": epoch}
+
+        async with self.fencing.hold(ino):
+            reply = await self._write(move, token)
+            fences.move(ino, reply["epoch"])
+            while fences.busy(ino):
+                await trio.sleep(POLL)
+            revoked = fences.leased_chunks(ino)
+            for chunk_id in revoked:
+                await self.data.revoke(chunk_id)
+        log.info("attachment epoch moved", ino=ino, epoch=reply["epoch"], revoked=revoked)
+        return reply
 
     async def quota_set(self, ino: int, bytes: int, inodes: int) -> dict:
         if bytes < 0 or inodes < 0:

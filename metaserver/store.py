@@ -33,7 +33,7 @@ U64x2 = struct.Struct(">QQ")
 
 DATABASES = ("inodes", "dentries", "dirindex", "chunkmap", "chunks", "xattrs",
              "chunkservers", "quotas", "sessions", "orphans", "counters", "gc",
-             "replies", "reply_times")
+             "replies", "reply_times", "epochs")
 
 # How long a request token is remembered; a client retries within seconds.
 REPLY_TTL = 600.0
@@ -247,6 +247,21 @@ class Tx:
     def all_quotas(self):
         for key, value in self.scan("quotas"):
             yield read_u64(key), unpack(Quota, value)
+
+    # --- attachment epochs (fences.py) ----------------------------------------
+    def epoch(self, ino: int) -> int:
+        raw = self._get("epochs", u64(ino))
+        return read_u64(raw) if raw else 0
+
+    def put_epoch(self, ino: int, epoch: int) -> None:
+        self._put("epochs", u64(ino), u64(epoch))
+
+    def delete_epoch(self, ino: int) -> None:
+        self._delete("epochs", u64(ino))
+
+    def all_epochs(self):
+        for key, value in self.scan("epochs"):
+            yield read_u64(key), read_u64(value)
 
     # --- sessions, opens and orphans -----------------------------------------
     def session(self, sid: int) -> SessionRecord | None:

@@ -56,11 +56,11 @@ class Cluster:
         return subprocess.run([dfs_bin, *args], capture_output=True, text=True, check=check,
                               timeout=120)
 
-    def mount(self, subdir: str = "/") -> Path:
+    def mount(self, subdir: str = "/", *options: str) -> Path:
         path = self.base / f"mnt-{uuid.uuid4().hex[:8]}"
         path.mkdir()
         self.extra_mounts.append(path)
-        self.dfs("mount", *self.cli_args, "--subdir", subdir,
+        self.dfs("mount", *self.cli_args, "--subdir", subdir, *options,
                  "--log-file", str(path) + ".log", str(path))
         return path
 

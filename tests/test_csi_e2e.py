@@ -9,6 +9,7 @@ every RPC's error answers.
 
 import errno
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -79,7 +80,7 @@ def cluster(tmp_path_factory):
         info = json.loads((data / "cluster.json").read_text())
         yield Cluster(info["meta"], data / "secret", mnt, base)
     finally:
-        for folder in ("node", "split-node", "split-controller"):
+        for folder in ("node", "split-node", "split-controller", OTHER_NODE):
             release_mounts(base / folder)
         run([BIN / "dfs", "down", "--data-dir", data])
         release_mounts(base)
@@ -183,7 +184,8 @@ class Volume:
     def stage(self):
         return self.plugin.node.NodeStageVolume(csi.NodeStageVolumeRequest(
             volume_id=self.id, staging_target_path=str(self.staging),
-            volume_capability=self.cap, volume_context=self.volume.volume_context), timeout=60)
+            volume_capability=self.cap, publish_context=self.publish_context,
+            volume_context=self.volume.volume_context), timeout=60)
 
     def publish(self, pod: str, readonly=False) -> Path:
         target = self.plugin.dir / "pods" / pod / "mount"
@@ -470,6 +472,103 @@ def test_restart_keeps_mounts_and_broken_mounts_are_repaired(plugin):
     assert (target / "note").read_text() == "still here"
     assert (vol.staging / "note").read_text() == "still here"
     assert not vol.stats(target).volume_condition.abnormal
+    vol.teardown()
+
+
+def read_direct(path: Path, length: int) -> bytes:
+    """Read past every cache, as a database does."""
+    buf = mmap.mmap(-1, length)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        return bytes(buf[:os.preadv(fd, [buf], 0)])
+    finally:
+        os.close(fd)
+
+
+def test_a_volume_moved_to_another_node_fences_out_the_node_it_left(plugin):
+    """Node A drops out of Kubernetes' sight but still reaches the cluster; the
+    attacher detaches the volume from it by force (no NodeUnstage there) and
+    publishes it to node B. A must not overwrite a byte that B writes."""
+    other = Plugin(plugin.cluster, mode="node", node_id=OTHER_NODE, folder=OTHER_NODE)
+    other.start()
+    try:
+        vol = Volume(plugin, "pvc-moved", 8 * MiB)
+        vol.attach()
+        first = int(vol.publish_context["epoch"])
+        assert vol.attach().publish_context["epoch"] == str(first), "a retry keeps the epoch"
+        vol.stage()
+        on_a = vol.publish("db-on-a")
+        fd = os.open(on_a / "table", os.O_RDWR | os.O_CREAT, 0o644)
+        os.pwrite(fd, b"A" * 65536, 0)
+        os.fsync(fd)
+
+        plugin.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(
+            volume_id=vol.id, node_id=NODE), timeout=60)
+        moved = vol.attach(node=OTHER_NODE).publish_context
+        assert int(moved["epoch"]) > first
+        staging_b = other.dir / "staging" / vol.id
+        staging_b.mkdir(parents=True)
+        other.node.NodeStageVolume(csi.NodeStageVolumeRequest(
+            volume_id=vol.id, staging_target_path=str(staging_b), volume_capability=vol.cap,
+            publish_context=moved, volume_context=vol.volume.volume_context), timeout=60)
+        on_b = other.dir / "pods" / "db-on-b" / "mount"
+        on_b.parent.mkdir(parents=True)
+        other.node.NodePublishVolume(csi.NodePublishVolumeRequest(
+            volume_id=vol.id, staging_target_path=str(staging_b), target_path=str(on_b),
+            volume_capability=vol.cap, publish_context=moved,
+            volume_context=vol.volume.volume_context), timeout=60)
+        with open(on_b / "table", "r+b") as f:
+            f.write(b"B" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+
+        os.pwrite(fd, b"a" * 65536, 0)
+        with pytest.raises(OSError) as info:
+            os.fsync(fd)
+        assert info.value.errno == errno.EROFS
+        try:
+            os.close(fd)
+        except OSError as exc:
+            assert exc.errno == errno.EROFS, "the failed write may be told again at close"
+        with pytest.raises(OSError) as info:
+            (on_a / "ib_logfile0").write_bytes(b"x")
+        assert info.value.errno == errno.EROFS
+        assert read_direct(on_b / "table", 65536) == b"B" * 65536
+        assert read_direct(on_a / "table", 65536) == b"B" * 65536
+        (on_b / "ib_logfile0").write_bytes(b"B's log")
+
+        # Kubelet on A, back in touch, cleans up; B hands the volume back.
+        plugin.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(
+            volume_id=vol.id, target_path=str(on_a)), timeout=60)
+        plugin.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(
+            volume_id=vol.id, staging_target_path=str(vol.staging)), timeout=60)
+        other.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(
+            volume_id=vol.id, target_path=str(on_b)), timeout=60)
+        other.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(
+            volume_id=vol.id, staging_target_path=str(staging_b)), timeout=60)
+        plugin.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(
+            volume_id=vol.id, node_id=OTHER_NODE), timeout=60)
+        plugin.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=vol.id), timeout=60)
+    finally:
+        other.stop()
+
+
+def test_published_again_to_the_same_node_the_stale_mount_is_replaced(plugin):
+    vol = Volume(plugin, "pvc-back-again", 4 * MiB)
+    vol.attach()
+    vol.stage()
+    target = vol.publish("db")
+    (target / "before").write_text("kept")
+    plugin.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(
+        volume_id=vol.id, node_id=NODE), timeout=60)
+    with pytest.raises(OSError) as info:
+        (target / "fenced").write_text("x")
+    assert info.value.errno == errno.EROFS
+
+    vol.attach()
+    vol.stage()
+    (target / "after").write_text("written")
+    assert sorted(os.listdir(vol.staging)) == ["after", "before"]
     vol.teardown()
 
 
