@@ -33,9 +33,9 @@ that describes it, and the header never runs ahead of the data.
   fsync it. The version on disk therefore never claims more than the data that
   was written before the change, so a crash cannot leave a replica that says
   "newer version" while holding older data that verifies.
-- a new replica (create, replicate) is built under temporary names and becomes
-  visible when its metadata file is renamed into place; a data file without a
-  metadata file is an orphan and is removed at startup.
+- a new replica (create, replicate, copy) is built under temporary names and
+  becomes visible when its metadata file is renamed into place; a data file
+  without a metadata file is an orphan and is removed at startup.
 The header is updated in place rather than by temp file + rename because a
 rename per version change would also need a directory fsync, and a fixed
 sector-sized header gives the same all-or-nothing result for less.

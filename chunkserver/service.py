@@ -201,6 +201,15 @@ class ChunkService:
             handle.close()
         self._bad_seen = {seen for seen in self._bad_seen if seen[0] != chunk}
 
+    def _have(self, chunk: int, version: int) -> bool:
+        """Whether a sound replica of `chunk` at `version` is here already, so
+        a copy of it is needless; ESTALE if a newer one is."""
+        current = self.versions.get(chunk)
+        if current is not None and current > version:
+            raise DfsError(errno.ESTALE, f"chunk {chunk}: replica here is at version "
+                                         f"{current}, newer than {version}")
+        return current == version and (chunk, current) not in self._bad_seen
+
     async def _sync(self, handle: ChunkFile) -> None:
         if not self.syncs.inline(handle.unsynced, time.monotonic()):
             await self._io(handle.chunk, handle.sync)
@@ -382,6 +391,58 @@ class ChunkService:
             if offset >= length:
                 return await self.chunk_info(chunk)
 
+    async def copy(self, chunk: int, version: int, source: int, source_version: int,
+                   length: int | None):
+        """Make `chunk` at `version` from this server's replica of `source` at
+        `source_version` (the copy-on-write of a chunk that snapshots share):
+        its first `length` bytes, all of it when `length` is None. The copy is
+        never longer than the source: past the source's end it would hold
+        only zeros, which reads past its own end return anyway.
+
+        A sound replica already here at `version` is kept (the call is
+        idempotent), a newer one refuses (ESTALE), an older or corrupt one is
+        replaced. A source block that fails its checksum fails the copy with
+        EIO and is reported like any failed read; nothing is installed.
+        """
+        for name, value in (("chunk", chunk), ("version", version), ("source", source),
+                            ("source_version", source_version)):
+            _check_id(name, value)
+        if chunk == source:
+            raise DfsError(errno.EINVAL, f"chunk {chunk}: cannot be copied onto itself")
+        if length is not None and not 0 <= length <= MAX_CHUNK:
+            raise DfsError(errno.EINVAL, f"chunk {chunk}: length {length} is out of range")
+        if self._have(chunk, version):
+            return await self.chunk_info(chunk)
+        builder = await self._io(chunk, self.store.builder, chunk)
+        try:
+            # The source is held for the whole read, so the copy is one point
+            # in time of it, and let go before the chunk's own lock is taken:
+            # never holding both, the copy cannot deadlock with anything that
+            # takes them in the other order (a copy the other way).
+            async with self._locked(source, shared=True):
+                handle = await self._replica(source, source_version)
+                end = handle.size if length is None else min(length, handle.size)
+                for offset in range(0, end, MAX_DATA):
+                    data = await self._verified_io(handle, handle.read, offset,
+                                                   min(MAX_DATA, end - offset))
+                    await self._io(chunk, builder.put, offset, data)
+            await self._io(chunk, builder.complete, version)
+            async with self._locked(chunk):
+                # A retry of this request, run alongside it, may have installed
+                # its copy first and the chunk been written since: keep that.
+                kept = self._have(chunk, version)
+                if not kept:
+                    self._forget(chunk)
+                    await self._io(chunk, builder.install)
+                    self.versions[chunk] = version
+        finally:
+            await self._io(chunk, builder.abort)
+        if kept:
+            return await self.chunk_info(chunk)
+        log.info("replica copied locally", chunk=chunk, source=source, version=version,
+                 length=builder.length)
+        return {"length": builder.length, "version": version}
+
     async def replicate(self, chunk: int, version: int, source: str):
         """Copy the replica at `version` from `source`; a sound replica already
         here at that version is kept (the call is idempotent), a newer one
@@ -391,11 +452,7 @@ class ChunkService:
             parse_addr(source)
         except ValueError as exc:
             raise DfsError(errno.EINVAL, str(exc)) from None
-        current = self.versions.get(chunk)
-        if current is not None and current > version:
-            raise DfsError(errno.ESTALE, f"chunk {chunk}: replica here is at version "
-                                         f"{current}, newer than {version}")
-        if current == version and (chunk, current) not in self._bad_seen:
+        if self._have(chunk, version):
             return await self.chunk_info(chunk)
         peer = self.peers.get(source)
         info = await peer.call("chunk_info", timeout=PEER_TIMEOUT, chunk=chunk)

@@ -228,6 +228,17 @@ def cmd_replicas_get(args) -> int:
     return 0
 
 
+def cmd_snapshot(args) -> int:
+    parent, _, name = args.target.rstrip("/").rpartition("/")
+    if not name:
+        raise DfsError(22, f"{args.target!r}: give the new folder's path inside dfs, "
+                           "e.g. /snapshots/db-monday")
+    _call(args, "snapshot", ino=_resolve(args, args.source), parent=_resolve(args, parent or "/"),
+          name=name.encode(), token=os.urandom(16))
+    print(f"{args.target}: a snapshot of {args.source}")
+    return 0
+
+
 def cmd_fence(args) -> int:
     epoch = _call(args, "fence", ino=_resolve(args, args.path), token=os.urandom(16))["epoch"]
     print(epoch if args.quiet else f"{args.path}: attachment epoch {epoch}; mount it with "
@@ -348,6 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true",
                    help='print {"replicas": stored factor (0 = none), "effective": N}')
     r.set_defaults(func=cmd_replicas_get)
+
+    p = sub.add_parser("snapshot", help="copy a folder at one point in time, sharing its data",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Copy folder SOURCE with everything in it as TARGET (paths\n"
+                                   "inside dfs; TARGET's parent must exist, TARGET must not),\n"
+                                   "as it is at one moment: writes into SOURCE wait for that\n"
+                                   "moment to pass. The copy shares every file's data with\n"
+                                   "SOURCE until either side changes it (copy-on-write), so it\n"
+                                   "takes no space at first and is made in about the time a\n"
+                                   "listing of the tree takes. Owners, modes, times, xattrs,\n"
+                                   "symlinks and hard links inside the tree are kept; quotas\n"
+                                   "are not, and the copy counts against the quotas above\n"
+                                   "TARGET. Remove a snapshot with rm -r on a mount.",
+                       epilog="example: dfs snapshot --data-dir /var/lib/dfs /db /snapshots/db-monday")
+    add_cluster_args(p)
+    p.add_argument("source", help="the folder to copy, a path inside dfs")
+    p.add_argument("target", help="the copy to make, a path inside dfs")
+    p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("fence", help="hand a folder to one new mount, fencing out the others",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -202,6 +202,19 @@ META = _ops(
     # -> {"epoch": the new epoch}
     Op("fence", {"ino": int, "token": Opt(bytes)}),
 
+    # Copy directory `ino`'s whole tree as `name` in directory `parent`, in one
+    # transaction, sharing every file's chunks: copy-on-write, the first write
+    # to a shared chunk (or a truncation into it) copies it first. The copy
+    # keeps modes, owners, times, xattrs (not the root's own `trusted.dfs.`
+    # ones), symlinks, hard links inside the tree and replication factors; not
+    # quotas or attachment epochs. It is charged to the quotas above `parent`
+    # (EDQUOT). Write leases on the tree's chunks end first (their replicas
+    # move to a new version) and none is granted until the copy is made, so
+    # it is one point in time of the tree. EINVAL if `parent` is `ino` or
+    # inside it, ENOTDIR if `ino` is no directory, EEXIST if `name` exists.
+    # -> Attr of the copy's root
+    Op("snapshot", {"ino": int, "parent": int, "name": bytes, "token": Opt(bytes)}),
+
     # Quotas on directories: 0 means unlimited. -> QuotaInfo dict
     Op("quota_set", {"ino": int, "bytes": int, "inodes": int}, idempotent=True),
     Op("quota_get", {"ino": int}, idempotent=True),
@@ -278,6 +291,13 @@ CHUNK = _ops(
     # Cut the replica to `length` bytes (what lies beyond reads as zeros).
     Op("truncate", {"chunk": int, "version": int, "length": int}, idempotent=True),
     Op("delete", {"chunk": int}, idempotent=True),
+    # Make a replica of `chunk` at `version` from this server's own replica of
+    # `source` at `source_version`: its first `length` bytes, all of it when
+    # absent (the copy-on-write of a chunk that snapshots share). A sound
+    # replica already at `version` is kept; ESTALE if the source is at another
+    # version. -> {"length", "version"}
+    Op("copy", {"chunk": int, "version": int, "source": int, "source_version": int,
+                "length": Opt(int)}, idempotent=True),
     # Fetch the whole chunk at `version` from another chunk server; a sound
     # replica already at `version` is kept. -> {"length", "version"}
     Op("replicate", {"chunk": int, "version": int, "source": str}, idempotent=True),

@@ -1,16 +1,18 @@
 """The data path: chunk locations, write leases, quota reservations, commits
 and truncation, which must reach the chunk servers before the metadata changes.
+A chunk that snapshots share is copied before anything changes it.
 """
 
 import errno
 import time
+from contextlib import asynccontextmanager
 
 import trio
 
 from dfs import logs
 from dfs.errors import DfsError
 
-from . import quotas
+from . import chunktable, quotas
 from .context import Context
 from .records import Chunk
 from .replicas import POLL, SERVER_WAIT, KeyedLocks, Replicas, record_version
@@ -25,11 +27,42 @@ GRANT_AHEAD = 64 << 20
 GRANT_UNLIMITED = 1 << 30
 
 
+class Gate:
+    """Lets changes to chunks through while open; `closed` waits until none is
+    inside, keeps new ones out, and lets them in again at its end."""
+
+    def __init__(self):
+        self.inside = 0
+        self.closers = 0
+
+    @asynccontextmanager
+    async def passing(self):
+        while self.closers:
+            await trio.sleep(POLL)
+        self.inside += 1
+        try:
+            yield
+        finally:
+            self.inside -= 1
+
+    @asynccontextmanager
+    async def closed(self):
+        self.closers += 1
+        try:
+            while self.inside:
+                await trio.sleep(POLL / 10)
+            yield
+        finally:
+            self.closers -= 1
+
+
 class DataPath:
     def __init__(self, ctx: Context, replicas: Replicas):
         self.ctx = ctx
         self.replicas = replicas
         self.locks = KeyedLocks()
+        # Closed while a snapshot is taken: no lease is granted and no chunk cut.
+        self.gate = Gate()
 
     def _reply(self, chunk_id: int, version: int, csids: list[int], until=None) -> dict:
         reply = {"chunk": chunk_id, "version": version,
@@ -69,7 +102,7 @@ class DataPath:
         never serve or take this chunk again."""
         self.ctx.sessions.check(session)
         failed = {addr for addr in failed or () if isinstance(addr, str)}
-        async with self.locks.hold(ino):
+        async with self.gate.passing(), self.locks.hold(ino):
             chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
             if chunk is None:
                 reply = await self._allocate(ino, index)
@@ -79,6 +112,13 @@ class DataPath:
                 chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
                 if chunk is None:
                     raise DfsError(errno.ENOENT, f"chunk {chunk_id} of inode {ino} is gone")
+                if chunk.refs > 1:
+                    async with self._copied(chunk_id, chunk) as (new_id, holders):
+                        await self.ctx.store.write(lambda tx: self._remap(
+                            tx, ino, index, chunk_id, new_id, holders, chunk.replicas))
+                    until = self.ctx.leases.grant(new_id)
+                    self.ctx.fences.leased(session, new_id, until)
+                    return self._reply(new_id, 1, holders, until)
                 registry = self.ctx.registry
                 exclude = {csid for csid in chunk.locations
                            if csid in registry.servers and registry.addr(csid) in failed}
@@ -93,6 +133,48 @@ class DataPath:
                     until = self.ctx.leases.grant(chunk_id)
                 self.ctx.fences.leased(session, chunk_id, until)
                 return self._reply(chunk_id, version, holders, until)
+
+    @asynccontextmanager
+    async def _copied(self, chunk_id: int, chunk: Chunk, length: int | None = None):
+        """A copy of a shared chunk (its first `length` bytes) on the live
+        servers holding it, as (new id, csids): the caller records it inside
+        the block; if it does not, the copies are deleted."""
+        live = await self.replicas.live_of(chunk_id, chunk)
+        if not live:
+            raise DfsError(errno.EIO, f"chunk {chunk_id} has no live replica to copy")
+        new_id = await self.ctx.store.write(lambda tx: tx.next_id("chunk"))
+        self.replicas.creating.add(new_id)
+        created = []
+        try:
+            created = await self.replicas.on_servers(
+                new_id, live, [("copy", {"chunk": new_id, "version": 1, "source": chunk_id,
+                                         "source_version": chunk.version, "length": length})])
+            if not created:
+                raise DfsError(errno.EIO, f"no replica of shared chunk {chunk_id} could be copied")
+            yield new_id, created
+        except BaseException:
+            def discard(tx: Tx) -> None:
+                for csid in created:
+                    tx.add_garbage(csid, new_id)
+
+            if created:
+                with trio.CancelScope(shield=True):
+                    await self.ctx.store.write(discard)
+            raise
+        finally:
+            self.replicas.creating.discard(new_id)
+        log.info("shared chunk copied", chunk=new_id, source=chunk_id, csids=created,
+                 length=length)
+
+    @staticmethod
+    def _remap(tx: Tx, ino: int, index: int, old_id: int, new_id: int, holders: list[int],
+               replicas: int) -> None:
+        """Map chunk `index` of `ino` to its own copy `new_id` of the shared `old_id`."""
+        if tx.get_inode(ino) is None or tx.chunk_id(ino, index) != old_id:
+            raise DfsError(errno.ESTALE, f"chunk {index} of inode {ino} changed meanwhile")
+        tx.map_chunk(ino, index, new_id)
+        tx.put_chunk(new_id, Chunk(1, list(holders), replicas=replicas))
+        chunktable.release_chunk(tx, old_id)
 
     async def revoke(self, chunk_id: int) -> None:
         """End the write lease on `chunk_id`: its replicas move to a new
@@ -200,17 +282,22 @@ class DataPath:
 
     async def setattr_size(self, ino: int, changes: dict, token: bytes | None) -> dict:
         """setattr with a size: the chunk cut by a shrink is truncated on its
-        replicas, under a new version, before the metadata says so."""
-        async with self.locks.hold(ino):
+        replicas, under a new version, before the metadata says so; a chunk
+        that snapshots share is copied up to the cut instead."""
+        async with self.gate.passing(), self.locks.hold(ino):
             if token is not None and self.ctx.store.read(lambda tx: tx.stored_reply(token)):
                 plan = None
             else:
                 plan = self.ctx.store.read(lambda tx: self._cut_plan(tx, ino, changes["size"]))
             if plan is None:
                 return await self._apply_size(ino, changes, token, None)
-            chunk_id, length = plan
+            index, chunk_id, length = plan
             async with self.replicas.quiet(chunk_id):
                 chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
+                if chunk.refs > 1:
+                    async with self._copied(chunk_id, chunk, length) as (new_id, holders):
+                        return await self._apply_size(ino, changes, token, lambda tx: self._remap(
+                            tx, ino, index, chunk_id, new_id, holders, chunk.replicas))
                 new = chunk.version + 1
                 done = await self.replicas.on_servers(
                     chunk_id, await self.replicas.live_of(chunk_id, chunk),
@@ -219,14 +306,16 @@ class DataPath:
                 if not done:
                     raise DfsError(errno.EIO, f"no replica of chunk {chunk_id} could be cut")
                 self.ctx.leases.revoke(chunk_id)
-                return await self._apply_size(ino, changes, token, (chunk_id, new, done))
+                return await self._apply_size(ino, changes, token,
+                                              lambda tx: record_version(tx, chunk_id, new, done))
 
     async def _apply_size(self, ino: int, changes: dict, token, cut) -> dict:
+        """Apply the change of size, after `cut(tx)` (the cut chunk's new state)."""
         held = self.reserved(lambda s, i: i == ino)
 
         def apply(tx: Tx) -> dict:
             if cut is not None:
-                record_version(tx, *cut)
+                cut(tx)
             return self.ctx.namespace.setattr(tx, time.time_ns(), ino, changes, held)
 
         return await self.ctx.store.write(apply, token)
@@ -240,4 +329,4 @@ class DataPath:
         chunk_id = tx.chunk_id(ino, index)
         if not chunk_id:
             return None
-        return chunk_id, size - index * chunk_size
+        return index, chunk_id, size - index * chunk_size

@@ -136,7 +136,7 @@ class Namespace:
                       replicas=directory.replicas)
         if is_dir:
             directory.nlink += 1
-        self._add_entry(tx, directory, name, inode.ino, now)
+        self.add_entry(tx, directory, name, inode.ino, now)
         tx.touch(inode, directory)
         return inode
 
@@ -176,11 +176,11 @@ class Namespace:
             raise DfsError(errno.EXDEV, "cannot link across quota directories")
         inode.nlink += 1
         inode.ctime = now
-        self._add_entry(tx, directory, name, ino, now)
+        self.add_entry(tx, directory, name, ino, now)
         tx.touch(inode, directory)
         return self.attr(tx, inode)
 
-    def _add_entry(self, tx: Tx, directory: Inode, name: bytes, ino: int, now: int) -> None:
+    def add_entry(self, tx: Tx, directory: Inode, name: bytes, ino: int, now: int) -> None:
         tx.put_dentry(directory.ino, name, Dentry(ino, directory.next_cookie))
         directory.next_cookie += 1
         directory.mtime = directory.ctime = now

@@ -68,21 +68,10 @@ def move(tx: Tx, source: list[int], dest: list[int], nbytes: int, ninodes: int) 
 def subtree_usage(tx: Tx, dir_ino: int) -> tuple[int, int]:
     """Bytes of regular files and count of inodes beneath a directory."""
     nbytes = ninodes = 0
-    seen = set()
-    stack = [dir_ino]
-    while stack:
-        ino = stack.pop()
-        for _, name in tx.entries_after(ino, 0):
-            dentry = tx.dentry(ino, name)
-            if dentry is None or dentry.ino in seen:
-                continue
-            seen.add(dentry.ino)
-            child = tx.inode(dentry.ino)
-            ninodes += 1
-            if child.is_reg:
-                nbytes += child.size
-            elif child.is_dir:
-                stack.append(child.ino)
+    for inode in tx.subtree(dir_ino):
+        ninodes += 1
+        if inode.is_reg:
+            nbytes += inode.size
     return nbytes, ninodes
 
 

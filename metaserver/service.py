@@ -14,7 +14,7 @@ from dfs.errors import DfsError
 from dfs.ops import META
 from dfs.records import QuotaInfo
 
-from . import factors, quotas
+from . import factors, quotas, snapshots
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
@@ -82,7 +82,7 @@ class MetaService:
         names = ("session_open session_renew session_close lookup resolve getattr setattr "
                  "mknod mkdir symlink link unlink rmdir rename readlink readdir open release "
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
-                 "quota_list replicas_set replicas_get status fence").split()
+                 "quota_list replicas_set replicas_get status fence snapshot").split()
         table = {name: getattr(self, name) for name in names}
         for name in ("chunk_read", "chunk_write", "reserve", "commit"):
             table[name] = getattr(self.data, name)
@@ -397,6 +397,19 @@ class MetaService:
                 await self.data.revoke(chunk_id)
         log.info("attachment epoch moved", ino=ino, epoch=reply["epoch"], revoked=revoked)
         return reply
+
+    async def snapshot(self, ino: int, parent: int, name: bytes, token: bytes | None) -> dict:
+        async with self.data.gate.closed():
+            # One point in time: nobody writes on into a chunk the copy will share.
+            leased = [chunk_id for chunk_id in self._read(lambda tx: snapshots.chunks_in(tx, ino))
+                      if self.ctx.leases.active(chunk_id) is not None]
+            for chunk_id in leased:
+                await self.data.revoke(chunk_id)
+            attr = await self._write(lambda tx: self.ns.attr(tx, snapshots.copy_tree(
+                tx, self.ns, time.time_ns(), ino, parent, name)), token)
+        log.info("snapshot taken", ino=ino, parent=parent, name=name.decode(errors="replace"),
+                 copy=attr["ino"], revoked=len(leased))
+        return attr
 
     async def quota_set(self, ino: int, bytes: int, inodes: int) -> dict:
         if bytes < 0 or inodes < 0:

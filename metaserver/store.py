@@ -166,6 +166,23 @@ class Tx:
     def has_entries(self, ino: int) -> bool:
         return next(self.scan("dentries", u64(ino)), None) is not None
 
+    def subtree(self, ino: int):
+        """Yield every inode beneath directory `ino` once (a file with several
+        links inside it, once)."""
+        seen = set()
+        stack = [ino]
+        while stack:
+            parent = stack.pop()
+            for _, name in self.entries_after(parent, 0):
+                dentry = self.dentry(parent, name)
+                if dentry is None or dentry.ino in seen:
+                    continue
+                seen.add(dentry.ino)
+                child = self.inode(dentry.ino)
+                yield child
+                if child.is_dir:
+                    stack.append(child.ino)
+
     def entries_after(self, ino: int, cookie: int):
         """Yield (cookie, name) of a directory's entries after `cookie`, in order."""
         for key, name in self.scan("dirindex", u64(ino), u64x2(ino, cookie + 1)):
