@@ -81,15 +81,23 @@ def _range(capacity: csi.CapacityRange) -> tuple[int, int]:
     return required, limit
 
 
-def size_for_create(capacity: csi.CapacityRange | None) -> int:
-    """The quota for a new volume: the request rounded up to whole MiB,
-    never above the limit, 1 GiB when nothing is asked."""
-    if capacity is None:
-        return DEFAULT_CAPACITY
-    required, limit = _range(capacity)
-    wanted = required or min(DEFAULT_CAPACITY, limit or DEFAULT_CAPACITY)
+def size_for_create(capacity: csi.CapacityRange | None, content: int = 0) -> int:
+    """The quota for a new volume: the request rounded up to whole MiB, never
+    above the limit; when nothing is asked, 1 GiB or `content` if that is more.
+
+    `content` is the least a volume made from a content source needs: OUT_OF_RANGE
+    if the request leaves less (the spec's size rule for a snapshot, and
+    Kubernetes' for a clone).
+    """
+    required, limit = _range(capacity) if capacity is not None else (0, 0)
+    default = max(DEFAULT_CAPACITY, content)
+    wanted = required or (min(default, limit) if limit else default)
     size = -(-wanted // MiB) * MiB
-    return min(size, limit) if limit else size
+    size = min(size, limit) if limit else size
+    if size < content:
+        raise out_of_range(f"the volume's content source needs {content} bytes, more than "
+                           f"the {size} bytes of the requested capacity")
+    return size
 
 
 def size_fits(size: int, capacity: csi.CapacityRange | None) -> bool:

@@ -1,4 +1,7 @@
-"""The CSI Controller service: volumes as quota directories on the metaserver."""
+"""The CSI Controller service: volumes as quota directories on the metaserver,
+snapshots as copies of them."""
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from dfs import logs
 from dfs.errors import DfsError
@@ -7,39 +10,42 @@ from . import capabilities as caps
 from . import csi_pb2 as csi
 from . import csi_pb2_grpc
 from . import parameters as params
-from .errors import (CsiError, aborted, already_exists, from_dfs, grpc_method, invalid,
-                     not_found, precondition)
-from .ids import check_node_id, check_volume_id, volume_id_for
+from . import sources
+from .errors import (CsiError, already_exists, from_dfs, grpc_method, invalid, not_found,
+                     precondition)
+from .ids import check_id, check_node_id, check_snapshot_id, check_volume_id, id_for
+from .locks import SNAPSHOT_KEY
+from .paging import page
+from .snapshots import Snapshot, SnapshotStore
+from .sources import Source
 from .volumes import PUBLISH_EPOCH, PUBLISH_READONLY, Publication, Volume, VolumeStore
 
 log = logs.get_logger("csi.controller")
 
 RPC = csi.ControllerServiceCapability.RPC
 CAPABILITIES = (RPC.CREATE_DELETE_VOLUME, RPC.PUBLISH_UNPUBLISH_VOLUME, RPC.LIST_VOLUMES,
-                RPC.GET_CAPACITY, RPC.PUBLISH_READONLY, RPC.EXPAND_VOLUME,
+                RPC.GET_CAPACITY, RPC.CREATE_DELETE_SNAPSHOT, RPC.LIST_SNAPSHOTS,
+                RPC.CLONE_VOLUME, RPC.PUBLISH_READONLY, RPC.EXPAND_VOLUME,
                 RPC.LIST_VOLUMES_PUBLISHED_NODES, RPC.GET_VOLUME, RPC.SINGLE_NODE_MULTI_WRITER)
-# ListVolumes tokens name the last volume id of the previous page, so a page
-# boundary survives that volume being deleted in between.
-TOKEN_PREFIX = "after:"
 
 
 def volume_message(volume: Volume) -> csi.Volume:
     context = {"path": volume.path}
     context.update({key: str(value) for key, value in volume.parameters.items()})
-    return csi.Volume(capacity_bytes=volume.capacity, volume_id=volume.volume_id,
-                      volume_context=context)
+    message = csi.Volume(capacity_bytes=volume.capacity, volume_id=volume.volume_id,
+                         volume_context=context)
+    if volume.source is not None:
+        message.content_source.CopyFrom(volume.source.message())
+    return message
 
 
-def page_start(token: str) -> str:
-    """The volume id a ListVolumes page starts after; ABORTED for a foreign token."""
-    if not token:
-        return ""
-    after = token[len(TOKEN_PREFIX):] if token.startswith(TOKEN_PREFIX) else ""
-    try:
-        return check_volume_id(after)
-    except CsiError:
-        raise aborted(f"starting_token {token[:64]!r} was not issued by dfs-csi; "
-                      "list again from the start") from None
+def snapshot_message(snapshot: Snapshot) -> csi.Snapshot:
+    created = Timestamp()
+    created.FromNanoseconds(snapshot.created)
+    # The copy is whole once the metaserver answers: nothing is left to upload.
+    return csi.Snapshot(size_bytes=snapshot.size, snapshot_id=snapshot.snapshot_id,
+                        source_volume_id=snapshot.source_volume_id, creation_time=created,
+                        ready_to_use=True)
 
 
 def check_publish_allowed(volume: Volume, node_id: str, wanted: Publication) -> None:
@@ -63,31 +69,47 @@ def check_publish_allowed(volume: Volume, node_id: str, wanted: Publication) -> 
                            f"{writers[0]}")
 
 
+def _lock_key(source: Source) -> str:
+    return SNAPSHOT_KEY + source.id if source.kind == sources.SNAPSHOT else source.id
+
+
+def _made_as(source: Source | None) -> str:
+    return f"a copy of {source}" if source else "an empty volume"
+
+
 class ControllerService(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, store: VolumeStore):
+    def __init__(self, store: VolumeStore, snapshots: SnapshotStore):
         self.store = store
+        self.snapshots = snapshots
 
     @grpc_method(log)
     def CreateVolume(self, request, context):
-        volume_id = volume_id_for(request.name)
+        volume_id = id_for(request.name)
         caps.check_capabilities(request.volume_capabilities)
-        if request.HasField("volume_content_source"):
-            raise invalid("dfs-csi does not create volumes from snapshots or other volumes")
         settings = params.parse(request.parameters)
+        source = sources.requested(request)
         wanted_range = request.capacity_range if request.HasField("capacity_range") else None
-        size = caps.size_for_create(wanted_range)
-        with self.store.lock(volume_id):
+        # The source stays locked while it is copied: a DeleteVolume or
+        # DeleteSnapshot of it waits instead of emptying it under the copy.
+        keys = [volume_id] + ([_lock_key(source)] if source else [])
+        with self.store.lock.holding(*keys):
             volume = self.store.load(volume_id)
             if volume is None:
+                if source is not None:
+                    self._locate(source)
+                size = caps.size_for_create(wanted_range, source.size if source else 0)
                 volume = self.store.create(volume_id, request.name, settings, size,
-                                           settings.get("inodeLimit", 0))
+                                           settings.get("inodeLimit", 0), source)
                 log.info("volume created", volume=volume_id, name=request.name,
-                         capacity=size, ino=volume.ino)
+                         capacity=size, ino=volume.ino, source=str(source or "-"))
             elif volume.name != request.name:
                 raise already_exists(f"volume id {volume_id} already belongs to another name")
             elif volume.parameters != settings:
                 raise already_exists(f"volume {request.name!r} exists with parameters "
                                      f"{volume.parameters}")
+            elif volume.source != source:
+                raise already_exists(f"volume {request.name!r} exists as "
+                                     f"{_made_as(volume.source)}, not as {_made_as(source)}")
             elif not caps.size_fits(volume.capacity, wanted_range):
                 raise already_exists(f"volume {request.name!r} exists with capacity "
                                      f"{volume.capacity} bytes, outside the requested range")
@@ -96,6 +118,17 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if "replicas" in settings:
                 self._set_replicas(volume, settings["replicas"])
         return csi.CreateVolumeResponse(volume=volume_message(volume))
+
+    def _locate(self, source: Source) -> None:
+        """Find the directory `source` names and the least capacity a copy of
+        it needs: what a snapshot holds, what a volume may hold (Kubernetes
+        asks a clone to be at least as large as its source)."""
+        snapshot = source.kind == sources.SNAPSHOT
+        found = self.snapshots.load(source.id) if snapshot else self.store.load(source.id)
+        if found is None:
+            raise not_found(f"the volume's content source, {source}, does not exist")
+        source.ino = found.ino
+        source.size = found.size if snapshot else found.capacity
 
     def _set_replicas(self, volume: Volume, replicas: int) -> None:
         try:
@@ -185,20 +218,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     @grpc_method(log)
     def ListVolumes(self, request, context):
-        if request.max_entries < 0:
-            raise invalid("max_entries must not be negative")
-        after = page_start(request.starting_token)
-        entries, next_token = [], ""
-        for volume_id in (v for v in self.store.list_ids() if v > after):
-            if request.max_entries and len(entries) == request.max_entries:
-                next_token = TOKEN_PREFIX + entries[-1].volume.volume_id
-                break
-            volume = self.store.load(volume_id)
-            if volume is not None:
-                entries.append(csi.ListVolumesResponse.Entry(
-                    volume=volume_message(volume),
-                    status=csi.ListVolumesResponse.VolumeStatus(
-                        published_node_ids=sorted(volume.published))))
+        volumes, next_token = page(request, self.store.list_ids(), self.store.load)
+        entries = [csi.ListVolumesResponse.Entry(
+            volume=volume_message(volume),
+            status=csi.ListVolumesResponse.VolumeStatus(
+                published_node_ids=sorted(volume.published))) for volume in volumes]
         return csi.ListVolumesResponse(entries=entries, next_token=next_token)
 
     @grpc_method(log)
@@ -243,3 +267,54 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         # new size at once: there is nothing for NodeExpandVolume to do.
         return csi.ControllerExpandVolumeResponse(capacity_bytes=size,
                                                   node_expansion_required=False)
+
+    @grpc_method(log)
+    def CreateSnapshot(self, request, context):
+        snapshot_id = id_for(request.name)
+        source_id = check_id(request.source_volume_id, "source_volume_id")
+        params.check_snapshot_parameters(request.parameters)
+        # The source stays locked while it is copied, so a DeleteVolume waits
+        # instead of emptying it under the copy.
+        with self.store.lock.holding(SNAPSHOT_KEY + snapshot_id, source_id):
+            snapshot = self.snapshots.load(snapshot_id)
+            if snapshot is None:
+                snapshot = self.snapshots.create(snapshot_id, request.name,
+                                                 self.store.get(source_id))
+                log.info("snapshot taken", snapshot=snapshot_id, name=request.name,
+                         volume=source_id, size=snapshot.size, ino=snapshot.ino)
+            elif snapshot.name != request.name:
+                raise already_exists(f"snapshot id {snapshot_id} already belongs to another "
+                                     "name")
+            elif snapshot.source_volume_id != source_id:
+                raise already_exists(f"snapshot {request.name!r} exists, taken of volume "
+                                     f"{snapshot.source_volume_id}")
+        return csi.CreateSnapshotResponse(snapshot=snapshot_message(snapshot))
+
+    @grpc_method(log)
+    def DeleteSnapshot(self, request, context):
+        snapshot_id = check_snapshot_id(request.snapshot_id)
+        with self.store.lock(SNAPSHOT_KEY + snapshot_id):
+            if self.snapshots.delete(snapshot_id):
+                log.info("snapshot deleted", snapshot=snapshot_id)
+        return csi.DeleteSnapshotResponse()
+
+    @grpc_method(log)
+    def ListSnapshots(self, request, context):
+        source_id = (check_id(request.source_volume_id, "source_volume_id")
+                     if request.source_volume_id else "")
+        if request.snapshot_id:
+            ids = [check_snapshot_id(request.snapshot_id)]
+        else:
+            ids = self.snapshots.list_ids()
+
+        def load(snapshot_id: str) -> Snapshot | None:
+            snapshot = self.snapshots.load(snapshot_id)
+            if snapshot is None or source_id not in ("", snapshot.source_volume_id):
+                return None
+            return snapshot
+
+        found, next_token = page(request, ids, load)
+        return csi.ListSnapshotsResponse(
+            entries=[csi.ListSnapshotsResponse.Entry(snapshot=snapshot_message(snapshot))
+                     for snapshot in found],
+            next_token=next_token)

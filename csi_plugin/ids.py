@@ -1,9 +1,11 @@
-"""Volume names, volume ids and node ids, checked so none can leave /volumes/.
+"""Names, volume and snapshot ids and node ids, checked so none can leave the
+directory it names an entry of (/volumes/, /.dfs-csi/snapshots/, /.dfs-csi/nodes/).
 
-A volume id is the CSI name itself when the name is already a safe file name
-(Kubernetes' `pvc-<uuid>` always is), which keeps `/volumes/<id>` readable for
-operators. Any other name gets `_` plus a SHA-256 prefix: the leading `_`
-cannot start a safe name, so the two kinds never collide.
+A volume or snapshot id is the CSI name itself when the name is already a
+safe file name (Kubernetes' `pvc-<uuid>` and `snapshot-<uuid>` always are),
+which keeps `/volumes/<id>` readable for operators. Any other name gets `_`
+plus a SHA-256 prefix: the leading `_` cannot start a safe name, so the two
+kinds never collide.
 """
 
 import hashlib
@@ -31,21 +33,31 @@ def check_name(name: str) -> None:
         raise invalid("name contains control characters")
 
 
-def volume_id_for(name: str) -> str:
+def id_for(name: str) -> str:
+    """The volume or snapshot id of a CSI name."""
     check_name(name)
     if _SAFE.fullmatch(name):
         return name
     return "_" + hashlib.sha256(name.encode()).hexdigest()[:40]
 
 
-def check_volume_id(volume_id: str) -> str:
-    """Return the id if it can name a directory under /volumes/, else INVALID_ARGUMENT."""
-    if not volume_id:
-        raise invalid("volume_id is required")
-    if not (_SAFE.fullmatch(volume_id) or _HASHED.fullmatch(volume_id)):
-        raise invalid(f"volume_id {volume_id[:MAX_NAME]!r} is not a dfs volume id "
+def check_id(value: str, field: str) -> str:
+    """Return `value` if `id_for` could have made it, else INVALID_ARGUMENT
+    naming the request's `field`."""
+    if not value:
+        raise invalid(f"{field} is required")
+    if not (_SAFE.fullmatch(value) or _HASHED.fullmatch(value)):
+        raise invalid(f"{field} {value[:MAX_NAME]!r} is not a dfs-csi id "
                       "(letters, digits, '.', '_', '-'; at most 128 bytes)")
-    return volume_id
+    return value
+
+
+def check_volume_id(volume_id: str) -> str:
+    return check_id(volume_id, "volume_id")
+
+
+def check_snapshot_id(snapshot_id: str) -> str:
+    return check_id(snapshot_id, "snapshot_id")
 
 
 def check_node_id(node_id: str) -> str:

@@ -24,6 +24,7 @@ from .metaclient import MetaClient
 from .mounts import Mounter
 from .node import NodeService
 from .nodestate import NodeState
+from .snapshots import SnapshotStore
 from .volumes import VolumeStore
 
 log = logs.get_logger("csi")
@@ -57,9 +58,10 @@ def parser() -> argparse.ArgumentParser:
         prog="dfs-csi",
         description="Kubernetes CSI plugin for dfs. A volume is the directory "
                     "/volumes/<volume-id> with a quota equal to its capacity. Run one "
-                    "controller (--mode controller, beside the provisioner, attacher and "
-                    "resizer sidecars) and one node plugin per host (--mode node, beside "
-                    "the node-driver-registrar), or both in one process with --mode all.",
+                    "controller (--mode controller, beside the provisioner, attacher, "
+                    "resizer and snapshotter sidecars) and one node plugin per host "
+                    "(--mode node, beside the node-driver-registrar), or both in one "
+                    "process with --mode all.",
         epilog="Example: dfs-csi --endpoint unix:///csi/csi.sock --meta 10.0.0.5:7000 "
                "--secret-file /etc/dfs/secret --node-id $(hostname) --mode node")
     p.add_argument("--endpoint", default=os.environ.get("CSI_ENDPOINT"),
@@ -119,7 +121,8 @@ def main(argv=None) -> int:
         node = NodeService(node_id, store, state, mounter, args.max_volumes_per_node)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
     if args.mode != "node":
-        csi_pb2_grpc.add_ControllerServicer_to_server(ControllerService(store), server)
+        csi_pb2_grpc.add_ControllerServicer_to_server(
+            ControllerService(store, SnapshotStore(meta)), server)
     starting = (lambda: not node.registered.is_set()) if node else (lambda: False)
     csi_pb2_grpc.add_IdentityServicer_to_server(
         IdentityService(meta, controller=args.mode != "node", starting=starting), server)

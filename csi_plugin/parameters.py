@@ -43,3 +43,11 @@ def parse(parameters) -> dict:
             raise invalid(f"unknown parameter {key!r}; dfs knows 'replicas', 'inodeLimit' "
                           "and 'readCacheMiB'")
     return settings
+
+
+def check_snapshot_parameters(parameters) -> None:
+    """VolumeSnapshotClass parameters: a snapshot is a copy of the volume with
+    nothing to choose, so INVALID_ARGUMENT for any but the sidecars' own."""
+    unknown = sorted(key for key in parameters if not key.startswith(_SIDECAR_PREFIX))
+    if unknown:
+        raise invalid(f"unknown snapshot parameters {unknown}; dfs takes none")

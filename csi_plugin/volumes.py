@@ -5,33 +5,39 @@ quota change that every mount sees at once. Everything else the controller
 must remember lives on the directory itself as `trusted.` xattrs (out of reach
 of unprivileged pods that mount the directory):
 
-- `trusted.dfs.csi.volume`: the CSI name and StorageClass parameters; written
-  last when a volume is created, so a directory without it is a creation that
-  was interrupted and the next CreateVolume finishes it.
+- `trusted.dfs.csi.volume`: the CSI name, StorageClass parameters and content
+  source; written last when a volume is created, so a directory without it is
+  a creation that was cut short. Nothing tells what such a directory was being
+  copied from, so the next CreateVolume discards it and starts again.
 - `trusted.dfs.csi.published`: node id -> how the volume is published there,
   with the attachment epoch a sole writer was given (metaserver/fences.py).
 
+A volume made from a content source is a copy of the source's directory (the
+metaserver's `snapshot` operation: one transaction, every file's chunks
+shared copy-on-write), given its own quota and record.
+
 Nodes announce themselves as directories under `/.dfs-csi/nodes/` so that
 ControllerPublishVolume can tell an unknown node from a known one.
-DeleteVolume first renames the directory into `/.dfs-csi/trash/`, which is
-atomic, then removes the tree; a removal cut short is finished by the next one.
+DeleteVolume removes the tree through the trash (trash.py).
 """
 
 import errno
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 
 from dfs.errors import DfsError
+from dfs.records import Attr
 
+from . import trash
 from .errors import from_dfs, not_found
+from .locks import Locks
 from .metaclient import ROOT_INO, MetaClient
+from .sources import Source
 
 VOLUMES_DIR = "/volumes"
 NODES_DIR = "/.dfs-csi/nodes"
-TRASH_DIR = "/.dfs-csi/trash"
 RECORD_XATTR = "trusted.dfs.csi.volume"
 PUBLISHED_XATTR = "trusted.dfs.csi.published"
 # Pods run as any uid; the volume's root is theirs to fill.
@@ -68,6 +74,7 @@ class Volume:
     parameters: dict
     capacity: int
     published: dict[str, Publication] = field(default_factory=dict)
+    source: Source | None = None
 
     @property
     def path(self) -> str:
@@ -77,14 +84,8 @@ class Volume:
 class VolumeStore:
     def __init__(self, meta: MetaClient):
         self.meta = meta
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self.lock = Locks()
         self._volumes_ino: int | None = None
-
-    def lock(self, volume_id: str) -> threading.Lock:
-        """One lock per volume: the CO may send concurrent calls for one volume."""
-        with self._locks_guard:
-            return self._locks.setdefault(volume_id, threading.Lock())
 
     def volumes_ino(self) -> int:
         if self._volumes_ino is None:
@@ -115,7 +116,8 @@ class VolumeStore:
                 return None
             quota = self.meta.quota(ino)
             return Volume(volume_id, ino, record["name"], record.get("parameters", {}),
-                          quota.bytes_limit, self._published(ino))
+                          quota.bytes_limit, self._published(ino),
+                          Source.from_wire(record.get("source")))
         except DfsError as exc:
             if exc.errno == errno.ENOENT:
                 return None
@@ -135,16 +137,27 @@ class VolumeStore:
 
     # --- changing ---------------------------------------------------------
     def create(self, volume_id: str, name: str, parameters: dict, capacity: int,
-               inodes: int) -> Volume:
-        """Make the volume, or finish one whose creation was cut short."""
+               inodes: int, source: Source | None = None) -> Volume:
+        """Make the volume, empty or as a copy of `source.ino`, in place of
+        whatever a creation cut short left under its id."""
         try:
-            attr = self.meta.ensure_dir(self.volumes_ino(), volume_id, VOLUME_MODE)
+            parent = self.volumes_ino()
+            trash.discard(self.meta, parent, volume_id)
+            if source is None:
+                attr = self.meta.ensure_dir(parent, volume_id, VOLUME_MODE)
+            else:
+                attr = Attr.from_wire(self.meta.call("snapshot", ino=source.ino, parent=parent,
+                                                     name=volume_id.encode()))
+            # The quota counts what the copy already holds.
             self.meta.set_quota(attr.ino, capacity, inodes)
             record = {"name": name, "parameters": parameters, "created": time.time()}
+            if source is not None:
+                record["source"] = source.to_wire()
             self.meta.setxattr(attr.ino, RECORD_XATTR, json.dumps(record).encode())
         except DfsError as exc:
-            raise from_dfs(exc, f"creating volume {volume_id}") from None
-        return Volume(volume_id, attr.ino, name, parameters, capacity)
+            copied = f" from {source}" if source else ""
+            raise from_dfs(exc, f"creating volume {volume_id}{copied}") from None
+        return Volume(volume_id, attr.ino, name, parameters, capacity, source=source)
 
     def resize(self, volume: Volume, capacity: int) -> None:
         try:
@@ -172,19 +185,12 @@ class VolumeStore:
         volume.published = published
 
     def delete(self, volume_id: str) -> bool:
-        """Remove the volume and its data; False if there was nothing to remove."""
+        """Remove the volume and its data; False if there was nothing to remove.
+        Snapshots and clones of it keep their own copy of every file."""
         try:
-            trash = self.meta.ensure_path(TRASH_DIR, 0o700)
-            attr = self.meta.lookup(self.volumes_ino(), volume_id)
-            if attr is not None:
-                parked = f"{volume_id}.{attr.ino}"
-                self.meta.call("rename", parent=self.volumes_ino(), name=volume_id.encode(),
-                               newparent=trash.ino, newname=parked.encode(), flags=0)
-            for leftover, _ in list(self.meta.entries(trash.ino)):
-                self.meta.remove_tree(trash.ino, leftover)
+            return trash.discard(self.meta, self.volumes_ino(), volume_id)
         except DfsError as exc:
             raise from_dfs(exc, f"deleting volume {volume_id}") from None
-        return attr is not None
 
     # --- nodes --------------------------------------------------------------
     def register_node(self, node_id: str) -> None:

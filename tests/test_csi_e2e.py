@@ -161,12 +161,13 @@ class Volume:
     """One volume taken through the Kubernetes sequence by a test."""
 
     def __init__(self, plugin: Plugin, name: str, size: int, mode=Mode.SINGLE_NODE_WRITER,
-                 parameters: dict | None = None):
+                 parameters: dict | None = None, source: csi.VolumeContentSource | None = None):
         self.plugin = plugin
         self.cap = cap(mode)
         self.volume = plugin.controller.CreateVolume(csi.CreateVolumeRequest(
             name=name, volume_capabilities=[self.cap], parameters=parameters or {},
-            capacity_range=csi.CapacityRange(required_bytes=size)), timeout=60).volume
+            capacity_range=csi.CapacityRange(required_bytes=size),
+            volume_content_source=source), timeout=60).volume
         self.id = self.volume.volume_id
         self.staging = plugin.dir / "staging" / self.id
         self.staging.mkdir(parents=True, exist_ok=True)
@@ -207,7 +208,8 @@ class Volume:
             volume_id=self.id, volume_path=str(path), staging_target_path=str(self.staging)),
             timeout=60)
 
-    def teardown(self) -> None:
+    def unmount(self) -> None:
+        """What kubelet does when the volume's last pod leaves the node."""
         for target in self.targets:
             self.plugin.node.NodeUnpublishVolume(csi.NodeUnpublishVolumeRequest(
                 volume_id=self.id, target_path=str(target)), timeout=60)
@@ -215,6 +217,9 @@ class Volume:
         self.plugin.node.NodeUnstageVolume(csi.NodeUnstageVolumeRequest(
             volume_id=self.id, staging_target_path=str(self.staging)), timeout=60)
         assert str(self.staging) not in mounts_under(self.plugin.dir)
+
+    def teardown(self) -> None:
+        self.unmount()
         self.plugin.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(
             volume_id=self.id, node_id=NODE), timeout=60)
         self.plugin.controller.DeleteVolume(csi.DeleteVolumeRequest(volume_id=self.id),

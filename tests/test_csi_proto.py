@@ -55,6 +55,15 @@ def _drop_json_names(messages) -> None:
     ("NodeGetVolumeStatsResponse", "volume_condition", 2),
     ("ControllerExpandVolumeResponse", "node_expansion_required", 2),
     ("NodeExpandVolumeRequest", "staging_target_path", 4),
+    ("CreateSnapshotRequest", "source_volume_id", 1),
+    ("CreateSnapshotRequest", "parameters", 4),
+    ("Snapshot", "size_bytes", 1),
+    ("Snapshot", "creation_time", 4),
+    ("Snapshot", "ready_to_use", 5),
+    ("ListSnapshotsRequest", "source_volume_id", 3),
+    ("ListSnapshotsRequest", "snapshot_id", 4),
+    ("ListSnapshotsRequest", "secrets", 5),
+    ("VolumeContentSource", "volume", 2),
 ])
 def test_field_numbers(message, field, number):
     assert csi_pb2.DESCRIPTOR.message_types_by_name[message].fields_by_name[field].number == number
@@ -65,4 +74,7 @@ def test_package_and_enum_values():
     mode = csi_pb2.VolumeCapability.AccessMode
     assert mode.SINGLE_NODE_SINGLE_WRITER == 6 and mode.MULTI_NODE_MULTI_WRITER == 5
     assert csi_pb2.ControllerServiceCapability.RPC.GET_VOLUME == 12
+    assert csi_pb2.ControllerServiceCapability.RPC.CLONE_VOLUME == 7
+    creation_time = csi_pb2.Snapshot.DESCRIPTOR.fields_by_name["creation_time"]
+    assert creation_time.message_type.full_name == "google.protobuf.Timestamp"
     assert csi_pb2.NodeServiceCapability.RPC.VOLUME_CONDITION == 4

@@ -1,4 +1,5 @@
-"""csi_plugin's pure parts: ids, capabilities, capacity, parameters, mountinfo."""
+"""csi_plugin's pure parts: ids, capabilities, capacity, parameters, content
+sources, paging, locks, mountinfo."""
 
 import subprocess
 import sys
@@ -8,11 +9,13 @@ import pytest
 
 from csi_plugin import capabilities as caps
 from csi_plugin import csi_pb2 as csi
-from csi_plugin import parameters
+from csi_plugin import parameters, sources
 from csi_plugin.errors import CsiError
-from csi_plugin.ids import check_node_id, check_volume_id, volume_id_for
+from csi_plugin.ids import check_id, check_node_id, check_snapshot_id, check_volume_id, id_for
+from csi_plugin.locks import SNAPSHOT_KEY, Locks
 from csi_plugin.main import socket_path
 from csi_plugin.mounts import _unescape
+from csi_plugin.paging import page
 
 MiB = 1 << 20
 Mode = csi.VolumeCapability.AccessMode
@@ -25,29 +28,42 @@ def code_of(fn, *args):
 
 
 def test_safe_names_are_their_own_ids():
-    assert volume_id_for("pvc-0d5c3c2e-1f0b-4c1e-9a55-1b2c3d4e5f60") == \
+    assert id_for("pvc-0d5c3c2e-1f0b-4c1e-9a55-1b2c3d4e5f60") == \
         "pvc-0d5c3c2e-1f0b-4c1e-9a55-1b2c3d4e5f60"
-    assert volume_id_for("a" * 128) == "a" * 128
+    assert id_for("snapshot-0d5c3c2e-1f0b-4c1e-9a55-1b2c3d4e5f60") == \
+        "snapshot-0d5c3c2e-1f0b-4c1e-9a55-1b2c3d4e5f60"
+    assert id_for("a" * 128) == "a" * 128
 
 
 @pytest.mark.parametrize("name", ["../../etc", "a/b", "..", ".", "-x", "_hidden", "ünïcode",
                                   "with space", "b" * 120 + "/"])
 def test_unsafe_names_hash_to_safe_ids(name):
-    volume_id = volume_id_for(name)
+    volume_id = id_for(name)
     assert volume_id.startswith("_") and "/" not in volume_id and ".." not in volume_id
     assert check_volume_id(volume_id) == volume_id
-    assert volume_id_for(name) == volume_id
+    assert check_snapshot_id(volume_id) == volume_id
+    assert id_for(name) == volume_id
 
 
 @pytest.mark.parametrize("name", ["", "a" * 129, "bad\x00nul", "bell\x07", "c1\x85"])
 def test_bad_names_are_invalid(name):
-    assert code_of(volume_id_for, name) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(id_for, name) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("volume_id", ["", "..", ".", "../x", "a/b", "/abs", "x\x00y",
                                        "a" * 129, "_short", "_" + "g" * 40, " lead"])
 def test_ids_that_could_escape_are_refused(volume_id):
     assert code_of(check_volume_id, volume_id) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(check_snapshot_id, volume_id) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_refused_ids_name_the_field():
+    with pytest.raises(CsiError) as info:
+        check_id("../up", "source_volume_id")
+    assert info.value.message.startswith("source_volume_id ")
+    with pytest.raises(CsiError) as info:
+        check_snapshot_id("")
+    assert info.value.message == "snapshot_id is required"
 
 
 @pytest.mark.parametrize("node_id", ["", "../n", "n/1", "n" * 257, "-n"])
@@ -125,6 +141,27 @@ def test_bad_ranges(wanted, code):
     assert code_of(caps.size_for_create, wanted) == code
 
 
+@pytest.mark.parametrize("wanted, content, size", [
+    (None, 5 * MiB, caps.GiB),
+    (None, 3 * caps.GiB + 1, 3 * caps.GiB + MiB),
+    (rng(), 2 * caps.GiB, 2 * caps.GiB),
+    (rng(required=5 * MiB), 5 * MiB, 5 * MiB),
+    (rng(required=5 * MiB), 4 * MiB + 1, 5 * MiB),
+    (rng(limit=8 * MiB), 6 * MiB, 8 * MiB),
+])
+def test_a_copy_gets_room_for_its_content(wanted, content, size):
+    assert caps.size_for_create(wanted, content) == size
+
+
+@pytest.mark.parametrize("wanted, content", [
+    (rng(required=4 * MiB), 5 * MiB),
+    (rng(required=MiB, limit=4 * MiB), 5 * MiB),
+    (rng(limit=4 * MiB), 5 * MiB),
+])
+def test_a_copy_smaller_than_its_content_is_out_of_range(wanted, content):
+    assert code_of(caps.size_for_create, wanted, content) == grpc.StatusCode.OUT_OF_RANGE
+
+
 def test_size_for_expand_is_exact_and_never_shrinks():
     assert caps.size_for_expand(10 * MiB, rng(required=(10 << 30) + (1 << 30))) == 11 << 30
     assert caps.size_for_expand(10 * MiB, rng(required=MiB)) == 10 * MiB
@@ -140,6 +177,61 @@ def test_parameters():
     for bad in ({"replicas": "0"}, {"replicas": "x"}, {"replicas": "17"}, {"colour": "red"},
                 {"readCacheMiB": "15"}, {"readCacheMiB": "-1"}, {"readCacheMiB": "2097152"}):
         assert code_of(parameters.parse, bad) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_snapshot_parameters_are_only_the_sidecars():
+    parameters.check_snapshot_parameters({"csi.storage.k8s.io/volumesnapshot/name": "s"})
+    assert code_of(parameters.check_snapshot_parameters, {"replicas": "2"}) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+
+
+def create_request(**source):
+    return csi.CreateVolumeRequest(name="v", volume_content_source=csi.VolumeContentSource(
+        **source))
+
+
+def test_content_sources_are_read_checked_and_recorded():
+    Content = csi.VolumeContentSource
+    assert sources.requested(csi.CreateVolumeRequest(name="v")) is None
+    snap = sources.requested(create_request(snapshot=Content.SnapshotSource(snapshot_id="s-1")))
+    vol = sources.requested(create_request(volume=Content.VolumeSource(volume_id="pvc-1")))
+    assert (snap.kind, snap.id, vol.kind, vol.id) == ("snapshot", "s-1", "volume", "pvc-1")
+    for source in (snap, vol):
+        assert sources.Source.from_wire(source.to_wire()) == source
+        assert source.message().WhichOneof("type") == source.kind
+    assert sources.Source.from_wire(None) is None
+    # Where the source was found is no part of its identity.
+    assert sources.Source("volume", "pvc-1", ino=9, size=MiB) == vol
+    for bad in (create_request(),
+                create_request(snapshot=Content.SnapshotSource(snapshot_id="../x")),
+                create_request(volume=Content.VolumeSource())):
+        assert code_of(sources.requested, bad) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_pages_follow_tokens_and_skip_what_is_gone():
+    ids = ["a", "b", "c", "d", "e"]
+    gone = {"b"}
+
+    def load(item_id):
+        return None if item_id in gone else item_id.upper()
+
+    first, token = page(csi.ListSnapshotsRequest(max_entries=2), ids, load)
+    assert first == ["A", "C"] and token == "after:c"
+    rest, token = page(csi.ListSnapshotsRequest(max_entries=2, starting_token=token), ids, load)
+    assert rest == ["D", "E"] and token == ""
+    assert page(csi.ListVolumesRequest(), ids, load) == (["A", "C", "D", "E"], "")
+    assert code_of(page, csi.ListVolumesRequest(starting_token="x"), ids, load) == \
+        grpc.StatusCode.ABORTED
+    assert code_of(page, csi.ListVolumesRequest(max_entries=-1), ids, load) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_locks_are_per_key_and_taken_in_one_order():
+    locks = Locks()
+    assert locks("pvc-1") is locks("pvc-1") and locks("pvc-1") is not locks(SNAPSHOT_KEY + "pvc-1")
+    with locks.holding(SNAPSHOT_KEY + "s", "pvc-1", "pvc-1"):
+        assert locks("pvc-1").locked() and locks(SNAPSHOT_KEY + "s").locked()
+    assert not locks("pvc-1").locked()
 
 
 def test_mountinfo_unescape():

@@ -16,6 +16,9 @@ from csi_plugin import controller, identity, parameters
 ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 EXAMPLE = KUBE / "example"
+# Objects of the snapshot CRDs: applied by hand once the CRDs are installed,
+# so in no kustomization (and not in the API schemas kubernetes-validate has).
+SNAPSHOTS = KUBE / "snapshots"
 FOLDERS = {KUBE: "dfs", EXAMPLE: "dfs-demo"}
 K8S_VERSION = "1.37"
 KUBELET_DIR = PurePosixPath("/var/lib/kubelet")
@@ -24,18 +27,22 @@ CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CSIDriver",
                   "StorageClass"}
 
 READ = {"get", "list", "watch"}
-# What each sidecar needs for a driver that publishes (attachRequired) and
-# expands volumes, after the RBAC files the sidecars ship. Leader election
-# needs LEASES in the pod's namespace on top.
+EVENTS = {"list", "watch", "create", "update", "patch"}
+# What each sidecar needs for a driver that publishes (attachRequired),
+# expands, snapshots and clones volumes, after the RBAC files the sidecars
+# ship (without group snapshots). Leader election needs LEASES in the pod's
+# namespace on top.
 SIDECAR_RULES = {
     "csi-provisioner": {
         ("", "persistentvolumes"): READ | {"create", "patch", "delete"},
         ("", "persistentvolumeclaims"): READ | {"update"},
         ("storage.k8s.io", "storageclasses"): READ,
-        ("", "events"): {"list", "watch", "create", "update", "patch"},
+        ("", "events"): EVENTS,
         ("storage.k8s.io", "csinodes"): READ,
         ("", "nodes"): READ,
         ("storage.k8s.io", "volumeattachments"): READ,
+        ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "list"},
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents"): {"get", "list"},
     },
     "csi-attacher": {
         ("", "persistentvolumes"): READ | {"patch"},
@@ -47,7 +54,13 @@ SIDECAR_RULES = {
         ("", "persistentvolumes"): READ | {"patch"},
         ("", "persistentvolumeclaims"): READ,
         ("", "persistentvolumeclaims/status"): {"patch"},
-        ("", "events"): {"list", "watch", "create", "update", "patch"},
+        ("", "events"): EVENTS,
+    },
+    "csi-snapshotter": {
+        ("", "events"): EVENTS,
+        ("snapshot.storage.k8s.io", "volumesnapshotclasses"): READ,
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents"): READ | {"update", "patch"},
+        ("snapshot.storage.k8s.io", "volumesnapshotcontents/status"): {"update", "patch"},
     },
     "csi-node-driver-registrar": {},
     "livenessprobe": {},
@@ -198,6 +211,33 @@ def test_csidriver_and_sidecars_match_the_plugin_capabilities():
     assert the("StorageClass", "dfs")["allowVolumeExpansion"] is (rpc.EXPAND_VOLUME in caps)
 
 
+# The VolumeSnapshotClass CRD's schema (snapshot.storage.k8s.io/v1), which
+# kubernetes-validate does not have: its fields, the required ones, the choices.
+SNAPSHOT_CLASS_FIELDS = {"apiVersion", "kind", "metadata", "driver", "deletionPolicy",
+                         "parameters"}
+SNAPSHOT_CLASS_REQUIRED = {"apiVersion", "kind", "metadata", "driver", "deletionPolicy"}
+DELETION_POLICIES = {"Delete", "Retain"}
+
+
+def test_snapshot_class_matches_the_plugin_and_stays_out_of_kustomize():
+    snapshots = controller.RPC.CREATE_DELETE_SNAPSHOT in controller.CAPABILITIES
+    files = manifest_files(SNAPSHOTS) if SNAPSHOTS.is_dir() else []
+    assert bool(files) is snapshots
+    classes = [doc for path in files for doc in load(path)]
+    assert [c["kind"] for c in classes] == ["VolumeSnapshotClass"] * len(classes)
+    for snapshot_class in classes:
+        name = snapshot_class["metadata"]["name"]
+        assert SNAPSHOT_CLASS_REQUIRED <= snapshot_class.keys() <= SNAPSHOT_CLASS_FIELDS, name
+        assert snapshot_class["apiVersion"] == "snapshot.storage.k8s.io/v1"
+        assert snapshot_class["driver"] == identity.PLUGIN_NAME
+        assert snapshot_class["deletionPolicy"] in DELETION_POLICIES
+        assert "namespace" not in snapshot_class["metadata"], "the class is cluster-wide"
+        parameters.check_snapshot_parameters(snapshot_class.get("parameters", {}))
+    assert not (SNAPSHOTS / "kustomization.yaml").exists()
+    for folder in FOLDERS:
+        assert not any(r.startswith("snapshots") for r in kustomization(folder)["resources"])
+
+
 def test_storageclass_parameters_are_accepted_by_the_plugin():
     settings = parameters.parse(the("StorageClass", "dfs")["parameters"])
     assert settings["replicas"] >= 1
@@ -315,7 +355,8 @@ def test_replicated_controllers_elect_a_leader_and_spread_out():
     deployment = the("Deployment", "dfs-csi-controller")
     assert deployment["spec"]["replicas"] >= 2
     for c in pod_spec(deployment)["containers"]:
-        if sidecar_kind(c) in ("csi-provisioner", "csi-attacher", "csi-resizer"):
+        if sidecar_kind(c) in ("csi-provisioner", "csi-attacher", "csi-resizer",
+                               "csi-snapshotter"):
             assert "--leader-election" in flags(c), c["name"]
     terms = pod_spec(deployment)["affinity"]["podAntiAffinity"][
         "preferredDuringSchedulingIgnoredDuringExecution"]
