@@ -20,11 +20,12 @@ import grpc
 import pytest
 
 from csi_plugin import csi_pb2 as csi
-from test_csi_e2e import (BAD_IDS, WRITER, Code, MiB, Volume, cap, code, plugin, usage,
-                          wait_for)
-from test_csi_e2e import cluster  # noqa: F401 (the fixture `plugin` runs on)
+from test_csi_e2e import (BAD_IDS, WRITER, Code, MiB, Volume, cap, cluster, code, plugin,
+                          usage, wait_for)
 
 pytestmark = pytest.mark.timeout(240)
+# The fixtures this module's tests run on.
+__all__ = ["cluster", "plugin"]
 
 Content = csi.VolumeContentSource
 RPC = csi.ControllerServiceCapability.RPC
