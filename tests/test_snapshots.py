@@ -143,3 +143,33 @@ def test_snapshot_refuses_what_it_cannot_do(cluster):
     with pytest.raises(OSError) as info:
         (cluster.mnt / "small" / "f").write_bytes(b"y" * 60_000)
     assert info.value.errno == errno.EDQUOT
+
+
+def test_shared_chunks_survive_a_restart_and_a_snapshot_right_after_one_holds(cluster):
+    data = cluster.mnt / "data"
+    data.mkdir()
+    original = random.Random(9).randbytes(2 * TEST_CHUNK_SIZE + 7)
+    (data / "f").write_bytes(original)
+    cluster.dfs("snapshot", *cluster.cli_args, "/data", "/before")
+    cluster.local.down()
+    cluster.up()
+
+    # The references were stored: a write to the source still copies first.
+    with open(data / "f", "r+b") as f:
+        f.write(b"changed after the restart")
+        f.flush()
+        os.fsync(f.fileno())
+    with cluster.extra_mount() as mount:
+        assert (mount / "before" / "f").read_bytes() == original
+
+    # Right after a restart every chunk counts as leased: the snapshot moves
+    # them all first, and still holds its moment.
+    cluster.local.down()
+    cluster.up()
+    now = (data / "f").read_bytes()
+    cluster.dfs("snapshot", *cluster.cli_args, "/data", "/after")
+    (data / "f").write_bytes(b"rewritten")
+    with cluster.extra_mount() as mount:
+        assert (mount / "after" / "f").read_bytes() == now
+        assert (mount / "before" / "f").read_bytes() == original
+        assert (mount / "data" / "f").read_bytes() == b"rewritten"
