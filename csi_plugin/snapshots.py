@@ -80,11 +80,9 @@ class SnapshotStore:
         try:
             parent = self.snapshots_ino()
             trash.discard(self.meta, parent, snapshot_id)
-            attr = Attr.from_wire(self.meta.call("snapshot", ino=source.ino, parent=parent,
-                                                 name=snapshot_id.encode()))
-            # A quota without limits counts exactly what the copy holds; it
-            # also shows each snapshot's size in `dfs quota ls`.
-            size = self.meta.set_quota(attr.ino, 0, 0).bytes_used
+            reply = self.meta.call("snapshot", ino=source.ino, parent=parent,
+                                   name=snapshot_id.encode())
+            attr, size = Attr.from_wire(reply), reply["bytes"]
             snapshot = Snapshot(snapshot_id, attr.ino, name, source.volume_id, attr.ctime, size)
             record = {"name": name, "source": source.volume_id, "created": attr.ctime,
                       "size": size}

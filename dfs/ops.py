@@ -212,7 +212,8 @@ META = _ops(
     # move to a new version) and none is granted until the copy is made, so
     # it is one point in time of the tree. EINVAL if `parent` is `ino` or
     # inside it, ENOTDIR if `ino` is no directory, EEXIST if `name` exists.
-    # -> Attr of the copy's root
+    # -> Attr of the copy's root, plus "bytes" and "inodes": what the copy
+    # holds, as quotas count it (file sizes; each inode once)
     Op("snapshot", {"ino": int, "parent": int, "name": bytes, "token": Opt(bytes)}),
 
     # Quotas on directories: 0 means unlimited. -> QuotaInfo dict

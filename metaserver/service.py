@@ -142,11 +142,8 @@ class MetaService:
         sid = await self._write(open_session)
         self.ctx.sessions.start(sid)
         if binding is not None:
-            try:
-                self.ctx.fences.bind(sid, binding)
-            except DfsError:
-                await self._end_session(sid)
-                raise
+            # Should the epoch have moved meanwhile, every change is refused anyway.
+            self.ctx.fences.bind(sid, binding)
         log.info("session opened", session=sid, host=host, mountpoint=mountpoint, pid=pid,
                  fence=fence)
         return {"session": sid, "chunk_size": self.ctx.settings.chunk_size,
@@ -401,12 +398,19 @@ class MetaService:
     async def snapshot(self, ino: int, parent: int, name: bytes, token: bytes | None) -> dict:
         async with self.data.gate.closed():
             # One point in time: nobody writes on into a chunk the copy will share.
-            leased = [chunk_id for chunk_id in self._read(lambda tx: snapshots.chunks_in(tx, ino))
+            # A tree scan, as `status`'s: in a thread, so reads go on meanwhile.
+            chunks = await self.ctx.store.read_in_thread(lambda tx: snapshots.chunks_in(tx, ino))
+            leased = [chunk_id for chunk_id in chunks
                       if self.ctx.leases.active(chunk_id) is not None]
             for chunk_id in leased:
                 await self.data.revoke(chunk_id)
-            attr = await self._write(lambda tx: self.ns.attr(tx, snapshots.copy_tree(
-                tx, self.ns, time.time_ns(), ino, parent, name)), token)
+
+            def copy(tx: Tx) -> dict:
+                root, nbytes, ninodes = snapshots.copy_tree(tx, self.ns, time.time_ns(), ino,
+                                                            parent, name)
+                return {**self.ns.attr(tx, root), "bytes": nbytes, "inodes": ninodes}
+
+            attr = await self._write(copy, token)
         log.info("snapshot taken", ino=ino, parent=parent, name=name.decode(errors="replace"),
                  copy=attr["ino"], revoked=len(leased))
         return attr

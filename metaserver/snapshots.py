@@ -45,16 +45,17 @@ def _check_outside(tx: Tx, source: int, parent: int) -> None:
 
 
 def copy_tree(tx: Tx, ns: Namespace, now: int, source_ino: int, parent: int,
-              name: bytes) -> Inode:
-    """Copy directory `source_ino` with everything under it as `name` in `parent`."""
+              name: bytes) -> tuple[Inode, int, int]:
+    """Copy directory `source_ino` with everything under it as `name` in
+    `parent`; returns the copy's root and what it holds as quotas count it
+    (bytes of its files, its inodes). Charged last: EDQUOT discards the
+    transaction, copy and all."""
     source = tx.directory(source_ino)
     target = tx.directory(parent)
     check_name(name)
     if tx.dentry(parent, name) is not None:
         raise DfsError(errno.EEXIST, f"{name!r} exists in directory {parent}")
     _check_outside(tx, source_ino, parent)
-    nbytes, ninodes = quotas.subtree_usage(tx, source_ino)
-    quotas.charge(tx, quotas.chain(tx, parent), nbytes, ninodes + 1)
 
     root = _copy_inode(tx, source, parent, name, now)
     for key in tx.xattr_names(source_ino):
@@ -66,6 +67,7 @@ def copy_tree(tx: Tx, ns: Namespace, now: int, source_ino: int, parent: int,
 
     # A file with several links inside the tree is copied once and linked again.
     copies: dict[int, Inode] = {}
+    nbytes, ninodes = 0, 1
     stack = [(source_ino, root)]
     while stack:
         old_dir, new_dir = stack.pop()
@@ -76,12 +78,14 @@ def copy_tree(tx: Tx, ns: Namespace, now: int, source_ino: int, parent: int,
                 copy.nlink += 1
             else:
                 copy = _copy_inode(tx, child, new_dir.ino, child_name, now)
+                ninodes += 1
                 for key in tx.xattr_names(child.ino):
                     tx.put_xattr(copy.ino, key, tx.xattr(child.ino, key))
                 if child.is_dir:
                     new_dir.nlink += 1
                     stack.append((child.ino, copy))
                 elif child.is_reg:
+                    nbytes += child.size
                     _share_chunks(tx, child.ino, copy.ino)
                 if child.nlink > 1 and not child.is_dir:
                     copies[child.ino] = copy
@@ -89,7 +93,8 @@ def copy_tree(tx: Tx, ns: Namespace, now: int, source_ino: int, parent: int,
             tx.put_dentry(new_dir.ino, child_name, Dentry(copy.ino, new_dir.next_cookie))
             new_dir.next_cookie += 1
             tx.touch(copy, new_dir)
-    return root
+    quotas.charge(tx, quotas.chain(tx, parent), nbytes, ninodes)
+    return root, nbytes, ninodes
 
 
 def _copy_inode(tx: Tx, inode: Inode, parent: int, name: bytes, now: int) -> Inode:
