@@ -14,6 +14,7 @@ from array import array
 from pathlib import Path
 
 from dfs import logs
+from dfs.durable import fsync_dir
 
 from .chunkfile import (BLOCK, CRC_OFFSET, ZERO_BLOCK, ChunkFile, HeaderError, block_crc,
                         crcs_to_bytes, decode_header, encode_header, pwrite_all)
@@ -55,14 +56,6 @@ def filesystem_type(path: Path) -> str:
     return kind
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ChunkStore:
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
@@ -83,7 +76,7 @@ class ChunkStore:
             for path in (self.root, folder.parent, folder):
                 if not path.is_dir():
                     path.mkdir(exist_ok=True)
-                    _fsync_dir(path.parent)
+                    fsync_dir(path.parent)
         return folder
 
     def scan(self) -> dict[int, int]:
@@ -131,7 +124,7 @@ class ChunkStore:
         os.close(fd)
         temp = _write_meta_temp(folder, chunk, version, b"")
         os.replace(temp, meta_path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return self.open(chunk)
 
     def exists(self, chunk: int) -> bool:
@@ -216,7 +209,7 @@ class ReplicaBuilder:
         os.close(self.fd)
         self.fd = -1
         self.data_temp = self.meta_temp = None
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def abort(self) -> None:
         if self.fd >= 0:

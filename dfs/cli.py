@@ -5,17 +5,18 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import trio
 
-from . import fsck, logs, mounts
+from . import backupfetch, fsck, logs, mounts
 from .cluster import LocalCluster
 from .config import ConfigError, add_cluster_args, cluster_from_args
 from .errors import DfsError
 from .mount import (MountOptions, add_mount_options, add_read_cache_option,
                     mount_background, options_from_args, run_foreground)
 from .ops import META
-from .records import QuotaInfo
+from .records import BackupInfo, QuotaInfo
 from .rpc import Client
 
 DESCRIPTION = """\
@@ -138,8 +139,27 @@ def cmd_status(args) -> int:
     print(f"files: {status['files']}, directories: {status['directories']}, "
           f"data: {_human(status['bytes'])}")
     print(f"chunks: {status['chunks']}, under-replicated: {status['under_replicated']}")
+    _print_metadata(status)
     _print_health(status, len(servers) - len(alive))
     return 0
+
+
+def _print_metadata(status: dict) -> None:
+    """The newest backup of the metadata, and a restore if there was one."""
+    backup = status.get("backup")
+    if backup:
+        age = max(0, time.time() - backup["at"])
+        print(f"metadata backup: {backup['name']}, {age / 60:.0f} min ago")
+    else:
+        print("metadata backup: none yet")
+    if status.get("backup_error"):
+        print(f"  the last backup FAILED: {status['backup_error']}")
+    restore = status.get("restore")
+    if restore:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(restore["at"]))
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(restore["hold_until"]))
+        print(f"metadata restored from a backup at {when}; chunks no file refers to are "
+              f"kept until {until}")
 
 
 def _print_health(status: dict, dead: int) -> None:
@@ -243,6 +263,35 @@ def cmd_fence(args) -> int:
     epoch = _call(args, "fence", ino=_resolve(args, args.path), token=os.urandom(16))["epoch"]
     print(epoch if args.quiet else f"{args.path}: attachment epoch {epoch}; mount it with "
                                    f"--subdir {args.path} --epoch {epoch}")
+    return 0
+
+
+def _print_backup(backup: BackupInfo) -> None:
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(backup.at))
+    print(f"{backup.name}  {when}  {_human(backup.size)}")
+
+
+def cmd_backup_now(args) -> int:
+    _print_backup(BackupInfo.from_wire(_call(args, "backup_take")))
+    return 0
+
+
+def cmd_backup_ls(args) -> int:
+    backups = _call(args, "backup_list")["backups"]
+    if args.json:
+        print(json.dumps(backups, indent=2))
+        return 0
+    if not backups:
+        print("no backups yet: the metaserver takes one every --backup-interval, or run "
+              "'dfs backup now'")
+    for backup in backups:
+        _print_backup(BackupInfo.from_wire(backup))
+    return 0
+
+
+def cmd_backup_get(args) -> int:
+    backup, path = backupfetch.fetch(cluster_from_args(args), args.name, Path(args.target))
+    print(f"{path}: backup {backup.name}, {_human(backup.size)}, checksum verified")
     return 0
 
 
@@ -396,6 +445,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="the folder, a path inside dfs")
     p.add_argument("--quiet", action="store_true", help="print the epoch alone")
     p.set_defaults(func=cmd_fence)
+
+    p = sub.add_parser("backup", help="backups of the metadata: take, list, copy off the host",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Every file hangs on the metaserver's database, so the\n"
+                                   "metaserver backs it up while it serves: every\n"
+                                   "--backup-interval (an hour by default) and when asked,\n"
+                                   "into its --backup-dir, keeping the newest --backup-keep.\n"
+                                   "A backup is a consistent copy (every change acknowledged\n"
+                                   "before it began). Copy them off the metaserver's host with\n"
+                                   "'get'; bring one back with dfs-metaserver-restore.",
+                       epilog="example: dfs backup now --data-dir /var/lib/dfs\n"
+                              "         dfs backup get --meta 10.0.0.5:7000 latest /backup/")
+    bsub = p.add_subparsers(dest="backup_command", required=True, metavar="ACTION")
+    b = bsub.add_parser("now", help="take a backup now and print its name")
+    add_cluster_args(b)
+    b.set_defaults(func=cmd_backup_now)
+    b = bsub.add_parser("ls", help="list the backups the metaserver keeps, oldest first")
+    add_cluster_args(b)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_backup_ls)
+    b = bsub.add_parser("get", help="copy a backup to a file here, checking its sha256",
+                        description="Copy backup NAME ('latest' for the newest) from the "
+                                    "metaserver to TARGET, a file or a folder to put it in "
+                                    "under its own name, with TARGET.sha256 beside it. The "
+                                    "file appears only once whole and checked.")
+    add_cluster_args(b)
+    b.add_argument("name", help="a name from 'dfs backup ls', or 'latest'")
+    b.add_argument("target", help="file or folder to write it to")
+    b.set_defaults(func=cmd_backup_get)
     return parser
 
 

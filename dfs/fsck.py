@@ -7,7 +7,6 @@ module pages through it, draws the progress and writes the report.
 """
 
 import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -15,10 +14,10 @@ import trio
 
 from .config import ClusterRef
 from .ops import META
+from .progress import Progress
 from .rpc import Client
 
 PAGE = 64
-BAR_WIDTH = 30
 # Kinds that mean data cannot be read at all.
 FATAL = {"lost"}
 
@@ -46,51 +45,30 @@ class Report:
                 "healthy": not self.problems}
 
 
-class Progress:
-    """A one-line bar on stderr, redrawn in place (only when stderr is a terminal
-    or `force`d, so logs stay clean)."""
-
-    def __init__(self, total: int, stream=sys.stderr, force: bool = False):
-        self.total = max(total, 1)
-        self.stream = stream
-        self.enabled = force or stream.isatty()
-        self.started = time.monotonic()
-
-    def show(self, done: int, problems: int) -> None:
-        if not self.enabled:
-            return
-        share = min(done / self.total, 1.0)
-        filled = int(share * BAR_WIDTH)
-        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        self.stream.write(f"\rfsck [{bar}] {share:4.0%} {done}/{self.total} chunks, "
-                          f"{problems} problems, {time.monotonic() - self.started:.0f}s")
-        self.stream.flush()
-
-    def end(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 async def _check(cluster: ClusterRef, verify: bool, repair: bool, progress_stream,
                  force_progress: bool) -> Report:
     client = Client(cluster.meta, cluster.secret, META, retry_for=30.0)
     report = Report()
     try:
         total = (await client.call("status"))["chunks"]
-        progress = Progress(total, progress_stream, force_progress)
+        progress = Progress("fsck", total, progress_stream, force_progress)
+
+        def show():
+            progress.show(report.chunks, f"{report.chunks}/{total} chunks, "
+                                         f"{len(report.problems)} problems")
+
         after = 0
         while True:
             reply = await client.call("fsck_chunks", after=after, limit=PAGE, verify=verify,
                                       repair=repair)
             report.chunks += reply["checked"]
             report.problems += reply["problems"]
-            progress.show(report.chunks, len(report.problems))
+            show()
             after = reply["next"]
             if not after:
                 break
         report.problems += (await client.call("fsck_servers", repair=repair))["problems"]
-        progress.show(report.chunks, len(report.problems))
+        show()
         progress.end()
     finally:
         await client.aclose()

@@ -231,8 +231,25 @@ META = _ops(
 
     # -> {chunkservers: [...], files, directories, chunks, under_replicated,
     #     replicating (copies in progress), bad_replicas (reports since start),
-    #     recent_bad: [{chunk, csid, version, at}], ...}
+    #     recent_bad: [{chunk, csid, version, at}], backup: the newest
+    #     BackupInfo or None, backup_error: why the last backup failed or None,
+    #     restore: {"at", "hold_until"} if the metadata was restored from a
+    #     backup, else None, ...}
     Op("status", {}, idempotent=True),
+
+    # Backups of the metadata (metaserver/backups.py): consistent copies of
+    # the whole database, made while serving and kept in the metaserver's
+    # backup folder (the newest --backup-keep of them). BackupInfo records:
+    # {"name", "size", "at" (unix seconds), "txn" (the last change it holds),
+    # "sha256"}.
+    # -> BackupInfo of a backup made now; ENOSPC or EIO if it cannot be written
+    Op("backup_take", {}, idempotent=True),
+    # -> {"backups": [BackupInfo, ...]}, oldest first
+    Op("backup_list", {}, idempotent=True),
+    # At most MAX_DATA bytes of backup `name` from `offset` on; b"" past its
+    # end. ENOENT if there is no such backup (or it was pruned meanwhile).
+    # -> {"data": bytes}
+    Op("backup_read", {"name": str, "offset": int, "length": int}, idempotent=True),
 
     # fsck, one page of the chunk table: the chunks with id > `after`, at most
     # `limit`, each replica asked for its version (with `verify`, every block's

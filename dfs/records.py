@@ -1,10 +1,29 @@
 """Records that travel on the wire, as dataclasses with msgpack-friendly forms."""
 
 from dataclasses import dataclass, fields
+from functools import cache
+
+
+@cache
+def _field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+class WireRecord:
+    """A record whose wire form is a map of its fields."""
+
+    __slots__ = ()
+
+    def to_wire(self) -> dict:
+        return {f: getattr(self, f) for f in _field_names(type(self))}
+
+    @classmethod
+    def from_wire(cls, wire: dict):
+        return cls(**{f: wire[f] for f in _field_names(cls) if f in wire})
 
 
 @dataclass(slots=True)
-class Attr:
+class Attr(WireRecord):
     """What stat(2) tells about an inode. Times are nanoseconds since the epoch;
     `blocks` counts 512-byte units actually allocated (holes excluded)."""
 
@@ -21,19 +40,9 @@ class Attr:
     ctime: int
     gen: int = 0
 
-    def to_wire(self) -> dict:
-        return {f: getattr(self, f) for f in ATTR_FIELDS}
-
-    @classmethod
-    def from_wire(cls, wire: dict) -> "Attr":
-        return cls(**{f: wire[f] for f in ATTR_FIELDS if f in wire})
-
-
-ATTR_FIELDS = tuple(f.name for f in fields(Attr))
-
 
 @dataclass(slots=True)
-class QuotaInfo:
+class QuotaInfo(WireRecord):
     """A directory's limits (0 = unlimited) and what is used beneath it."""
 
     ino: int
@@ -43,12 +52,14 @@ class QuotaInfo:
     inodes_used: int
     path: str = ""
 
-    def to_wire(self) -> dict:
-        return {f: getattr(self, f) for f in QUOTA_FIELDS}
 
-    @classmethod
-    def from_wire(cls, wire: dict) -> "QuotaInfo":
-        return cls(**{f: wire[f] for f in QUOTA_FIELDS if f in wire})
+@dataclass(slots=True)
+class BackupInfo(WireRecord):
+    """A backup of the metadata, as the metaserver keeps it: `at` is when it
+    was made (unix seconds), `txn` the last LMDB transaction it holds."""
 
-
-QUOTA_FIELDS = tuple(f.name for f in fields(QuotaInfo))
+    name: str
+    size: int
+    at: float
+    txn: int
+    sha256: str

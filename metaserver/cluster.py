@@ -16,6 +16,7 @@ from . import chunktable
 from .context import Context
 from .records import ChunkServerRecord
 from .replicas import Copy, Replicas
+from .restore import HOLD_UNTIL
 from .store import Tx
 
 log = logs.get_logger("metaserver")
@@ -47,10 +48,21 @@ class Cluster:
         self.copies = replicas.copies
         self.bad_total = 0
         self.recent_bad: deque[BadReport] = deque(maxlen=RECENT_BAD)
+        # The servers that registered with this process: the others are asked
+        # to, so that what each holds is matched against the table as it is
+        # now, which a restore from a backup may have changed.
+        self.registered: set[int] = set()
+        # Until then (unix seconds) chunks no file refers to are kept, not
+        # deleted: the metadata was restored from a backup (restore.py).
+        self.hold_until = 0
 
     def load(self) -> None:
         for csid, record in self.ctx.store.read(lambda tx: list(tx.all_chunkservers())):
             self.ctx.registry.known(csid, record.addr)
+        self.hold_until = self.ctx.store.read(lambda tx: tx.counter(HOLD_UNTIL))
+
+    def holding(self) -> bool:
+        return time.time() < self.hold_until
 
     # --- handlers -------------------------------------------------------------
     async def cs_register(self, csid, addr: str, capacity: int, used: int,
@@ -70,22 +82,26 @@ class Cluster:
             known = csid is not None and tx.chunkserver(csid) is not None
             sid = csid if known else tx.next_id("chunkserver")
             tx.put_chunkserver(sid, ChunkServerRecord(addr))
-            return sid, self._reconcile(tx, sid, reported)
+            return sid, self._reconcile(tx, sid, reported, self.holding())
 
         sid, delete = await self.ctx.store.write(register)
+        self.registered.add(sid)
         self.ctx.registry.heard(sid, addr, capacity, used)
         log.info("chunk server registered", csid=sid, addr=addr, chunks=len(reported),
                  stale=len(delete))
         return {"csid": sid, "delete": delete}
 
     @staticmethod
-    def _reconcile(tx: Tx, csid: int, reported: dict[int, int]) -> list[int]:
-        """Match what a server holds with the chunk table; return what it must delete."""
+    def _reconcile(tx: Tx, csid: int, reported: dict[int, int], hold: bool) -> list[int]:
+        """Match what a server holds with the chunk table; return what it must
+        delete (with `hold`, not the chunks the table does not know)."""
         delete = []
         changed = {}
         for chunk_id, version in reported.items():
             chunk = tx.chunk(chunk_id)
             doomed = tx.has_garbage(csid, chunk_id)
+            if chunk is None and hold and not doomed:
+                continue
             if chunk is None or version < chunk.version or doomed:
                 delete.append(chunk_id)
                 continue
@@ -111,7 +127,7 @@ class Cluster:
 
     async def cs_heartbeat(self, csid: int, capacity: int, used: int) -> dict:
         record = self.ctx.store.read(lambda tx: tx.chunkserver(csid))
-        if record is None:
+        if record is None or csid not in self.registered:
             raise DfsError(errno.ENOENT, f"unknown chunk server {csid}: register first")
         self.ctx.registry.heard(csid, record.addr, capacity, used)
         delete = self.ctx.store.read(lambda tx: tx.garbage_of(csid, GC_PER_HEARTBEAT))

@@ -298,7 +298,7 @@ class DataPath:
                     async with self._copied(chunk_id, chunk, length) as (new_id, holders):
                         return await self._apply_size(ino, changes, token, lambda tx: self._remap(
                             tx, ino, index, chunk_id, new_id, holders, chunk.replicas))
-                new = chunk.version + 1
+                new = self.replicas.next_version(chunk)
                 done = await self.replicas.on_servers(
                     chunk_id, await self.replicas.live_of(chunk_id, chunk),
                     [("set_version", {"chunk": chunk_id, "old": chunk.version, "new": new}),

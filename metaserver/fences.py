@@ -14,6 +14,12 @@ The epochs live in LMDB (`epochs`) and, for speed, here; a session's binding
 lives in its record and here. Which chunks the bound sessions lease is known
 in memory only: after a restart, while leases granted before it may still be
 used, an epoch that restored sessions are bound to cannot move (EAGAIN).
+
+After a restore from a backup (restore.py) the epochs moved since the backup
+are lost, yet mounts still hold them. Such an epoch lies between the restored
+one and the `floor` the restored database hands out epochs from: a mount
+presenting one has it adopted (the directory moves to it, fencing out older
+ones), and no epoch handed out later can equal it.
 """
 
 import errno
@@ -44,14 +50,26 @@ class Fences:
         self.restored: set[int] = set()
         # Directory -> changes by sessions bound to it that are running now.
         self.running: dict[int, int] = {}
+        # Epochs handed out from now on are at least this.
+        self.floor = 0
 
-    def load(self, epochs, bindings: dict[int, Binding]) -> None:
+    def load(self, epochs, bindings: dict[int, Binding], floor: int) -> None:
         self.epochs = dict(epochs)
         self.bindings = dict(bindings)
         self.restored = {binding.ino for binding in bindings.values()}
+        self.floor = floor
 
     def current(self, ino: int) -> int:
         return self.epochs.get(ino, 0)
+
+    def next_epoch(self, current: int) -> int:
+        return max(current + 1, self.floor)
+
+    def lost(self, binding: Binding) -> bool:
+        """Whether `binding` names an epoch handed out after the backup the
+        metadata was restored from: newer than the directory's, older than
+        any handed out since."""
+        return self.current(binding.ino) < binding.epoch < self.floor
 
     def bind(self, sid: int, binding: Binding) -> None:
         self.bindings[sid] = binding

@@ -8,6 +8,7 @@ Under-replicated chunks need no repair here, re-replication handles them.
 """
 
 import errno
+import time
 from itertools import islice
 
 from dfs import logs
@@ -16,6 +17,7 @@ from dfs.errors import DfsError
 from . import chunktable
 from .context import Context
 from .replicas import Replicas
+from .restore import HOLD_UNTIL
 from .store import Tx
 
 log = logs.get_logger("metaserver")
@@ -109,7 +111,9 @@ class Fsck:
                 continue
             held = [item for item in reply.get("chunks", ())
                     if isinstance(item, list) and len(item) == 2]
-            found = self.ctx.store.read(lambda tx, s=server.csid: self._unrecorded(tx, s, held))
+            found, kept = self.ctx.store.read(
+                lambda tx, s=server.csid: self._unrecorded(tx, s, held))
+            problems += kept
             if repair and found:
                 def doom(tx: Tx, csid=server.csid) -> None:
                     for p in found:
@@ -122,15 +126,22 @@ class Fsck:
             problems += found
         return {"problems": problems}
 
-    def _unrecorded(self, tx: Tx, csid: int, held: list) -> list[dict]:
-        """The replicas a server holds that the table does not count."""
-        found = []
+    def _unrecorded(self, tx: Tx, csid: int, held: list) -> tuple[list[dict], list[dict]]:
+        """The replicas a server holds that the table does not count: those a
+        repair deletes, and orphans kept after a restore from a backup."""
+        found, kept = [], []
+        hold_until = tx.counter(HOLD_UNTIL)
         for chunk_id, version in held:
             busy = chunk_id in self.replicas.creating or chunk_id in self.replicas.copies
             if busy or tx.has_garbage(csid, chunk_id):
                 continue
             record = tx.chunk(chunk_id)
-            if record is None:
+            if record is None and time.time() < hold_until:
+                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(hold_until))
+                kept.append(_problem(chunk_id, "orphan", csid,
+                                     f"no file refers to this chunk; kept until {when}, as "
+                                     "the metadata was restored from a backup"))
+            elif record is None:
                 found.append(_problem(chunk_id, "orphan", csid, "no file refers to this chunk"))
             elif version < record.version:
                 found.append(_problem(chunk_id, "stale", csid,
@@ -139,4 +150,4 @@ class Fsck:
             elif csid not in record.locations:
                 found.append(_problem(chunk_id, "unlisted", csid,
                                       "replica not recorded as a location"))
-        return found
+        return found, kept

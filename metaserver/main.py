@@ -9,9 +9,11 @@ import trio
 
 from dfs import logs
 from dfs.config import ConfigError, load_secret, write_ready_file
+from dfs.errors import DfsError
 from dfs.ops import META, META_CS
 from dfs.rpc import Server, parse_addr
 
+from .backups import Backups
 from .context import Context, Settings
 from .service import MetaService
 from .store import Store
@@ -52,6 +54,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="how long a write grant on a chunk lasts; while it does, more "
                              "grants keep the chunk's version, after it the next grant moves "
                              "every replica to a new version (default: 60)")
+    parser.add_argument("--backup-dir", type=Path, metavar="DIR",
+                        help="folder for backups of the metadata, best on another disk than "
+                             "--data-dir (default: DATA_DIR/backups); see `dfs backup` and "
+                             "dfs-metaserver-restore")
+    parser.add_argument("--backup-interval", type=float, default=3600.0, metavar="SECONDS",
+                        help="take a backup of the metadata this often while serving; 0 "
+                             "takes none unless asked (`dfs backup now`) (default: 3600)")
+    parser.add_argument("--backup-keep", type=int, default=24, metavar="N",
+                        help="how many backups to keep; older ones are removed (default: 24)")
     parser.add_argument("--ready-file", type=Path, metavar="PATH",
                         help="once listening, write the actual HOST:PORT here (atomically), "
                              "for launchers that pass port 0")
@@ -65,6 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--replicas must be at least 1")
     if min(args.heartbeat_timeout, args.session_ttl, args.lease_seconds) <= 0:
         parser.error("--heartbeat-timeout, --session-ttl and --lease-seconds must be positive")
+    if args.backup_interval < 0 or args.backup_keep < 1:
+        parser.error("--backup-interval must not be negative and --backup-keep must be at "
+                     "least 1")
     try:
         parse_addr(args.listen)
     except ValueError as exc:
@@ -72,12 +86,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-async def serve(args: argparse.Namespace, secret: bytes) -> None:
-    store = Store(args.data_dir)
+async def serve(args: argparse.Namespace, secret: bytes, store: Store) -> None:
     settings = Settings(args.chunk_size, args.replicas, args.heartbeat_timeout,
                         args.session_ttl, args.lease_seconds)
     ctx = Context.create(settings, store, secret)
-    service = MetaService(ctx)
+    backups = Backups(store, args.backup_dir or args.data_dir / "backups", args.backup_keep,
+                      args.backup_interval)
+    service = MetaService(ctx, backups)
     service.start()
     server = Server("metaserver", {**META, **META_CS}, service.handlers(), secret)
     host, port = parse_addr(args.listen)
@@ -113,7 +128,12 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"dfs-metaserver: {exc}", file=sys.stderr)
         return 2
-    trio.run(serve, args, secret)
+    try:
+        store = Store(args.data_dir)
+    except DfsError as exc:
+        print(f"dfs-metaserver: {exc}", file=sys.stderr)
+        return 1
+    trio.run(serve, args, secret, store)
     return 0
 
 

@@ -21,7 +21,7 @@ import trio
 from dfs import logs
 from dfs.errors import DfsError
 
-from . import chunktable
+from . import chunktable, restore
 from .context import Context
 from .records import Chunk
 from .store import Tx
@@ -88,6 +88,12 @@ class Replicas:
         # Chunk ids being created, not yet in the table (fsck must not call
         # their replicas orphans).
         self.creating: set[int] = set()
+        self.version_floor = ctx.store.read(restore.floor)
+
+    def next_version(self, chunk: Chunk) -> int:
+        """The version a chunk moves to next: above the ones a restored
+        database may not know of (restore.py)."""
+        return max(chunk.version + 1, self.version_floor)
 
     async def on_servers(self, chunk_id: int, servers: list, steps: list) -> list[int]:
         """Run `steps` ([(op, args)...], in order) on each [csid, addr]; return the
@@ -120,8 +126,9 @@ class Replicas:
         return registry.live_locations(chunk.locations)
 
     async def move_version(self, chunk_id: int, chunk: Chunk, exclude=frozenset()):
-        """Move the live replicas not in `exclude` to version+1 and record it;
-        the others are dropped. Caller holds the chunk's lock. Returns
+        """Move the live replicas not in `exclude` to a new version (the next,
+        or more after a restore: restore.py) and record it; the others are
+        dropped. Caller holds the chunk's lock. Returns
         (version, holders); EIO when no replica could be moved (nothing is
         dropped then).
 
@@ -132,7 +139,7 @@ class Replicas:
         if not live:
             raise DfsError(errno.EIO, f"chunk {chunk_id} has no live replica")
         live = [loc for loc in live if loc[0] not in exclude] or live
-        new = chunk.version + 1
+        new = self.next_version(chunk)
         moved = await self.on_servers(
             chunk_id, live, [("set_version", {"chunk": chunk_id, "old": chunk.version,
                                               "new": new})])

@@ -14,7 +14,8 @@ from dfs.errors import DfsError
 from dfs.ops import META
 from dfs.records import QuotaInfo
 
-from . import factors, quotas, snapshots
+from . import factors, quotas, restore, snapshots
+from .backups import Backups
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
@@ -37,8 +38,9 @@ CHANGES = ("setattr mknod mkdir symlink link unlink rmdir rename setxattr remove
 
 
 class MetaService:
-    def __init__(self, ctx: Context):
+    def __init__(self, ctx: Context, backups: Backups):
         self.ctx = ctx
+        self.backups = backups
         self.ns = ctx.namespace
         self.replicas = Replicas(ctx)
         self.data = DataPath(ctx, self.replicas)
@@ -69,7 +71,8 @@ class MetaService:
             self.ctx.opens.restored.update(sids)
             self.ctx.fences.load(tx.all_epochs(), {
                 sid: Binding(record.fence_ino, record.fence_epoch)
-                for sid, record in sessions.items() if record.fence_ino})
+                for sid, record in sessions.items() if record.fence_ino},
+                restore.floor(tx))
             return sessions
 
         for sid in self.ctx.store.write_now(init):
@@ -82,7 +85,8 @@ class MetaService:
         names = ("session_open session_renew session_close lookup resolve getattr setattr "
                  "mknod mkdir symlink link unlink rmdir rename readlink readdir open release "
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
-                 "quota_list replicas_set replicas_get status fence snapshot").split()
+                 "quota_list replicas_set replicas_get status fence snapshot backup_take "
+                 "backup_list backup_read").split()
         table = {name: getattr(self, name) for name in names}
         for name in ("chunk_read", "chunk_write", "reserve", "commit"):
             table[name] = getattr(self.data, name)
@@ -104,6 +108,7 @@ class MetaService:
             nursery.start_soon(self._every, 60.0, self._expire_replies, "token expiry")
             nursery.start_soon(self._every, REPLICATION_INTERVAL, self.cluster.replicate,
                                "re-replication")
+            nursery.start_soon(self.backups.run)
 
     @staticmethod
     async def _every(interval: float, duty, name: str) -> None:
@@ -132,6 +137,8 @@ class MetaService:
             binding = Binding(*fence)
             if not self._read(lambda tx: tx.inode(binding.ino)).is_dir:
                 raise DfsError(errno.ENOTDIR, f"fence: inode {binding.ino} is not a directory")
+            if self.ctx.fences.lost(binding):
+                await self._advance(binding.ino, binding.epoch)
             self.ctx.fences.check_binding(binding)
 
         def open_session(tx: Tx) -> int:
@@ -377,10 +384,17 @@ class MetaService:
             raise DfsError(errno.EAGAIN, f"fence: sessions from before the metaserver's restart "
                                          f"are bound to directory {ino} and may hold write "
                                          f"leases for {left:.0f} s more; try again then")
+        return await self._advance(ino, None, token)
+
+    async def _advance(self, ino: int, adopted: int | None, token: bytes | None = None) -> dict:
+        """Move `ino`'s epoch on (to `adopted`: one lost in a restore, which a
+        mount presents), then fence out the sessions bound to older ones."""
+        fences = self.ctx.fences
 
         def move(tx: Tx) -> dict:
             tx.directory(ino)
-            epoch = tx.epoch(ino) + 1
+            current = tx.epoch(ino)
+            epoch = fences.next_epoch(current) if adopted is None else max(adopted, current)
             tx.put_epoch(ino, epoch)
             return {"epoch": epoch}
 
@@ -392,7 +406,8 @@ class MetaService:
             revoked = fences.leased_chunks(ino)
             for chunk_id in revoked:
                 await self.data.revoke(chunk_id)
-        log.info("attachment epoch moved", ino=ino, epoch=reply["epoch"], revoked=revoked)
+        log.info("attachment epoch moved", ino=ino, epoch=reply["epoch"], revoked=revoked,
+                 adopted=adopted is not None)
         return reply
 
     async def snapshot(self, ino: int, parent: int, name: bytes, token: bytes | None) -> dict:
@@ -493,4 +508,20 @@ class MetaService:
         counts["orphans"] = len(self.ctx.opens.orphans)
         counts["commits"] = self.ctx.store.batches
         counts.update(self.cluster.health())
+        backups = self.backups.list()
+        counts["backup"] = backups[-1].to_wire() if backups else None
+        counts["backup_error"] = self.backups.last_error
+        restored_at = self._read(lambda tx: tx.counter(restore.RESTORED_AT))
+        counts["restore"] = ({"at": restored_at, "hold_until": self.cluster.hold_until}
+                             if restored_at else None)
         return counts
+
+    # --- backups ------------------------------------------------------------------
+    async def backup_take(self) -> dict:
+        return (await trio.to_thread.run_sync(self.backups.take)).to_wire()
+
+    async def backup_list(self) -> dict:
+        return {"backups": [b.to_wire() for b in self.backups.list()]}
+
+    async def backup_read(self, name: str, offset: int, length: int) -> dict:
+        return {"data": await trio.to_thread.run_sync(self.backups.read, name, offset, length)}

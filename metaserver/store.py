@@ -8,6 +8,8 @@ reply is unchanged; the cost of the sync is shared by the whole batch.
 """
 
 import errno
+import fcntl
+import os
 import queue
 import struct
 import threading
@@ -104,6 +106,13 @@ class Tx:
         value = read_u64(raw) if raw else 1
         self._put("counters", key, u64(value + 1))
         return value
+
+    def counter(self, name: str) -> int:
+        raw = self._get("counters", name.encode())
+        return read_u64(raw) if raw else 0
+
+    def put_counter(self, name: str, value: int) -> None:
+        self._put("counters", name.encode(), u64(value))
 
     # --- inodes -------------------------------------------------------------
     def get_inode(self, ino: int) -> Inode | None:
@@ -355,9 +364,28 @@ class _Job:
     error: BaseException | None = None
 
 
+def lock_data_dir(data_dir: Path) -> int:
+    """Take DIR/meta.lock for as long as the returned descriptor is open, or
+    raise EBUSY: two metaservers on one database would each trust their own
+    memory of sessions, leases and chunk versions."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / "meta.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise DfsError(errno.EBUSY, f"{data_dir} is in use by pid {holder}: a metaserver "
+                                    "serves it; stop that one first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class Store:
-    def __init__(self, data_dir: Path, map_size: int = 64 << 30):
-        data_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, data_dir: Path, map_size: int = 64 << 30, lock: int | None = None):
+        """Open DIR/meta.lmdb, taking DIR's lock unless the caller holds it (`lock`)."""
+        self._lock = lock_data_dir(data_dir) if lock is None else None
         self.env = lmdb.open(str(data_dir / "meta.lmdb"), map_size=map_size,
                              max_dbs=len(DATABASES), sync=True, metasync=True,
                              max_readers=512)
@@ -501,3 +529,5 @@ class Store:
 
     def close(self) -> None:
         self.env.close()
+        if self._lock is not None:
+            os.close(self._lock)

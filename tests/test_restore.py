@@ -1,0 +1,125 @@
+"""Losing the metaserver's database and coming back from a backup, on a real
+cluster with real mounts: `dfs backup now` and `get`, dfs-metaserver-restore,
+and what the files look like afterwards."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from faults import chunks_of, meta_call, replica_paths, wait_for
+from test_metaserver_support import REPO
+
+pytestmark = pytest.mark.timeout(240)
+
+MiB = 1 << 20
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write(path, data: bytes, offset: int = 0) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_restored_cluster_serves_the_backup_with_the_newest_data(cluster, tmp_path):
+    mnt, ref = cluster.mnt, cluster.ref
+    (mnt / "dir").mkdir()
+    write(mnt / "dir" / "small", b"hello")
+    write(mnt / "big", os.urandom(3 * MiB))
+    write(mnt / "renamed", b"old name")
+
+    taken = cluster.dfs("backup", "now", *cluster.cli_args).stdout
+    listed = json.loads(cluster.dfs("backup", "ls", *cluster.cli_args, "--json").stdout)
+    assert [b["name"] for b in listed] == [taken.split()[0]]
+    fetched = cluster.dfs("backup", "get", *cluster.cli_args, "latest", str(tmp_path)).stdout
+    backup = tmp_path / listed[0]["name"]
+    assert "checksum verified" in fetched and sha(backup) == listed[0]["sha256"]
+
+    # What the backup does not know: an overwrite in place, a new file, a rename.
+    write(mnt / "big", os.urandom(MiB), offset=MiB)
+    newest = sha(mnt / "big")
+    write(mnt / "later", os.urandom(MiB))
+    later_chunks = [c["chunk"] for c in chunks_of(ref, "/later", 1 << 20)]
+    os.rename(mnt / "renamed", mnt / "moved")
+
+    # The database is lost; the backup comes back in its place.
+    cluster.local.stop(cluster.local.dir / "meta")
+    data_dir = cluster.local.dir / "meta" / "data"
+    done = subprocess.run([sys.executable, "-m", "metaserver.restore", "--data-dir",
+                           str(data_dir), "--hold", "3600", str(backup)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert len(list(data_dir.glob("meta.lmdb.before-restore-*"))) == 1
+    cluster.local.start_metaserver(cluster.local.load())
+    wait_for(lambda: sum(cs["alive"] for cs in meta_call(ref, "status")["chunkservers"]) == 3,
+             30, "the chunk servers to register again")
+
+    # A fresh mount reads what the backup holds, with the newest data in it.
+    with cluster.extra_mount() as fresh:
+        assert sorted(os.listdir(fresh)) == ["big", "dir", "renamed"]
+        assert (fresh / "dir" / "small").read_bytes() == b"hello"
+        assert (fresh / "renamed").read_bytes() == b"old name"
+        assert sha(fresh / "big") == newest
+
+        # The mount made before the restore goes on, with ids never used before.
+        write(mnt / "after", b"written after the restore")
+        assert (fresh / "after").read_bytes() == b"written after the restore"
+        after_chunk = chunks_of(ref, "/after", 1 << 20)[0]["chunk"]
+        assert after_chunk not in later_chunks and after_chunk > max(later_chunks)
+
+    # The chunks of the file made after the backup are kept, even by a repair.
+    report = subprocess.run(
+        [sys.executable, "-m", "dfs.cli", "fsck", *cluster.cli_args, "--repair", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    kept = [p for p in json.loads(report.stdout)["problems"] if p["kind"] == "orphan"]
+    assert {p["chunk"] for p in kept} == set(later_chunks)
+    assert not any(p["repaired"] for p in kept) and "kept until" in kept[0]["detail"]
+    for p in kept:
+        server = cluster.local.dir / f"cs{p['csid']}" / "data"
+        assert replica_paths(server, p["chunk"])[0].exists()
+    assert "metadata restored from a backup" in cluster.dfs("status", *cluster.cli_args).stdout
+
+
+def test_a_damaged_backup_is_refused_and_the_database_kept(cluster, tmp_path):
+    none_yet = cluster.dfs("backup", "get", *cluster.cli_args, "latest", str(tmp_path),
+                           check=False)
+    assert none_yet.returncode == 1 and "no backups yet" in none_yet.stderr
+    name = cluster.dfs("backup", "now", *cluster.cli_args).stdout.split()[0]
+    backup = tmp_path / name
+    cluster.dfs("backup", "get", *cluster.cli_args, name, str(backup))
+    damaged = bytearray(backup.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    backup.write_bytes(bytes(damaged))
+    not_lmdb = tmp_path / "notes.lmdb"
+    not_lmdb.write_bytes(b"not a database" * 1000)
+
+    data_dir = cluster.local.dir / "meta" / "data"
+    refused_busy = subprocess.run(
+        [sys.executable, "-m", "metaserver.restore", "--data-dir", str(data_dir),
+         str(backup)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    cluster.local.stop(cluster.local.dir / "meta")
+    before = sha(data_dir / "meta.lmdb" / "data.mdb")
+    refused = [subprocess.run([sys.executable, "-m", "metaserver.restore", "--data-dir",
+                               str(data_dir), str(bad)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+               for bad in (backup, not_lmdb, tmp_path / "missing.lmdb")]
+    assert refused_busy.returncode == 1 and "in use by pid" in refused_busy.stderr
+    assert [r.returncode for r in refused] == [1, 1, 1]
+    assert "does not match its checksum" in refused[0].stderr
+    assert "not an LMDB database" in refused[1].stderr
+    assert "no such file" in refused[2].stderr
+    assert sha(data_dir / "meta.lmdb" / "data.mdb") == before
+    assert not list(data_dir.glob("meta.lmdb.before-restore-*"))
+
+    cluster.local.start_metaserver(cluster.local.load())
+    assert meta_call(cluster.ref, "resolve", path=b"/")["ino"] == 1
