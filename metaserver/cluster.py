@@ -8,6 +8,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 
+import trio
+
 from dfs import logs
 from dfs.errors import DfsError
 from dfs.rpc import parse_addr
@@ -16,7 +18,7 @@ from . import chunktable
 from .context import Context
 from .records import ChunkServerRecord
 from .replicas import Copy, Replicas
-from .restore import HOLD_UNTIL
+from .restore import HOLD_UNTIL, SETTLING
 from .store import Tx
 
 log = logs.get_logger("metaserver")
@@ -55,11 +57,40 @@ class Cluster:
         # Until then (unix seconds) chunks no file refers to are kept, not
         # deleted: the metadata was restored from a backup (restore.py).
         self.hold_until = 0
+        # Set once the replicas the table lists can be handed out. After a
+        # restore that is when every server known has registered (taking in
+        # the newest versions), or the heartbeat timeout has passed; until
+        # then an older replica could be read, or moved to a new version past
+        # a newer one that a server yet to register holds.
+        self.settled = trio.Event()
+        self.awaited: set[int] = set()
 
     def load(self) -> None:
-        for csid, record in self.ctx.store.read(lambda tx: list(tx.all_chunkservers())):
+        known = self.ctx.store.read(lambda tx: list(tx.all_chunkservers()))
+        for csid, record in known:
             self.ctx.registry.known(csid, record.addr)
         self.hold_until = self.ctx.store.read(lambda tx: tx.counter(HOLD_UNTIL))
+        if self.ctx.store.read(lambda tx: tx.counter(SETTLING)):
+            self.awaited = {csid for csid, _ in known}
+        else:
+            self.settled.set()
+
+    async def settle(self) -> None:
+        """After a restore, stop waiting for servers that do not register
+        within the heartbeat timeout (they count as dead)."""
+        if self.settled.is_set():
+            return
+        with trio.move_on_after(self.ctx.settings.heartbeat_timeout):
+            await self.settled.wait()
+        await self._settle()
+
+    async def _settle(self) -> None:
+        if self.settled.is_set():
+            return
+        await self.ctx.store.write(lambda tx: tx.put_counter(SETTLING, 0))
+        self.settled.set()
+        log.info("chunk servers registered with the restored metadata",
+                 missing=sorted(self.awaited))
 
     def holding(self) -> bool:
         return time.time() < self.hold_until
@@ -86,6 +117,9 @@ class Cluster:
 
         sid, delete = await self.ctx.store.write(register)
         self.registered.add(sid)
+        self.awaited.discard(sid)
+        if not self.awaited:
+            await self._settle()
         self.ctx.registry.heard(sid, addr, capacity, used)
         log.info("chunk server registered", csid=sid, addr=addr, chunks=len(reported),
                  stale=len(delete))
@@ -176,6 +210,8 @@ class Cluster:
     # --- re-replication -------------------------------------------------------
     async def replicate(self) -> None:
         """One round: plan copies for under-replicated chunks, confirm finished ones."""
+        if not self.settled.is_set():
+            return
         await self._plan()
         await self._confirm()
 

@@ -57,9 +57,11 @@ class Gate:
 
 
 class DataPath:
-    def __init__(self, ctx: Context, replicas: Replicas):
+    def __init__(self, ctx: Context, replicas: Replicas, settled: trio.Event):
         self.ctx = ctx
         self.replicas = replicas
+        # No replica is handed out or cut before this is set (Cluster.settled).
+        self.settled = settled
         self.locks = KeyedLocks()
         # Closed while a snapshot is taken: no lease is granted and no chunk cut.
         self.gate = Gate()
@@ -88,7 +90,12 @@ class DataPath:
         return chunk_id, (tx.chunk(chunk_id) if chunk_id else None)
 
     # --- handlers -----------------------------------------------------------
+    async def _replicas_known(self) -> None:
+        if not self.settled.is_set():
+            await self.settled.wait()
+
     async def chunk_read(self, ino: int, index: int) -> dict:
+        await self._replicas_known()
         chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
         if chunk is None:
             return {"chunk": 0, "version": 0, "servers": []}
@@ -102,6 +109,7 @@ class DataPath:
         never serve or take this chunk again."""
         self.ctx.sessions.check(session)
         failed = {addr for addr in failed or () if isinstance(addr, str)}
+        await self._replicas_known()
         async with self.gate.passing(), self.locks.hold(ino):
             chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
             if chunk is None:
@@ -179,6 +187,7 @@ class DataPath:
     async def revoke(self, chunk_id: int) -> None:
         """End the write lease on `chunk_id`: its replicas move to a new
         version, so writes under the old one are refused."""
+        await self._replicas_known()
         async with self.replicas.quiet(chunk_id):
             chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
             if chunk is None or self.ctx.leases.active(chunk_id) is None:
@@ -284,6 +293,7 @@ class DataPath:
         """setattr with a size: the chunk cut by a shrink is truncated on its
         replicas, under a new version, before the metadata says so; a chunk
         that snapshots share is copied up to the cut instead."""
+        await self._replicas_known()
         async with self.gate.passing(), self.locks.hold(ino):
             if token is not None and self.ctx.store.read(lambda tx: tx.stored_reply(token)):
                 plan = None

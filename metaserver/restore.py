@@ -23,7 +23,10 @@ back to, so the restored database is prepared for what it does not know:
   floor) moves the directory to it (fences.py), which fences out the mounts
   of older epochs as a `fence` would.
 - Which chunk servers hold what is taken from their registrations: the
-  metaserver asks each to register again after it starts.
+  metaserver asks each to register again after it starts, and hands out no
+  replica until every server it knows has (or the heartbeat timeout passed),
+  lest an older replica be read, or moved on past a newer one, before the
+  server holding the newer one is heard from (cluster.py).
 """
 
 import argparse
@@ -53,6 +56,8 @@ COUNTERS = ("inode", "chunk", "session", "chunkserver")
 RESTORES = "restores"
 RESTORED_AT = "restored_at"
 HOLD_UNTIL = "restore_hold_until"
+# Set until the chunk servers have registered with the restored database.
+SETTLING = "restore_settling"
 # After its n-th restore a database moves attachment epochs and chunk
 # versions to n * SPAN at least: above any moved to before it, which mounts and
 # chunk servers may hold though the backup does not know them.
@@ -107,6 +112,7 @@ def prepare(tx: Tx, now: float, hold: float) -> int:
     tx.put_counter(RESTORES, restores)
     tx.put_counter(RESTORED_AT, int(now))
     tx.put_counter(HOLD_UNTIL, int(now + hold))
+    tx.put_counter(SETTLING, 1)
     return restores
 
 

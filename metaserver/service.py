@@ -43,8 +43,8 @@ class MetaService:
         self.backups = backups
         self.ns = ctx.namespace
         self.replicas = Replicas(ctx)
-        self.data = DataPath(ctx, self.replicas)
         self.cluster = Cluster(ctx, self.replicas)
+        self.data = DataPath(ctx, self.replicas, self.cluster.settled)
         self.fsck = Fsck(ctx, self.replicas)
         self.fencing = KeyedLocks()
 
@@ -109,6 +109,7 @@ class MetaService:
             nursery.start_soon(self._every, REPLICATION_INTERVAL, self.cluster.replicate,
                                "re-replication")
             nursery.start_soon(self.backups.run)
+            nursery.start_soon(self.cluster.settle)
 
     @staticmethod
     async def _every(interval: float, duty, name: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from dfs.framing import MAX_DATA
-from faults import tiny_disk
+from faults import stop_process, tiny_disk
 from metaserver.restore import SPAN, check_backup
 from test_metaserver_support import (REPO, ROOT, error_of, make_dir, make_file, meta,
                                      meta_factory, new_session)
@@ -211,3 +211,44 @@ def test_a_chunk_server_registers_again_with_each_metaserver_start(meta):
     assert meta.run(lambda c: error_of(c.call("cs_heartbeat", csid=csid, capacity=1 << 30,
                                               used=0))) == errno.ENOENT
     assert meta.run(register, csid) == csid
+
+
+def test_after_a_restore_no_replica_is_handed_out_before_the_servers_register(meta_factory):
+    """The backup lists two replicas at one version; one of them has since
+    moved on alone. Its server registering last must not let the other,
+    older one be read meanwhile."""
+    meta = meta_factory()
+    meta.start_chunkserver("cs1")
+    meta.start_chunkserver("cs2")
+
+    async def before(c):
+        while sum(s["alive"] for s in (await c.call("status"))["chunkservers"]) < 2:
+            await trio.sleep(0.1)
+        sid = await new_session(c)
+        ino = (await make_file(c, ROOT, b"f", session=sid))["ino"]
+        first = await c.call("chunk_write", ino=ino, index=0, session=sid)
+        backup = await c.call("backup_take")
+        # cs2 failed this client: the chunk moves on, on cs1 alone.
+        cs2 = [addr for csid, addr in first["servers"] if csid == 2]
+        moved = await c.call("chunk_write", ino=ino, index=0, session=sid, failed=cs2)
+        return ino, first, moved, backup
+
+    ino, first, moved, backup = meta.run(before)
+    assert len(first["servers"]) == 2 and moved["version"] > first["version"]
+    assert [csid for csid, _ in moved["servers"]] == [1]
+    meta.stop()
+    stop_process(meta.chunkservers[0])
+    assert restore(meta, meta.data_dir / "backups" / backup["name"]).returncode == 0
+    meta.start(meta.addr)
+
+    async def after(c):
+        async with trio.open_nursery() as nursery:
+            async def bring_back_cs1():
+                await trio.sleep(1.5)
+                await trio.to_thread.run_sync(meta.start_chunkserver, "cs1")
+            nursery.start_soon(bring_back_cs1)
+            return await c.call("chunk_read", ino=ino, index=0)
+
+    read = meta.run(after)
+    assert read["version"] == moved["version"]
+    assert [csid for csid, _ in read["servers"]] == [1]
