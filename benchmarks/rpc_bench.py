@@ -23,6 +23,7 @@ import time
 
 import trio
 
+from dfs.metrics import Registry
 from dfs.ops import Op
 from dfs.rpc import Client, Server
 
@@ -55,7 +56,8 @@ def _handlers() -> dict:
 def serve() -> None:
     """Child process: serve on a free loopback port and print it on stdout."""
     async def main():
-        server = Server("rpc-bench", SCHEMA, _handlers(), SECRET)
+        # Counting every request, as the metaserver and chunk servers do.
+        server = Server("rpc-bench", SCHEMA, _handlers(), SECRET, metrics=Registry())
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(server.serve, "127.0.0.1", 0)
             print(port, flush=True)

@@ -1,7 +1,6 @@
 """dfs-chunkserver: serve chunk replicas from a local folder."""
 
 import argparse
-import fcntl
 import os
 import signal
 import socket
@@ -13,6 +12,10 @@ import trio
 from dfs import logs, ops
 from dfs.allocator import keep_large_buffers
 from dfs.config import ConfigError, load_secret, write_ready_file
+from dfs.errors import DfsError
+from dfs.lockfile import lock_folder
+from dfs.metrics import Registry, process_gauges
+from dfs.metrics import serve as serve_metrics
 from dfs.rpc import Server, parse_addr
 
 from .chunkstore import ChunkStore
@@ -81,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scrub-rate", type=_non_negative, default=4.0, metavar="MB/s",
                         help="MiB per second the background scrubber may read to verify "
                              "checksums (default: 4; 0 turns scrubbing off)")
+    parser.add_argument("--metrics-listen", type=_address, metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics: requests "
+                             "and their latency per operation, bytes read and written, disk "
+                             "syncs, capacity, checksum failures (default: not served)")
     parser.add_argument("--ready-file", type=Path, metavar="PATH",
                         help="once listening, write the bound HOST:PORT to this file "
                              "(written whole, via a rename)")
@@ -90,17 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _lock_data_dir(data_dir: Path) -> int:
-    """Hold a lock on the folder for the life of the process, so two chunk
-    servers can never share (and corrupt) one set of replicas."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConfigError(f"{data_dir} is in use by another chunk server") from None
-    return fd
+def _metrics(service: ChunkService) -> Registry:
+    metrics = Registry()
+    process_gauges(metrics)
+    metrics.gauge("dfs_chunkserver_capacity_bytes", "Size of the filesystem holding the "
+                  "replicas.", lambda: service.store.usage()[0])
+    metrics.gauge("dfs_chunkserver_used_bytes", "Space used on that filesystem.",
+                  lambda: service.store.usage()[1])
+    metrics.gauge("dfs_chunkserver_replicas", "Replicas held.", lambda: len(service.versions))
+    metrics.counted("dfs_chunkserver_read_bytes_total", "Bytes of replica data read for "
+                    "clients and peers.", lambda: service.bytes_read)
+    metrics.counted("dfs_chunkserver_written_bytes_total", "Bytes of replica data written.",
+                    lambda: service.bytes_written)
+    metrics.counted("dfs_chunkserver_checksum_failures_total", "Reads that found a block "
+                    "failing its CRC32C.", lambda: service.checksum_failures)
+    metrics.add(service.sync_seconds)
+    return metrics
 
 
 def _advertised(host: str, port: int) -> str:
@@ -117,8 +129,9 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
     log.info("replicas found", data_dir=str(args.data_dir), chunks=len(versions),
              crcs_synced_by_data_flush=store.in_place)
     service = ChunkService(store, versions, secret)
+    metrics = _metrics(service)
     server = Server("chunkserver", ops.CHUNK, service.handlers, secret,
-                    in_hand=service.in_hand)
+                    in_hand=service.in_hand, metrics=metrics)
     host, port = parse_addr(args.listen)
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -127,6 +140,10 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
                 listen = f"{host}:{bound_port}"
                 advertise = args.advertise or _advertised(host, bound_port)
                 log.info("listening", addr=listen, advertise=advertise, meta=args.meta)
+                if args.metrics_listen:
+                    bound = await nursery.start(serve_metrics, metrics,
+                                                *parse_addr(args.metrics_listen))
+                    log.info("serving metrics", addr="%s:%d" % bound)
                 if args.ready_file:
                     write_ready_file(args.ready_file, listen)
                 link = MetaLink(service, args.meta, secret, advertise, args.data_dir,
@@ -154,8 +171,9 @@ def main(argv=None) -> int:
     logs.setup(args.log_level)
     try:
         secret = load_secret(args.secret_file)
-        lock_fd = _lock_data_dir(args.data_dir)
-    except (ConfigError, OSError) as exc:
+        # Two chunk servers on one folder would corrupt each other's replicas.
+        lock_fd = lock_folder(args.data_dir, "lock", "chunk server")
+    except (ConfigError, DfsError, OSError) as exc:
         print(f"dfs-chunkserver: {exc}", file=sys.stderr)
         return 2
     keep_large_buffers()

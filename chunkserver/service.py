@@ -27,6 +27,7 @@ import trio
 from dfs import logs, ops
 from dfs.errors import DfsError
 from dfs.framing import MAX_DATA
+from dfs.metrics import Histogram
 from dfs.rpc import ClientPool, parse_addr
 
 from .chunkfile import MAX_CHUNK, ChecksumError, ChunkFile, HeaderError
@@ -121,6 +122,13 @@ class ChunkService:
         # Requests received and not answered yet, by operation: the server
         # keeps the count (rpc.Server's in_hand).
         self.in_hand: Counter[str] = Counter()
+        # For the metrics (main.py).
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.checksum_failures = 0
+        self.sync_seconds = Histogram("dfs_chunkserver_sync_seconds",
+                                      "How long a replica's sync (or a group of small ones "
+                                      "run together) took.")
 
     @property
     def handlers(self) -> dict:
@@ -212,7 +220,9 @@ class ChunkService:
 
     async def _sync(self, handle: ChunkFile) -> None:
         if not self.syncs.inline(handle.unsynced, time.monotonic()):
+            started = time.monotonic()
             await self._io(handle.chunk, handle.sync)
+            self.sync_seconds.observe(time.monotonic() - started)
             return
         group = self._sync_group
         if group is not None:
@@ -239,6 +249,7 @@ class ChunkService:
         """Record a group's sync time; say so when the disk turns slow or quick."""
         was_slow = self.syncs.slow
         self.syncs.took(seconds, started, count)
+        self.sync_seconds.observe(seconds)
         if self.syncs.slow != was_slow:
             log.info("small syncs go to worker threads: the disk flushes slowly"
                      if self.syncs.slow else "small syncs run on the event loop again",
@@ -251,6 +262,7 @@ class ChunkService:
         try:
             return await self._io(handle.chunk, fn, *args, inline=inline)
         except ChecksumError as exc:
+            self.checksum_failures += 1
             log.error("checksum mismatch", chunk=handle.chunk, version=handle.version,
                       block=exc.block, op=fn.__name__)
             if (handle.chunk, handle.version) not in self._bad_seen:
@@ -327,6 +339,7 @@ class ChunkService:
         async with self._locked(chunk):
             handle = await self._replica(chunk, version)
             await self._io(chunk, handle.write_pieces, pieces, inline=total <= INLINE_IO)
+            self.bytes_written += total
             if sync:
                 await self._sync(handle)
         return {}
@@ -335,8 +348,10 @@ class ChunkService:
         _check_range(chunk, offset, length)
         async with self._locked(chunk, shared=True):
             handle = await self._replica(chunk, version)
-            return {"data": await self._verified_io(handle, handle.read, offset, length,
-                                                    inline=length <= INLINE_IO)}
+            data = await self._verified_io(handle, handle.read, offset, length,
+                                           inline=length <= INLINE_IO)
+        self.bytes_read += len(data)
+        return {"data": data}
 
     async def sync(self, chunk: int, version: int):
         async with self._locked(chunk, shared=True):

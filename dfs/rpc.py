@@ -10,6 +10,7 @@ nothing else.
 import errno
 import itertools
 import socket
+import time
 from collections import Counter
 from typing import Awaitable, Callable
 
@@ -19,6 +20,7 @@ from . import logs
 from .auth import HANDSHAKE_TIMEOUT, client_handshake, server_handshake
 from .errors import DfsError, ProtocolError
 from .framing import MAX_FRAME, REPLY, REQUEST, FramedStream
+from .metrics import Registry
 from .ops import Op, check_fields
 
 log = logs.get_logger("rpc")
@@ -67,7 +69,8 @@ class Server:
     """Serves `handlers` (op name -> async fn(args)) for the operations in `schema`."""
 
     def __init__(self, name: str, schema: dict[str, Op], handlers: dict[str, Handler],
-                 secret: bytes, in_hand: Counter | None = None):
+                 secret: bytes, in_hand: Counter | None = None,
+                 metrics: Registry | None = None):
         missing = set(schema) - set(handlers)
         if missing:
             raise ValueError(f"no handler for {sorted(missing)}")
@@ -79,6 +82,7 @@ class Server:
         # Requests received and not answered yet, by operation name, counted
         # from the moment they are read: handlers may look at what is coming.
         self.in_hand = Counter() if in_hand is None else in_hand
+        self.stats = _Stats(metrics, self) if metrics is not None else None
 
     async def serve(self, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED):
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -138,6 +142,8 @@ class Server:
 
     async def _request(self, framed: FramedStream, message, running: "_Running",
                        size: int, op: str | None) -> None:
+        started = time.perf_counter()
+        outcome = 0
         try:
             if (not isinstance(message, list) or len(message) != 4 or message[0] != REQUEST
                     or not isinstance(message[1], int)):
@@ -146,20 +152,25 @@ class Server:
             try:
                 result = await self._dispatch(op_name, args)
             except DfsError as exc:
+                outcome = exc.errno
                 await framed.send([REPLY, request_id, exc.errno, exc.message])
                 return
             try:
                 await framed.send_reply(request_id, result)
             except ProtocolError as exc:
+                outcome = errno.EFBIG
                 await framed.send([REPLY, request_id, errno.EFBIG, str(exc)])
         except ProtocolError as exc:
+            outcome = errno.EPROTO
             log.warning("malformed request", server=self.name, reason=str(exc))
             await framed.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+            outcome = errno.ECONNRESET
         finally:
             running.release(size)
             self.in_hand[op] -= 1
+            if self.stats is not None:
+                self.stats.record(op, outcome, size, time.perf_counter() - started)
 
     async def _dispatch(self, op_name, args):
         op = self.schema.get(op_name) if isinstance(op_name, str) else None
@@ -173,6 +184,30 @@ class Server:
         except Exception:
             log.error("operation failed", exc_info=True, server=self.name, op=op_name)
             raise DfsError(errno.EIO, f"{op_name}: internal error on {self.name}") from None
+
+
+class _Stats:
+    """A server's requests as metrics: how many per operation and outcome, how
+    long they took (read to reply sent) and how many bytes they carried."""
+
+    def __init__(self, metrics: Registry, server: Server):
+        self.requests = metrics.counter(
+            "dfs_rpc_requests_total", "Requests answered, by operation and outcome (ok or "
+            "the errno name).", ("op", "result"))
+        self.seconds = metrics.histogram(
+            "dfs_rpc_request_seconds", "Time from reading a request to sending its reply.",
+            ("op",))
+        self.received = metrics.counter(
+            "dfs_rpc_received_bytes_total", "Bytes of request frames, by operation.", ("op",))
+        metrics.gauge("dfs_rpc_requests_in_flight", "Requests read and not answered yet.",
+                      lambda: sum(server.in_hand.values()))
+
+    def record(self, op: str | None, outcome: int, size: int, seconds: float) -> None:
+        op = op or "unknown"
+        result = errno.errorcode.get(outcome, str(outcome)) if outcome else "ok"
+        self.requests.inc(op, result)
+        self.seconds.observe(seconds, op)
+        self.received.inc(op, amount=size)
 
 
 class _Running:

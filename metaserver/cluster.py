@@ -64,6 +64,10 @@ class Cluster:
         # a newer one that a server yet to register holds.
         self.settled = trio.Event()
         self.awaited: set[int] = set()
+        # As the last re-replication round found them: chunks short of copies
+        # (those being copied included), and chunks with no live replica.
+        self.under_replicated = 0
+        self.unavailable = 0
 
     def load(self) -> None:
         known = self.ctx.store.read(lambda tx: list(tx.all_chunkservers()))
@@ -219,15 +223,18 @@ class Cluster:
         registry, settings = self.ctx.registry, self.ctx.settings
 
         def under(tx: Tx):
-            found = []
+            found, unavailable = [], 0
             for chunk_id, chunk in tx.all_chunks():
                 live = [c for c in chunk.locations if registry.alive(c)]
                 wanted = settings.wanted(chunk.replicas)
+                unavailable += not live
                 if live and len(live) < wanted and chunk_id not in self.copies:
                     found.append(chunk_id)
-            return found
+            return found, unavailable
 
-        for chunk_id in await self.ctx.store.read_in_thread(under):
+        found, self.unavailable = await self.ctx.store.read_in_thread(under)
+        self.under_replicated = len(found) + len(self.copies)
+        for chunk_id in found:
             load = Counter(c.target for c in self.copies.values())
             if all(load[s.csid] >= REPLICATIONS_PER_SERVER for s in registry.live()):
                 return

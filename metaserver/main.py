@@ -10,11 +10,13 @@ import trio
 from dfs import logs
 from dfs.config import ConfigError, load_secret, write_ready_file
 from dfs.errors import DfsError
+from dfs.metrics import serve as serve_metrics
 from dfs.ops import META, META_CS
 from dfs.rpc import Server, parse_addr
 
 from .backups import Backups
 from .context import Context, Settings
+from .gauges import registry_for
 from .service import MetaService
 from .store import Store
 
@@ -63,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "takes none unless asked (`dfs backup now`) (default: 3600)")
     parser.add_argument("--backup-keep", type=int, default=24, metavar="N",
                         help="how many backups to keep; older ones are removed (default: 24)")
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics: requests "
+                             "and their latency per operation, inodes, chunks, sessions, "
+                             "chunk servers, replication health, backups and quota usage "
+                             "(default: not served)")
     parser.add_argument("--ready-file", type=Path, metavar="PATH",
                         help="once listening, write the actual HOST:PORT here (atomically), "
                              "for launchers that pass port 0")
@@ -79,10 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.backup_interval < 0 or args.backup_keep < 1:
         parser.error("--backup-interval must not be negative and --backup-keep must be at "
                      "least 1")
-    try:
-        parse_addr(args.listen)
-    except ValueError as exc:
-        parser.error(f"--listen: {exc}")
+    for flag, value in (("--listen", args.listen), ("--metrics-listen", args.metrics_listen)):
+        try:
+            if value is not None:
+                parse_addr(value)
+        except ValueError as exc:
+            parser.error(f"{flag}: {exc}")
     return args
 
 
@@ -94,7 +103,9 @@ async def serve(args: argparse.Namespace, secret: bytes, store: Store) -> None:
                       args.backup_interval)
     service = MetaService(ctx, backups)
     service.start()
-    server = Server("metaserver", {**META, **META_CS}, service.handlers(), secret)
+    metrics = registry_for(service)
+    server = Server("metaserver", {**META, **META_CS}, service.handlers(), secret,
+                    metrics=metrics)
     host, port = parse_addr(args.listen)
     try:
         async with trio.open_nursery() as outer:
@@ -103,6 +114,10 @@ async def serve(args: argparse.Namespace, secret: bytes, store: Store) -> None:
                 async with trio.open_nursery() as nursery:
                     bound = await nursery.start(server.serve, host, port)
                     addr = "%s:%d" % (bound[0], bound[1])
+                    if args.metrics_listen:
+                        bound = await nursery.start(serve_metrics, metrics,
+                                                    *parse_addr(args.metrics_listen))
+                        log.info("serving metrics", addr="%s:%d" % bound)
                     if args.ready_file:
                         write_ready_file(args.ready_file, addr)
                     log.info("serving", addr=addr, data_dir=str(args.data_dir),

@@ -8,7 +8,6 @@ reply is unchanged; the cost of the sync is shared by the whole batch.
 """
 
 import errno
-import fcntl
 import os
 import queue
 import struct
@@ -24,6 +23,7 @@ import trio
 
 from dfs import logs
 from dfs.errors import DfsError
+from dfs.lockfile import lock_folder
 
 from .records import (Chunk, ChunkServerRecord, Dentry, Inode, Quota, SessionRecord,
                       StoredReply, pack, unpack)
@@ -365,21 +365,10 @@ class _Job:
 
 
 def lock_data_dir(data_dir: Path) -> int:
-    """Take DIR/meta.lock for as long as the returned descriptor is open, or
-    raise EBUSY: two metaservers on one database would each trust their own
+    """Take DIR/meta.lock while the returned descriptor is open (EBUSY if
+    taken): two metaservers on one database would each trust their own
     memory of sessions, leases and chunk versions."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(data_dir / "meta.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise DfsError(errno.EBUSY, f"{data_dir} is in use by pid {holder}: a metaserver "
-                                    "serves it; stop that one first") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    return lock_folder(data_dir, "meta.lock", "metaserver")
 
 
 class Store:

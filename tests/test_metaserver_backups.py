@@ -135,9 +135,9 @@ def test_a_second_metaserver_on_the_same_folder_is_refused(meta):
          str(meta.data_dir), "--secret-file", str(meta.secret_file)],
         cwd=REPO, capture_output=True, text=True, timeout=30)
     assert second.returncode == 1
-    assert f"in use by pid {meta.proc.pid}" in second.stderr
+    assert f"in use by another metaserver (pid {meta.proc.pid})" in second.stderr
     refused = restore(meta, meta.data_dir / "nothing.lmdb")
-    assert refused.returncode == 1 and "in use by pid" in refused.stderr
+    assert refused.returncode == 1 and "in use by another metaserver" in refused.stderr
     assert meta.run(lambda c: c.call("getattr", ino=ROOT))["ino"] == ROOT
 
 

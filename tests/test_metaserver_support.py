@@ -72,8 +72,9 @@ class MetaProcess:
         assert self.stop() == 0
         self.start(self.addr)
 
-    def start_chunkserver(self, name: str) -> str:
-        """Start a real dfs-chunkserver registering with this metaserver; return its address."""
+    def start_chunkserver(self, name: str, *flags: str) -> str:
+        """Start a real dfs-chunkserver registering with this metaserver, with
+        `flags` besides; return its address."""
         ready = self.base / f"{name}.ready"
         ready.unlink(missing_ok=True)
         log = open(self.base / f"{name}.log", "ab")
@@ -81,7 +82,7 @@ class MetaProcess:
             [sys.executable, "-m", "chunkserver.main", "--listen", "127.0.0.1:0",
              "--meta", self.addr, "--data-dir", str(self.base / name),
              "--secret-file", str(self.secret_file), "--ready-file", str(ready),
-             "--heartbeat-interval", "0.2", "--scrub-rate", "0"],
+             "--heartbeat-interval", "0.2", "--scrub-rate", "0", *flags],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.chunkservers.append(proc)

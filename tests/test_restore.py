@@ -113,7 +113,7 @@ def test_a_damaged_backup_is_refused_and_the_database_kept(cluster, tmp_path):
                                str(data_dir), str(bad)],
                               cwd=REPO, capture_output=True, text=True, timeout=60)
                for bad in (backup, not_lmdb, tmp_path / "missing.lmdb")]
-    assert refused_busy.returncode == 1 and "in use by pid" in refused_busy.stderr
+    assert refused_busy.returncode == 1 and "in use by another metaserver" in refused_busy.stderr
     assert [r.returncode for r in refused] == [1, 1, 1]
     assert "does not match its checksum" in refused[0].stderr
     assert "not an LMDB database" in refused[1].stderr
