@@ -54,6 +54,8 @@ class Cluster:
         # to, so that what each holds is matched against the table as it is
         # now, which a restore from a backup may have changed.
         self.registered: set[int] = set()
+        # The garbage handed to each server in its last heartbeat.
+        self.handed: dict[int, list[int]] = {}
         # Until then (unix seconds) chunks no file refers to are kept, not
         # deleted: the metadata was restored from a backup (restore.py).
         self.hold_until = 0
@@ -168,10 +170,16 @@ class Cluster:
         if record is None or csid not in self.registered:
             raise DfsError(errno.ENOENT, f"unknown chunk server {csid}: register first")
         self.ctx.registry.heard(csid, record.addr, capacity, used)
-        delete = self.ctx.store.read(lambda tx: tx.garbage_of(csid, GC_PER_HEARTBEAT))
-        if delete:
+        # A server deletes what a heartbeat hands it before it sends the next,
+        # so only then is that no longer garbage: until then fsck does not take
+        # a replica being deleted for an orphan, and a server that stopped
+        # before deleting is handed it again.
+        deleted = self.handed.pop(csid, [])
+        if deleted:
             await self.ctx.store.write(
-                lambda tx: [tx.clear_garbage(csid, chunk_id) for chunk_id in delete])
+                lambda tx: [tx.clear_garbage(csid, chunk_id) for chunk_id in deleted])
+        delete = self.handed[csid] = self.ctx.store.read(
+            lambda tx: tx.garbage_of(csid, GC_PER_HEARTBEAT))
         return {"delete": delete, "replicate": self._hand_out(csid)}
 
     async def cs_bad_chunk(self, csid: int, chunk: int, version: int) -> dict:
