@@ -124,11 +124,12 @@ class MetaClient:
         if stat.S_ISDIR(attr.mode):
             for child, _ in list(self.entries(attr.ino)):
                 self.remove_tree(attr.ino, child)
-            op = "rmdir"
+            op, extra = "rmdir", {}
         else:
-            op = "unlink"
+            # Deleting a volume or a snapshot is meant: none of it goes to the trash.
+            op, extra = "unlink", {"trash": False}
         try:
-            self.call(op, parent=parent, name=name.encode())
+            self.call(op, parent=parent, name=name.encode(), **extra)
         except DfsError as exc:
             if exc.errno != errno.ENOENT:
                 raise

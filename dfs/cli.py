@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from dataclasses import asdict
 import os
 import sys
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from . import backupfetch, fsck, logs, mounts
+from . import backupfetch, fsck, logs, mounts, trash
 from .cluster import LocalCluster
 from .config import ConfigError, add_cluster_args, cluster_from_args
 from .errors import DfsError
@@ -77,7 +78,8 @@ def cmd_up(args) -> int:
     cluster = LocalCluster(args.data_dir)
     print(f"dfs: starting a local cluster in {cluster.dir}")
     layout = cluster.up(args.mount, args.chunkservers, args.replicas, args.chunk_size,
-                        mount_options=MountOptions(read_cache_mib=args.read_cache))
+                        mount_options=MountOptions(read_cache_mib=args.read_cache),
+                        trash_hours=args.trash_hours)
     print(f"dfs: cluster up: metaserver {layout.meta}, {len(layout.chunkservers)} chunk "
           f"servers, {layout.replicas} replicas")
     print(f"dfs: mounted at {layout.mount}")
@@ -295,6 +297,33 @@ def cmd_backup_get(args) -> int:
     return 0
 
 
+def cmd_trash_ls(args) -> int:
+    found = trash.entries(cluster_from_args(args))
+    if args.json:
+        print(json.dumps([{**asdict(e), "entry": e.ref} for e in found], indent=2))
+        return 0
+    for entry in found:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry.removed))
+        print(f"{entry.ref}  {_human(entry.size)}  removed {when}  from {entry.path}")
+    total = sum(entry.size for entry in found)
+    print(f"{len(found)} file(s), {_human(total)} in the trash")
+    return 0
+
+
+def cmd_trash_restore(args) -> int:
+    for path in trash.restore(cluster_from_args(args), args.entries, args.to):
+        print(f"restored {path}")
+    return 0
+
+
+def cmd_trash_purge(args) -> int:
+    if not args.all and not args.entries:
+        raise DfsError(22, "name the entries to delete (see 'dfs trash ls'), or --all")
+    count = trash.purge(cluster_from_args(args), None if args.all else args.entries)
+    print(f"deleted {count} file(s) from the trash")
+    return 0
+
+
 # ---- argument parsing ------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copies of each chunk (default 2)")
     p.add_argument("--chunk-size", type=_size, default=64 << 20, metavar="BYTES",
                    help="chunk size for a new cluster (default 64M)")
+    p.add_argument("--trash-hours", type=float, default=0.0, metavar="H",
+                   help="for a new cluster: keep removed files in /.trash this long (see "
+                        "'dfs trash'; default 0, deleted at once)")
     add_read_cache_option(p)
     p.set_defaults(func=cmd_up)
 
@@ -474,6 +506,34 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", help="a name from 'dfs backup ls', or 'latest'")
     b.add_argument("target", help="file or folder to write it to")
     b.set_defaults(func=cmd_backup_get)
+
+    p = sub.add_parser("trash", help="files removed lately: list, restore, purge",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="A metaserver started with --trash-hours H keeps each file\n"
+                                   "that loses its last name (rm, or a rename over it) in\n"
+                                   "/.trash for H hours before deleting it. Entries are named\n"
+                                   "HOUR/NAME as 'ls' shows them. 'restore' moves one back to\n"
+                                   "where it was removed from (or --to PATH), making missing\n"
+                                   "folders on the way; it never replaces a file.",
+                       epilog="example: dfs trash ls --data-dir /var/lib/dfs\n"
+                              "         dfs trash restore --data-dir /var/lib/dfs "
+                              "2026-11-27-10/1-57-report.txt")
+    tsub = p.add_subparsers(dest="trash_command", required=True, metavar="ACTION")
+    t = tsub.add_parser("ls", help="list what the trash holds, with where it was removed from")
+    add_cluster_args(t)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_trash_ls)
+    t = tsub.add_parser("restore", help="move entries back to where they were removed from")
+    add_cluster_args(t)
+    t.add_argument("entries", nargs="+", metavar="ENTRY", help="HOUR/NAME, as 'ls' shows it")
+    t.add_argument("--to", metavar="PATH",
+                   help="restore the one ENTRY to this path inside dfs instead")
+    t.set_defaults(func=cmd_trash_restore)
+    t = tsub.add_parser("purge", help="delete entries now, freeing their space")
+    add_cluster_args(t)
+    t.add_argument("entries", nargs="*", metavar="ENTRY", help="HOUR/NAME, as 'ls' shows it")
+    t.add_argument("--all", action="store_true", help="empty the whole trash")
+    t.set_defaults(func=cmd_trash_purge)
     return parser
 
 

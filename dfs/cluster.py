@@ -83,7 +83,8 @@ class LocalCluster:
 
     def up(self, mountpoint: str | None, chunkservers: int = 3, replicas: int = 2,
            chunk_size: int = 64 * 1024 * 1024, heartbeat_timeout: float | None = None,
-           mount_options: MountOptions = MountOptions()) -> ClusterLayout:
+           mount_options: MountOptions = MountOptions(),
+           trash_hours: float | None = None) -> ClusterLayout:
         self.dir.mkdir(parents=True, exist_ok=True)
         make_secret(self.dir / SECRET_FILE)
         layout = self.load()
@@ -95,6 +96,8 @@ class LocalCluster:
                                    replicas=replicas, chunk_size=chunk_size)
             if heartbeat_timeout is not None:
                 layout.extra_args["heartbeat_timeout"] = heartbeat_timeout
+            if trash_hours:
+                layout.extra_args["trash_hours"] = trash_hours
         elif len(layout.chunkservers) < chunkservers:
             layout.chunkservers += [ANY_PORT] * (chunkservers - len(layout.chunkservers))
         self.save(layout)

@@ -132,8 +132,10 @@ META = _ops(
                    "writer": Opt(int), "token": Opt(bytes)}),
     Op("link", {"ino": int, "parent": int, "name": bytes, "writer": Opt(int),
                 "token": Opt(bytes)}),
-    # -> {"dirs"}
-    Op("unlink", {"parent": int, "name": bytes, "writer": Opt(int), "token": Opt(bytes)}),
+    # A file losing its last name goes to the trash when the metaserver
+    # keeps one (--trash-hours), unless `trash` is false. -> {"dirs"}
+    Op("unlink", {"parent": int, "name": bytes, "trash": Opt(bool), "writer": Opt(int),
+                  "token": Opt(bytes)}),
     Op("rmdir", {"parent": int, "name": bytes, "writer": Opt(int), "token": Opt(bytes)}),
     # flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2), as in renameat2(2)
     Op("rename", {"parent": int, "name": bytes, "newparent": int, "newname": bytes,

@@ -22,6 +22,8 @@ class Settings:
     heartbeat_timeout: float
     session_ttl: float
     lease_seconds: float
+    # How long removed files stay in /.trash (0: they are deleted at once).
+    trash_seconds: float = 0.0
 
     def wanted(self, factor: int) -> int:
         """Copies a chunk or file with replication factor `factor` should have."""
@@ -45,7 +47,7 @@ class Context:
     @classmethod
     def create(cls, settings: Settings, store: Store, secret: bytes) -> "Context":
         opens = OpenFiles()
-        return cls(settings, store, Namespace(settings.chunk_size, opens),
+        return cls(settings, store, Namespace(settings.chunk_size, opens, settings.trash_seconds),
                    Sessions(settings.session_ttl), opens, Reservations(),
                    Leases(settings.lease_seconds), Fences(), Registry(settings.heartbeat_timeout),
                    ClientPool(secret, CHUNK, connect_timeout=3.0))

@@ -65,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "takes none unless asked (`dfs backup now`) (default: 3600)")
     parser.add_argument("--backup-keep", type=int, default=24, metavar="N",
                         help="how many backups to keep; older ones are removed (default: 24)")
+    parser.add_argument("--trash-hours", type=float, default=0.0, metavar="HOURS",
+                        help="keep files that lose their last name (rm, or a rename over "
+                             "them) in /.trash this long before deleting them, so 'dfs trash "
+                             "restore' can bring them back; 0 deletes them at once "
+                             "(default: 0)")
     parser.add_argument("--metrics-listen", metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics: requests "
                              "and their latency per operation, inodes, chunks, sessions, "
@@ -83,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--replicas must be at least 1")
     if min(args.heartbeat_timeout, args.session_ttl, args.lease_seconds) <= 0:
         parser.error("--heartbeat-timeout, --session-ttl and --lease-seconds must be positive")
+    if args.trash_hours < 0:
+        parser.error("--trash-hours must not be negative")
     if args.backup_interval < 0 or args.backup_keep < 1:
         parser.error("--backup-interval must not be negative and --backup-keep must be at "
                      "least 1")
@@ -97,7 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace, secret: bytes, store: Store) -> None:
     settings = Settings(args.chunk_size, args.replicas, args.heartbeat_timeout,
-                        args.session_ttl, args.lease_seconds)
+                        args.session_ttl, args.lease_seconds, args.trash_hours * 3600)
     ctx = Context.create(settings, store, secret)
     backups = Backups(store, args.backup_dir or args.data_dir / "backups", args.backup_keep,
                       args.backup_interval)

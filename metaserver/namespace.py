@@ -12,7 +12,7 @@ import stat
 from dfs.errors import DfsError
 from dfs.records import Attr
 
-from . import chunktable, quotas
+from . import chunktable, quotas, trash
 from .opens import OpenFiles
 from .quotas import ROOT_INO
 from .records import Dentry, Inode
@@ -57,9 +57,11 @@ def check_changes(changes: dict) -> None:
 
 
 class Namespace:
-    def __init__(self, chunk_size: int, opens: OpenFiles):
+    def __init__(self, chunk_size: int, opens: OpenFiles, trash_seconds: float = 0.0):
         self.chunk_size = chunk_size
         self.opens = opens
+        # How long a removed file stays in the trash (0: no trash).
+        self.trash_seconds = trash_seconds
 
     # --- reading --------------------------------------------------------------
     def attr(self, tx: Tx, inode: Inode) -> dict:
@@ -186,7 +188,9 @@ class Namespace:
         directory.mtime = directory.ctime = now
 
     # --- removing -------------------------------------------------------------
-    def unlink(self, tx: Tx, now: int, parent: int, name: bytes) -> dict:
+    def unlink(self, tx: Tx, now: int, parent: int, name: bytes, keep: bool = True) -> dict:
+        """Remove a name; a file losing its last one goes to the trash, if
+        there is one, unless not to `keep` it."""
         directory = tx.directory(parent)
         dentry = self._existing(tx, parent, name)
         inode = tx.inode(dentry.ino)
@@ -195,7 +199,7 @@ class Namespace:
         tx.delete_dentry(parent, name, dentry)
         directory.mtime = directory.ctime = now
         tx.touch(directory)
-        self._drop_link(tx, now, inode, parent)
+        self._drop_link(tx, now, inode, parent, name, keep)
         return {}
 
     def rmdir(self, tx: Tx, now: int, parent: int, name: bytes) -> dict:
@@ -222,7 +226,8 @@ class Namespace:
             raise DfsError(errno.ENOENT, f"no entry {name!r} in directory {parent}")
         return dentry
 
-    def _drop_link(self, tx: Tx, now: int, inode: Inode, parent: int) -> None:
+    def _drop_link(self, tx: Tx, now: int, inode: Inode, parent: int, name: bytes,
+                   keep: bool = True) -> None:
         """One name of a non-directory is gone (its dentry already removed)."""
         inode.nlink -= 1
         inode.ctime = now
@@ -233,6 +238,14 @@ class Namespace:
                 # never cross them); the nearest quota directory stands in.
                 inode.parent = quotas.nearest(tx, parent)
             return
+        if keep and self.trash_seconds and not trash.inside(tx, parent):
+            try:
+                trash.keep(tx, self, now, inode, parent, name)
+                return
+            except DfsError as exc:
+                # The root's inode quota has no room for the trash's folders.
+                if exc.errno != errno.EDQUOT:
+                    raise
         quotas.charge(tx, quotas.chain(tx, parent), -inode.size if inode.is_reg else 0, -1)
         # An orphan is charged to nobody while open handles keep it alive.
         inode.parent = 0
@@ -350,7 +363,7 @@ class Namespace:
             quotas.charge(tx, quotas.chain(tx, newparent), 0, -1)
             self.destroy(tx, target)
         else:
-            self._drop_link(tx, now, target, newparent)
+            self._drop_link(tx, now, target, newparent, newname)
 
     @staticmethod
     def _reparent(inode: Inode, parent: int, name: bytes, old_parent: int,

@@ -14,7 +14,7 @@ from dfs.errors import DfsError
 from dfs.ops import META
 from dfs.records import QuotaInfo
 
-from . import factors, quotas, restore, snapshots
+from . import factors, quotas, restore, snapshots, trash
 from .backups import Backups
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
@@ -109,6 +109,10 @@ class MetaService:
             nursery.start_soon(self._every, REPLICATION_INTERVAL, self.cluster.replicate,
                                "re-replication")
             nursery.start_soon(self.backups.run)
+            # Even without a trash time: what an earlier run kept is then due.
+            nursery.start_soon(self._every,
+                               min(300.0, max(0.5, self.ctx.settings.trash_seconds / 4)),
+                               self._expire_trash, "trash expiry")
             nursery.start_soon(self.cluster.settle)
 
     @staticmethod
@@ -224,6 +228,30 @@ class MetaService:
             log.warning("session expired", session=sid)
             await self._end_session(sid)
 
+    async def _expire_trash(self) -> None:
+        """Delete what has been in the trash longer than the trash time."""
+        keep = self.ctx.settings.trash_seconds
+        while batch := await self.ctx.store.read_in_thread(
+                lambda tx: trash.expired(tx, time.time(), keep)):
+            def purge(tx: Tx) -> None:
+                now = time.time_ns()
+                for folder, name, is_dir in batch:
+                    if tx.dentry(folder, name) is None:
+                        continue   # restored or removed meanwhile
+                    try:
+                        if is_dir:
+                            self.ns.rmdir(tx, now, folder, name)
+                        else:
+                            self.ns.unlink(tx, now, folder, name, keep=False)
+                    except DfsError as exc:   # a folder someone put a file into
+                        log.warning("trash entry not deleted", folder=folder,
+                                    name=name.decode(errors="replace"), error=exc.message)
+
+            await self._write(purge)
+            log.info("expired files deleted from the trash",
+                     files=sum(1 for *_, is_dir in batch if not is_dir),
+                     folders=sum(1 for *_, is_dir in batch if is_dir))
+
     async def _expire_replies(self) -> None:
         cutoff = time.time() - REPLY_TTL
         await self._write(lambda tx: tx.expire_replies(cutoff))
@@ -297,9 +325,10 @@ class MetaService:
         return await self._write(lambda tx: self._with_dirs(
             tx, self.ns.link(tx, time.time_ns(), ino, parent, name)), token)
 
-    async def unlink(self, parent: int, name: bytes, token: bytes | None) -> dict:
+    async def unlink(self, parent: int, name: bytes, trash: bool | None,
+                     token: bytes | None) -> dict:
         return await self._write(lambda tx: self._with_dirs(
-            tx, self.ns.unlink(tx, time.time_ns(), parent, name)), token)
+            tx, self.ns.unlink(tx, time.time_ns(), parent, name, trash is not False)), token)
 
     async def rmdir(self, parent: int, name: bytes, token: bytes | None) -> dict:
         return await self._write(lambda tx: self._with_dirs(
