@@ -66,6 +66,8 @@ async def _entries(client: Client) -> list[Entry]:
         if not stat.S_ISDIR(attr["mode"]):
             continue
         async for name, entry in _listing(client, attr["ino"]):
+            if stat.S_ISDIR(entry["mode"]):
+                continue   # the trash keeps files only; someone made this here
             try:
                 path = (await client.call("getxattr", ino=entry["ino"],
                                           name=PATH_XATTR))["value"]

@@ -233,8 +233,8 @@ class MetaService:
         keep = self.ctx.settings.trash_seconds
         while batch := await self.ctx.store.read_in_thread(
                 lambda tx: trash.expired(tx, time.time(), keep)):
-            def purge(tx: Tx) -> None:
-                now = time.time_ns()
+            def purge(tx: Tx) -> int:
+                now, deleted = time.time_ns(), 0
                 for folder, name, is_dir in batch:
                     if tx.dentry(folder, name) is None:
                         continue   # restored or removed meanwhile
@@ -243,14 +243,16 @@ class MetaService:
                             self.ns.rmdir(tx, now, folder, name)
                         else:
                             self.ns.unlink(tx, now, folder, name, keep=False)
-                    except DfsError as exc:   # a folder someone put a file into
+                        deleted += 1
+                    except DfsError as exc:   # an hour folder someone put a file into
                         log.warning("trash entry not deleted", folder=folder,
                                     name=name.decode(errors="replace"), error=exc.message)
+                return deleted
 
-            await self._write(purge)
-            log.info("expired files deleted from the trash",
-                     files=sum(1 for *_, is_dir in batch if not is_dir),
-                     folders=sum(1 for *_, is_dir in batch if is_dir))
+            deleted = await self._write(purge)
+            log.info("expired files deleted from the trash", deleted=deleted, due=len(batch))
+            if deleted < len(batch):
+                return   # the rest waits for the next round
 
     async def _expire_replies(self) -> None:
         cutoff = time.time() - REPLY_TTL

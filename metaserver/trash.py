@@ -95,12 +95,15 @@ def expired(tx: Tx, now: float, keep_seconds: float) -> list[tuple[int, bytes, b
     cutoff = now - keep_seconds
     for _, name in tx.entries_after(trash, 0):
         start = bucket_start(name)
-        if start is None or start > cutoff:
-            continue
         bucket = tx.dentry(trash, name).ino
+        if start is None or start > cutoff or not tx.inode(bucket).is_dir:
+            continue
         emptied = True
         for _, entry in tx.entries_after(bucket, 0):
-            if tx.inode(tx.dentry(bucket, entry).ino).ctime / 1e9 <= cutoff:
+            inode = tx.inode(tx.dentry(bucket, entry).ino)
+            if inode.is_dir:   # not the trash's own: someone made it here
+                emptied = False
+            elif inode.ctime / 1e9 <= cutoff:
                 found.append((bucket, entry, False))
                 if len(found) >= PURGE_BATCH:
                     return found

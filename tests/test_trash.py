@@ -120,9 +120,13 @@ def test_files_leave_the_trash_when_their_time_is_up(tmp_path):
         (mnt / "short-lived").write_bytes(os.urandom(MiB))
         chunks = meta_call(cluster.ref, "status")["chunks"]
         (mnt / "short-lived").unlink()
-        assert "/short-lived" in listing(cluster)
+        entry = listing(cluster)["/short-lived"]["entry"]
         assert meta_call(cluster.ref, "status")["chunks"] == chunks
+        # Something the trash did not make there is left alone, and holds nothing up.
+        made_here = mnt / ".trash" / entry.split("/")[0] / "made-here"
+        made_here.mkdir()
         wait_for(lambda: listing(cluster) == {}, 30, "the trash to expire")
+        assert made_here.is_dir()
         wait_for(lambda: meta_call(cluster.ref, "status")["chunks"] < chunks, 10,
                  "the expired file's chunks to be deleted")
     finally:
