@@ -40,6 +40,7 @@ from pathlib import Path
 import lmdb
 
 from dfs import logs
+from dfs.durable import fsync_dir
 from dfs.errors import DfsError
 
 from .backups import recorded_sha256, sha256_of
@@ -76,8 +77,8 @@ def check_backup(path: Path) -> dict:
         raise DfsError(errno.ENOENT, f"{path}: no such file")
     recorded = recorded_sha256(path)
     if recorded is not None and recorded != sha256_of(path):
-        raise DfsError(errno.EIO, f"{path} does not match its checksum in {path.name}.sha256: it "
-                          "is damaged or was cut short; take another copy")
+        raise DfsError(errno.EIO, f"{path} does not match its checksum in {path.name}.sha256: "
+                                  "it is damaged or was cut short; take another copy")
     try:
         env = lmdb.open(str(path), subdir=False, readonly=True, lock=False,
                         max_dbs=len(DATABASES))
@@ -89,8 +90,8 @@ def check_backup(path: Path) -> dict:
                 dbs = {name: env.open_db(name.encode(), txn=txn, create=False)
                        for name in DATABASES}
             except lmdb.NotFoundError:
-                raise DfsError(errno.EINVAL, f"{path} is not a dfs metadata backup (it lacks the "
-                                   "metaserver's tables)") from None
+                raise DfsError(errno.EINVAL, f"{path} is not a dfs metadata backup (it lacks "
+                                             "the metaserver's tables)") from None
             tx = Tx(txn, dbs)
             if tx.get_inode(ROOT_INO) is None:
                 raise DfsError(errno.EINVAL, f"{path} holds no root directory: not a dfs backup")
@@ -124,6 +125,8 @@ def _install(backup: Path, database: Path) -> None:
         dst.flush()
         os.fsync(dst.fileno())
     os.rename(partial, database / "data.mdb")
+    fsync_dir(database)
+    fsync_dir(database.parent)
 
 
 def restore(data_dir: Path, backup: Path, hold: float, say=print) -> Path | None:
