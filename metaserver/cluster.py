@@ -122,6 +122,9 @@ class Cluster:
             return sid, self._reconcile(tx, sid, reported, self.holding())
 
         sid, delete = await self.ctx.store.write(register)
+        # Garbage among them stays garbage until the next heartbeat, as
+        # cs_heartbeat explains.
+        self.handed[sid] = delete
         self.registered.add(sid)
         self.awaited.discard(sid)
         if not self.awaited:
@@ -161,8 +164,6 @@ class Cluster:
                 changed[chunk_id] = chunk
         for chunk_id, chunk in changed.items():
             tx.put_chunk(chunk_id, chunk)
-        for chunk_id in delete:
-            tx.clear_garbage(csid, chunk_id)
         return delete
 
     async def cs_heartbeat(self, csid: int, capacity: int, used: int) -> dict:
