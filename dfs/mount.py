@@ -24,7 +24,10 @@ from .chunkio import ChunkIO
 from .config import ClusterRef, load_secret
 from .errors import DfsError
 from .fs import DfsFS
+from .metrics import serve as serve_metrics
+from .mountmetrics import instrument
 from .openfile import MIN_READ_CACHE_BYTES, READ_CACHE_BYTES
+from .rpc import parse_addr
 from .session import MetaLink
 
 log = logs.get_logger("client")
@@ -44,6 +47,8 @@ class MountOptions:
     read_only: bool = False
     read_cache_mib: int = READ_CACHE_BYTES // MIB
     epoch: int = 0
+    # HOST:PORT to serve Prometheus metrics on ("": none).
+    metrics_listen: str = ""
 
     def fuse(self) -> set[str]:
         options = {"default_permissions", "allow_other", "fsname=dfs:" + self.subdir,
@@ -57,6 +62,8 @@ class MountOptions:
         argv = ["--subdir", self.subdir, "--read-cache", str(self.read_cache_mib)]
         if self.epoch:
             argv += ["--epoch", str(self.epoch)]
+        if self.metrics_listen:
+            argv += ["--metrics-listen", self.metrics_listen]
         return argv + ["--read-only"] if self.read_only else argv
 
 
@@ -96,6 +103,10 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
              "fence' or the CSI plugin's ControllerPublishVolume handed it out); once the "
              "folder is fenced again, every change through this mount fails with EROFS. "
              "Default: the mount is never fenced")
+    parser.add_argument("--metrics-listen", type=metrics_address, metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics: every "
+                             "request from the kernel by operation, with its latency, and "
+                             "the bytes read and written (default: not served)")
     add_read_cache_option(parser)
 
 
@@ -110,8 +121,18 @@ def epoch_number(text: str) -> int:
     return value
 
 
+def metrics_address(text: str) -> str:
+    """An argparse type: a HOST:PORT to listen on."""
+    try:
+        parse_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def options_from_args(args: argparse.Namespace) -> MountOptions:
-    return MountOptions(args.subdir, args.read_only, args.read_cache, args.epoch)
+    return MountOptions(args.subdir, args.read_only, args.read_cache, args.epoch,
+                        args.metrics_listen or "")
 
 
 class ReadyPipe:
@@ -138,6 +159,10 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
     async with trio.open_nursery() as nursery:
         fs = DfsFS(meta, chunkio, root, nursery, options.read_only,
                    options.read_cache_mib * MIB)
+        if options.metrics_listen:
+            bound = await nursery.start(serve_metrics, instrument(fs),
+                                        *parse_addr(options.metrics_listen))
+            log.info("serving metrics", addr="%s:%d" % bound, mountpoint=mountpoint)
         pyfuse3.init(fs, mountpoint, options.fuse())
         log.info("mounted", mountpoint=mountpoint, subdir=options.subdir, meta=cluster.meta,
                  session=meta.session, read_only=options.read_only, epoch=options.epoch,

@@ -2,6 +2,7 @@
 endpoints of a real metaserver and chunk server, under good and bad requests."""
 
 import errno
+import os
 import socket
 import subprocess
 import sys
@@ -169,3 +170,30 @@ def test_a_bad_metrics_address_is_refused_at_start(tmp_path):
          str(tmp_path), "--metrics-listen", "nowhere"],
         cwd=REPO, capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and "--metrics-listen" in run.stderr
+
+
+def test_a_mount_counts_the_kernel_s_requests_and_bytes(shared_cluster, mnt):
+    port = free_port()
+    path = shared_cluster.mount(f"/{mnt.name}", "--metrics-listen", f"127.0.0.1:{port}")
+    try:
+        data = os.urandom(300_000)
+        (path / "file").write_bytes(data)
+        os.sync()
+        fd = os.open(path / "file", os.O_RDONLY | os.O_DIRECT)
+        try:
+            read = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        assert read == data
+        assert not (path / "missing").exists()
+        samples = scrape(port)
+    finally:
+        shared_cluster.unmount(path)
+    assert samples['dfs_fuse_requests_total{op="create",result="ok"}'] == 1
+    assert samples['dfs_fuse_requests_total{op="lookup",result="ENOENT"}'] >= 2
+    assert samples['dfs_fuse_request_seconds_count{op="write"}'] >= 1
+    # A close's flush syncs through the fsync handler, yet is one request.
+    assert samples['dfs_fuse_requests_total{op="flush",result="ok"}'] >= 1
+    assert not any(name.startswith('dfs_fuse_requests_total{op="fsync"') for name in samples)
+    assert samples["dfs_fuse_written_bytes_total"] == len(data)
+    assert samples["dfs_fuse_read_bytes_total"] >= len(data)
