@@ -11,7 +11,7 @@ import trio
 
 from dfs import logs, ops
 from dfs.allocator import keep_large_buffers
-from dfs.config import ConfigError, load_secret, write_ready_file
+from dfs.config import ConfigError, address_arg, load_secret, write_ready_file
 from dfs.errors import DfsError
 from dfs.lockfile import lock_folder
 from dfs.metrics import Registry, process_gauges
@@ -37,14 +37,6 @@ example:
 """
 
 
-def _address(text: str) -> str:
-    try:
-        parse_addr(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 def _non_negative(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -63,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfs-chunkserver", description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT",
+    parser.add_argument("--listen", required=True, type=address_arg, metavar="HOST:PORT",
                         help="address to accept connections on; port 0 picks a free port "
                              "(see --ready-file)")
-    parser.add_argument("--meta", required=True, type=_address, metavar="HOST:PORT",
+    parser.add_argument("--meta", required=True, type=address_arg, metavar="HOST:PORT",
                         help="address of the metaserver to register with")
     parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
                         help="folder holding the replicas (created if missing; one chunk "
@@ -74,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--secret-file", metavar="PATH",
                         help="file holding the cluster secret (default: $DFS_SECRET or "
                              "$DFS_SECRET_FILE)")
-    parser.add_argument("--advertise", type=_address, metavar="HOST:PORT",
+    parser.add_argument("--advertise", type=address_arg, metavar="HOST:PORT",
                         help="address clients and the metaserver use to reach this server "
                              "(default: the --listen host with the port actually bound; "
                              "the host name if listening on all interfaces)")
@@ -84,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scrub-rate", type=_non_negative, default=4.0, metavar="MB/s",
                         help="MiB per second the background scrubber may read to verify "
                              "checksums (default: 4; 0 turns scrubbing off)")
-    parser.add_argument("--metrics-listen", type=_address, metavar="HOST:PORT",
+    parser.add_argument("--metrics-listen", type=address_arg, metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics: requests "
                              "and their latency per operation, bytes read and written, disk "
                              "syncs, capacity, checksum failures (default: not served)")

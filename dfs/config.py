@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from .rpc import parse_addr
+
 CLUSTER_FILE = "cluster.json"
 SECRET_FILE = "secret"
 
@@ -55,6 +57,15 @@ class ClusterRef:
     meta: str
     secret: bytes
     secret_file: str | None = None
+
+
+def address_arg(text: str) -> str:
+    """An argparse type: a HOST:PORT, checked."""
+    try:
+        parse_addr(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:

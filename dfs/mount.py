@@ -21,7 +21,7 @@ import trio
 from . import logs
 from .allocator import keep_large_buffers
 from .chunkio import ChunkIO
-from .config import ClusterRef, load_secret
+from .config import ClusterRef, address_arg, load_secret
 from .errors import DfsError
 from .fs import DfsFS
 from .metrics import serve as serve_metrics
@@ -103,7 +103,7 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
              "fence' or the CSI plugin's ControllerPublishVolume handed it out); once the "
              "folder is fenced again, every change through this mount fails with EROFS. "
              "Default: the mount is never fenced")
-    parser.add_argument("--metrics-listen", type=metrics_address, metavar="HOST:PORT",
+    parser.add_argument("--metrics-listen", type=address_arg, metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics: every "
                              "request from the kernel by operation, with its latency, and "
                              "the bytes read and written (default: not served)")
@@ -119,15 +119,6 @@ def epoch_number(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"an epoch is a whole number from 1 on, not {text!r}")
     return value
-
-
-def metrics_address(text: str) -> str:
-    """An argparse type: a HOST:PORT to listen on."""
-    try:
-        parse_addr(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def options_from_args(args: argparse.Namespace) -> MountOptions:

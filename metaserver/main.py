@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from dfs import logs
-from dfs.config import ConfigError, load_secret, write_ready_file
+from dfs.config import ConfigError, address_arg, load_secret, write_ready_file
 from dfs.errors import DfsError
 from dfs.metrics import serve as serve_metrics
 from dfs.ops import META, META_CS
@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "plugin) and chunk servers connect to --listen with the cluster secret.",
         epilog="example: dfs-metaserver --listen 0.0.0.0:7000 --data-dir /var/lib/dfs/meta "
                "--secret-file /etc/dfs/secret")
-    parser.add_argument("--listen", required=True, metavar="HOST:PORT",
+    parser.add_argument("--listen", required=True, type=address_arg, metavar="HOST:PORT",
                         help="address to serve on; port 0 picks a free port (see --ready-file)")
     parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
                         help="folder for the metadata database (DIR/meta.lmdb); created if "
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "them) in /.trash this long before deleting them, so 'dfs trash "
                              "restore' can bring them back; 0 deletes them at once "
                              "(default: 0)")
-    parser.add_argument("--metrics-listen", metavar="HOST:PORT",
+    parser.add_argument("--metrics-listen", type=address_arg, metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics: requests "
                              "and their latency per operation, inodes, chunks, sessions, "
                              "chunk servers, replication health, backups and quota usage "
@@ -93,12 +93,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.backup_interval < 0 or args.backup_keep < 1:
         parser.error("--backup-interval must not be negative and --backup-keep must be at "
                      "least 1")
-    for flag, value in (("--listen", args.listen), ("--metrics-listen", args.metrics_listen)):
-        try:
-            if value is not None:
-                parse_addr(value)
-        except ValueError as exc:
-            parser.error(f"{flag}: {exc}")
     return args
 
 
