@@ -137,7 +137,7 @@ META = _ops(
     Op("unlink", {"parent": int, "name": bytes, "trash": Opt(bool), "writer": Opt(int),
                   "token": Opt(bytes)}),
     Op("rmdir", {"parent": int, "name": bytes, "writer": Opt(int), "token": Opt(bytes)}),
-    # flags: 0, RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2), as in renameat2(2)
+    # flags: 0, RENAME_NOREPLACE or RENAME_EXCHANGE (below), as in renameat2(2)
     Op("rename", {"parent": int, "name": bytes, "newparent": int, "newname": bytes,
                   "flags": int, "writer": Opt(int), "token": Opt(bytes)}),
     # -> {"target": bytes}
@@ -269,6 +269,14 @@ META = _ops(
     # not recorded). With `repair` they are deleted. -> {"problems": [...]}
     Op("fsck_servers", {"repair": bool}, idempotent=True),
 )
+
+# rename's flags, as renameat2(2) numbers them.
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+# The trash (--trash-hours): its folder in the root, and the xattr that holds
+# the path a file in it was removed from (metaserver/trash.py, dfs/trash.py).
+TRASH_NAME = b".trash"
+TRASH_PATH_XATTR = b"trusted.dfs.trash.path"
 
 # Metaserver, as seen by chunk servers.
 META_CS = _ops(

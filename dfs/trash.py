@@ -15,12 +15,10 @@ import trio
 
 from .config import ClusterRef
 from .errors import DfsError
-from .ops import META
+from .ops import META, RENAME_NOREPLACE, TRASH_NAME, TRASH_PATH_XATTR
 from .rpc import Client
 
-TRASH_PATH = b"/.trash"
-PATH_XATTR = b"trusted.dfs.trash.path"
-RENAME_NOREPLACE = 1
+TRASH_PATH = b"/" + TRASH_NAME
 PAGE = 1000
 
 
@@ -70,7 +68,7 @@ async def _entries(client: Client) -> list[Entry]:
                 continue   # the trash keeps files only; someone made this here
             try:
                 path = (await client.call("getxattr", ino=entry["ino"],
-                                          name=PATH_XATTR))["value"]
+                                          name=TRASH_PATH_XATTR))["value"]
             except DfsError as exc:
                 if exc.errno not in (errno.ENODATA, errno.ENOENT):
                     raise
@@ -128,7 +126,7 @@ async def _restore(client: Client, refs: list[str], to: str | None) -> list[str]
                 raise DfsError(errno.EEXIST, f"{target} exists: restore {entry.ref} elsewhere "
                                              "with --to") from None
             raise
-        await client.call("removexattr", ino=entry.ino, name=PATH_XATTR)
+        await client.call("removexattr", ino=entry.ino, name=TRASH_PATH_XATTR)
         done.append(target)
     return done
 

@@ -10,6 +10,7 @@ import errno
 import stat
 
 from dfs.errors import DfsError
+from dfs.ops import RENAME_EXCHANGE, RENAME_NOREPLACE
 from dfs.records import Attr
 
 from . import chunktable, quotas, trash
@@ -23,8 +24,6 @@ XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
 DIR_SIZE = 4096
 # Entries per readdir reply at most, so a reply stays far below the frame limit.
 READDIR_MAX = 1024

@@ -109,9 +109,10 @@ class MetaService:
             nursery.start_soon(self._every, REPLICATION_INTERVAL, self.cluster.replicate,
                                "re-replication")
             nursery.start_soon(self.backups.run)
-            # Even without a trash time: what an earlier run kept is then due.
-            nursery.start_soon(self._every,
-                               min(300.0, max(0.5, self.ctx.settings.trash_seconds / 4)),
+            # Even without a trash time, now and then: what an earlier run kept
+            # is due.
+            keep = self.ctx.settings.trash_seconds
+            nursery.start_soon(self._every, min(300.0, max(0.5, keep / 4)) if keep else 300.0,
                                self._expire_trash, "trash expiry")
             nursery.start_soon(self.cluster.settle)
 

@@ -22,13 +22,13 @@ import calendar
 import stat
 import time
 
+from dfs.ops import TRASH_NAME, TRASH_PATH_XATTR
+
 from . import quotas
 from .quotas import ROOT_INO
 from .records import Inode
 from .store import Tx
 
-TRASH = b".trash"
-PATH_XATTR = b"trusted.dfs.trash.path"
 BUCKET_FORMAT = "%Y-%m-%d-%H"
 BUCKET_SECONDS = 3600
 NAME_MAX = 255
@@ -37,7 +37,7 @@ PURGE_BATCH = 256
 
 
 def trash_ino(tx: Tx) -> int | None:
-    dentry = tx.dentry(ROOT_INO, TRASH)
+    dentry = tx.dentry(ROOT_INO, TRASH_NAME)
     return dentry.ino if dentry is not None else None
 
 
@@ -68,13 +68,13 @@ def keep(tx: Tx, ns, now: int, inode: Inode, parent: int, name: bytes) -> None:
     """Move `inode`, which has just lost its last name `name` in `parent`
     (nlink 0, its dentry gone, its usage still charged), into the trash."""
     root = tx.directory(ROOT_INO)
-    trash = _folder(tx, ns, now, root, TRASH)
+    trash = _folder(tx, ns, now, root, TRASH_NAME)
     hour = time.strftime(BUCKET_FORMAT, time.gmtime(now / 1e9)).encode()
     bucket = _folder(tx, ns, now, trash, hour)
     entry = (b"%d-%d-" % (parent, inode.ino) + name)[:NAME_MAX]
     quotas.move(tx, quotas.chain(tx, parent), quotas.chain(tx, bucket.ino),
                 inode.size if inode.is_reg else 0, 1)
-    tx.put_xattr(inode.ino, PATH_XATTR, _joined(quotas.path_of(tx, parent), name))
+    tx.put_xattr(inode.ino, TRASH_PATH_XATTR, _joined(quotas.path_of(tx, parent), name))
     ns.add_entry(tx, bucket, entry, inode.ino, now)
     inode.nlink = 1
     inode.parent, inode.name = bucket.ino, entry
