@@ -245,7 +245,7 @@ class Namespace:
                 # The root's inode quota has no room for the trash's folders.
                 if exc.errno != errno.EDQUOT:
                     raise
-        quotas.charge(tx, quotas.chain(tx, parent), -inode.size if inode.is_reg else 0, -1)
+        quotas.charge(tx, quotas.chain(tx, parent), -quotas.usage(inode), -1)
         # An orphan is charged to nobody while open handles keep it alive.
         inode.parent = 0
         self.collect(tx, inode)
@@ -300,8 +300,8 @@ class Namespace:
             if crossing:
                 self._check_movable(source)
                 self._check_movable(target)
-                quotas.move(tx, dst_quotas, src_quotas, self._usage(target), 1)
-                quotas.move(tx, src_quotas, dst_quotas, self._usage(source), 1)
+                quotas.move(tx, dst_quotas, src_quotas, quotas.usage(target), 1)
+                quotas.move(tx, src_quotas, dst_quotas, quotas.usage(source), 1)
             tx.put_dentry(parent, name, Dentry(target.ino, src_entry.cookie))
             tx.put_dentry(newparent, newname, Dentry(source.ino, dst_entry.cookie))
             self._reparent(target, parent, name, newparent, src_dir, dst_dir)
@@ -314,7 +314,7 @@ class Namespace:
             if target is not None:
                 self._replace(tx, now, source, target, newparent, newname, dst_entry, dst_dir)
             if crossing:
-                quotas.move(tx, src_quotas, dst_quotas, self._usage(source), 1)
+                quotas.move(tx, src_quotas, dst_quotas, quotas.usage(source), 1)
             tx.delete_dentry(parent, name, src_entry)
             cookie = dst_entry.cookie if dst_entry else dst_dir.next_cookie
             if dst_entry is None:
@@ -344,10 +344,6 @@ class Namespace:
         if inode.nlink > 1:
             raise DfsError(errno.EXDEV, "cannot move a hard-linked file across quota "
                                         "directories")
-
-    @staticmethod
-    def _usage(inode: Inode) -> int:
-        return inode.size if inode.is_reg else 0
 
     def _replace(self, tx: Tx, now: int, source: Inode, target: Inode, newparent: int,
                  newname: bytes, dst_entry: Dentry, dst_dir: Inode) -> None:

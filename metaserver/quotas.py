@@ -8,6 +8,7 @@ import errno
 
 from dfs.errors import DfsError
 
+from .records import Inode
 from .store import Tx
 
 ROOT_INO = 1
@@ -65,13 +66,17 @@ def move(tx: Tx, source: list[int], dest: list[int], nbytes: int, ninodes: int) 
     charge(tx, leaving, -nbytes, -ninodes)
 
 
+def usage(inode: Inode) -> int:
+    """The bytes an inode counts for: a regular file's size, else none."""
+    return inode.size if inode.is_reg else 0
+
+
 def subtree_usage(tx: Tx, dir_ino: int) -> tuple[int, int]:
     """Bytes of regular files and count of inodes beneath a directory."""
     nbytes = ninodes = 0
     for inode in tx.subtree(dir_ino):
         ninodes += 1
-        if inode.is_reg:
-            nbytes += inode.size
+        nbytes += usage(inode)
     return nbytes, ninodes
 
 

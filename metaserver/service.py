@@ -522,7 +522,7 @@ class MetaService:
                     directories += 1
                 else:
                     files += 1
-                    nbytes += inode.size if inode.is_reg else 0
+                    nbytes += quotas.usage(inode)
             chunks = under = 0
             per_server: dict[int, int] = {}
             for _, chunk in tx.all_chunks():

@@ -73,7 +73,7 @@ def keep(tx: Tx, ns, now: int, inode: Inode, parent: int, name: bytes) -> None:
     bucket = _folder(tx, ns, now, trash, hour)
     entry = (b"%d-%d-" % (parent, inode.ino) + name)[:NAME_MAX]
     quotas.move(tx, quotas.chain(tx, parent), quotas.chain(tx, bucket.ino),
-                inode.size if inode.is_reg else 0, 1)
+                quotas.usage(inode), 1)
     tx.put_xattr(inode.ino, TRASH_PATH_XATTR, _joined(quotas.path_of(tx, parent), name))
     ns.add_entry(tx, bucket, entry, inode.ino, now)
     inode.nlink = 1
