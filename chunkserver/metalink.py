@@ -5,6 +5,11 @@ replicas.
 Any failure to reach the metaserver makes the next contact a registration: a
 metaserver that restarted, or that dropped this server meanwhile, needs the
 full list of replicas again. Clients are served all along; only the link waits.
+
+The server keeps its id (`csid`) and its cluster's (`cluster`) in its data
+folder. A registration names the cluster, so that a metaserver started on an
+empty or another disk refuses the server instead of having it delete every
+chunk that database does not know.
 """
 
 import errno
@@ -22,6 +27,7 @@ from .service import ChunkService
 log = logs.get_logger("chunkserver")
 
 CSID_FILE = "csid"
+CLUSTER_FILE = "cluster"
 REPLICATIONS_AT_ONCE = 2
 # Kept short so that a restarted metaserver hears from every server soon.
 MAX_BACKOFF = 2.0
@@ -43,6 +49,25 @@ def _copy_tasks(items) -> list[tuple[int, int, str]]:
             and isinstance(t[2], str)]
 
 
+def _load_id(path: Path) -> int | None:
+    try:
+        return int(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.warning("ignoring an unreadable id file", path=str(path))
+        return None
+
+
+def _save_id(path: Path, value: int) -> None:
+    temp = path.with_suffix(".tmp")
+    with open(temp, "w") as f:
+        f.write(f"{value}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
 class MetaLink:
     def __init__(self, service: ChunkService, meta: str, secret: bytes, advertise: str,
                  data_dir: Path, interval: float):
@@ -52,28 +77,12 @@ class MetaLink:
         self.interval = interval
         self.client = Client(meta, secret, ops.META_CS)
         self.csid_path = Path(data_dir) / CSID_FILE
-        self.csid = self._load_csid()
+        self.csid = _load_id(self.csid_path)
+        self.cluster_path = Path(data_dir) / CLUSTER_FILE
+        self.cluster = _load_id(self.cluster_path)
         self._replicating: set[int] = set()
         self._limiter = trio.CapacityLimiter(REPLICATIONS_AT_ONCE)
         self._known = trio.Event()
-
-    def _load_csid(self) -> int | None:
-        try:
-            return int(self.csid_path.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            log.warning("ignoring an unreadable csid file; registering as a new server",
-                        path=str(self.csid_path))
-            return None
-
-    def _save_csid(self, csid: int) -> None:
-        temp = self.csid_path.with_suffix(".tmp")
-        with open(temp, "w") as f:
-            f.write(f"{csid}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self.csid_path)
 
     async def run(self) -> None:
         try:
@@ -106,8 +115,10 @@ class MetaLink:
                              csid=self.csid, meta=self.meta)
                     registered = False
                     continue
-                log.warning("metaserver link failed", meta=self.meta, error=str(exc),
-                            retry_in=delay)
+                # Another cluster's database will not change by itself: say it loudly.
+                report = log.error if exc.errno == errno.EREMCHG else log.warning
+                report("metaserver link failed", meta=self.meta, error=str(exc),
+                       retry_in=delay)
                 registered = False
                 await trio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
@@ -118,13 +129,17 @@ class MetaLink:
         chunks = [[chunk, version] for chunk, version in self.service.versions.items()]
         reply = await self.client.call("cs_register", timeout=CALL_TIMEOUT, csid=self.csid,
                                        addr=self.advertise, chunks=chunks,
-                                       **await self._usage())
+                                       cluster=self.cluster, **await self._usage())
         csid = reply.get("csid") if isinstance(reply, dict) else None
-        if not _is_int(csid):
-            raise DfsError(errno.EPROTO, f"metaserver answered cs_register without a csid: "
-                                         f"{reply!r}")
+        cluster = reply.get("cluster") if isinstance(reply, dict) else None
+        if not (_is_int(csid) and _is_int(cluster)):
+            raise DfsError(errno.EPROTO, f"metaserver answered cs_register without a csid "
+                                         f"and a cluster: {reply!r}")
+        if cluster != self.cluster:
+            await trio.to_thread.run_sync(_save_id, self.cluster_path, cluster)
+            self.cluster = cluster
         if csid != self.csid:
-            await trio.to_thread.run_sync(self._save_csid, csid)
+            await trio.to_thread.run_sync(_save_id, self.csid_path, csid)
             self.csid = csid
         self._known.set()
         stale = _chunk_ids(reply.get("delete"))

@@ -131,6 +131,7 @@ def cmd_status(args) -> int:
         return 0
     servers = status["chunkservers"]
     alive = [cs for cs in servers if cs["alive"]]
+    print(f"cluster: {status['cluster']:x}")
     print(f"chunk servers: {len(alive)} alive of {len(servers)}")
     for cs in servers:
         state = "alive" if cs["alive"] else "DEAD"
@@ -156,6 +157,13 @@ def _print_metadata(status: dict) -> None:
         print("metadata backup: none yet")
     if status.get("backup_error"):
         print(f"  the last backup FAILED: {status['backup_error']}")
+    loggers = status.get("metaloggers", [])
+    if not loggers:
+        print("metaloggers: none (no copy of the metadata on another host: see "
+              "dfs-metalogger --help)")
+    for logger in loggers:
+        print(f"metalogger {logger['name']}: {logger['behind']} commit(s) behind, heard from "
+              f"{logger['seen']:.0f}s ago")
     restore = status.get("restore")
     if restore:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(restore["at"]))
@@ -174,6 +182,8 @@ def _print_health(status: dict, dead: int) -> None:
         troubles.append(f"{status['under_replicated']} chunk(s) under-replicated")
     if status.get("replicating"):
         troubles.append(f"{status['replicating']} cop(ies) in progress")
+    troubles += [f"metalogger {logger['name']} not heard from for {logger['seen']:.0f}s"
+                 for logger in status.get("metaloggers", []) if logger["silent"]]
     print(f"health: {'DEGRADED: ' + '; '.join(troubles) if troubles else 'ok'}")
     if bad:
         print(f"bad replicas reported since the metaserver started: {bad}")

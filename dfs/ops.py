@@ -236,7 +236,8 @@ META = _ops(
     #     recent_bad: [{chunk, csid, version, at}], backup: the newest
     #     BackupInfo or None, backup_error: why the last backup failed or None,
     #     restore: {"at", "hold_until"} if the metadata was restored from a
-    #     backup, else None, ...}
+    #     backup, else None, metaloggers: [{"name", "seq", "behind" (commits),
+    #     "seen" (seconds ago), "silent" (not heard from for a minute)}], ...}
     Op("status", {}, idempotent=True),
 
     # Backups of the metadata (metaserver/backups.py): consistent copies of
@@ -252,6 +253,26 @@ META = _ops(
     # end. ENOENT if there is no such backup (or it was pruned meanwhile).
     # -> {"data": bytes}
     Op("backup_read", {"name": str, "offset": int, "length": int}, idempotent=True),
+
+    # Metadata replication to metaloggers (metaserver/changelog.py). A
+    # position is (history, seq): the last commit a copy holds. `follower`
+    # names the metalogger that asks (shown by `status`).
+    # The parts of the commits after position (history, after), from part
+    # `part` of commit after + 1 on (0 unless a reply ended inside a commit),
+    # waiting up to `wait` seconds (at most 30) for a commit if there is none.
+    # ESTALE if they are no longer held or the history is another: copy again.
+    # -> {"history", "seq": the newest commit, "parts": [[seq, part, last, data]]}
+    #    where data is a msgpack list of [database index, key, value or nil
+    #    (a delete)], in order; a commit is applied whole, once its last part is in
+    Op("log_read", {"follower": str, "history": int, "after": int, "part": int,
+                    "wait": float}, idempotent=True),
+    # A copy of the database to start from -> LogCopy record {"name", "size",
+    # "history", "seq", "restores"}; ENOSPC or EIO if it cannot be written
+    Op("log_copy", {"follower": str}, idempotent=True),
+    # At most MAX_DATA bytes of copy `name` from `offset` on; ENOENT once the
+    # copy is replaced or removed -> {"data": bytes}
+    Op("log_copy_read", {"follower": str, "name": str, "offset": int, "length": int},
+       idempotent=True),
 
     # fsck, one page of the chunk table: the chunks with id > `after`, at most
     # `limit`, each replica asked for its version (with `verify`, every block's
@@ -280,10 +301,15 @@ TRASH_PATH_XATTR = b"trusted.dfs.trash.path"
 
 # Metaserver, as seen by chunk servers.
 META_CS = _ops(
-    # chunks: [[chunk_id, version], ...] held on disk.
-    # -> {"csid": id (kept across restarts), "delete": [chunk ids to drop]}
+    # chunks: [[chunk_id, version], ...] held on disk. `cluster`: the id of
+    # the cluster the server registered with before (none on its first); a
+    # database of another cluster (a metaserver started on an empty disk)
+    # refuses it with EREMCHG, so it keeps its chunks rather than deleting them
+    # as unknown.
+    # -> {"csid": id (kept across restarts), "delete": [chunk ids to drop],
+    #     "cluster": the cluster's id, for the server to keep}
     Op("cs_register", {"csid": Opt(int), "addr": str, "capacity": int, "used": int,
-                       "chunks": list}),
+                       "chunks": list, "cluster": Opt(int)}),
     # -> {"delete": [chunk ids], "replicate": [[chunk, version, "host:port"], ...]}
     Op("cs_heartbeat", {"csid": int, "capacity": int, "used": int}),
     # A replica failed its checksum; the metaserver drops and repairs it.

@@ -63,3 +63,16 @@ class BackupInfo(WireRecord):
     at: float
     txn: int
     sha256: str
+
+
+@dataclass(slots=True)
+class LogCopy(WireRecord):
+    """A copy of the metadata made for metaloggers: `history` and `seq` are the
+    position of the last commit it holds, `restores` how many restores the
+    database has been through."""
+
+    name: str
+    size: int
+    history: int
+    seq: int
+    restores: int

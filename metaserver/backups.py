@@ -115,9 +115,8 @@ class Backups:
         temp = self.folder / f".backup-{os.getpid()}{TEMP_SUFFIX}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            with self.store.env.begin() as txn:
-                name = f"meta-{stamp}Z-{txn.id()}.lmdb"
-                self.store.env.copyfd(fd, compact=True, txn=txn)
+            txn_id = self.store.copy_to(fd)[0]
+            name = f"meta-{stamp}Z-{txn_id}.lmdb"
             os.fsync(fd)
             os.close(fd)
             fd = -1

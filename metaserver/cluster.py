@@ -19,7 +19,7 @@ from .context import Context
 from .records import ChunkServerRecord
 from .replicas import Copy, Replicas
 from .restore import HOLD_UNTIL, SETTLING
-from .store import Tx
+from .store import CLUSTER_ID, Tx
 
 log = logs.get_logger("metaserver")
 
@@ -103,7 +103,7 @@ class Cluster:
 
     # --- handlers -------------------------------------------------------------
     async def cs_register(self, csid, addr: str, capacity: int, used: int,
-                          chunks: list) -> dict:
+                          chunks: list, cluster: int | None) -> dict:
         try:
             parse_addr(addr)
         except ValueError as exc:
@@ -116,12 +116,26 @@ class Cluster:
             reported[item[0]] = item[1]
 
         def register(tx: Tx):
+            ours = tx.counter(CLUSTER_ID)
+            if cluster is not None and cluster != ours:
+                raise DfsError(errno.EREMCHG, (
+                    f"chunk server {addr} belongs to cluster {cluster:x}, and this "
+                    f"metaserver's database is cluster {ours:x}'s: it may have started on "
+                    "an empty or another disk. Restore the metaserver's database "
+                    "(dfs-metaserver-restore); to join this cluster and delete what the "
+                    "server holds, remove its data folder's cluster file"))
             known = csid is not None and tx.chunkserver(csid) is not None
             sid = csid if known else tx.next_id("chunkserver")
             tx.put_chunkserver(sid, ChunkServerRecord(addr))
-            return sid, self._reconcile(tx, sid, reported, self.holding())
+            return sid, self._reconcile(tx, sid, reported, self.holding()), ours
 
-        sid, delete = await self.ctx.store.write(register)
+        try:
+            sid, delete, ours = await self.ctx.store.write(register)
+        except DfsError as exc:
+            if exc.errno == errno.EREMCHG:
+                log.error("chunk server of another cluster refused", addr=addr, csid=csid,
+                          cluster=f"{cluster:x}", chunks=len(reported))
+            raise
         # Garbage among them stays garbage until the next heartbeat, as
         # cs_heartbeat explains.
         self.handed[sid] = delete
@@ -132,7 +146,7 @@ class Cluster:
         self.ctx.registry.heard(sid, addr, capacity, used)
         log.info("chunk server registered", csid=sid, addr=addr, chunks=len(reported),
                  stale=len(delete))
-        return {"csid": sid, "delete": delete}
+        return {"csid": sid, "delete": delete, "cluster": ours}
 
     @staticmethod
     def _reconcile(tx: Tx, csid: int, reported: dict[int, int], hold: bool) -> list[int]:

@@ -1,7 +1,7 @@
 """What the metaserver reports to Prometheus (`--metrics-listen`), besides the
 requests the RPC layer counts: the size of the namespace, sessions, chunk
-servers and capacity, replication health, group commits, backups and the
-usage of every quota (so a volume filling up can raise an alert).
+servers and capacity, replication health, group commits, backups,
+metaloggers and the usage of every quota (so a volume filling up can raise an alert).
 
 Everything is read when scraped, from memory or from LMDB's own counts; the
 chunk health figures are those of the last re-replication round (every
@@ -46,6 +46,10 @@ def _quotas(service: MetaService, kind: str) -> dict:
     return service.ctx.store.read(read)
 
 
+def _metaloggers(service: MetaService, field: str) -> dict:
+    return {(logger["name"],): logger[field] for logger in service.changelog.status()}
+
+
 def registry_for(service: MetaService) -> Registry:
     metrics = Registry()
     process_gauges(metrics)
@@ -81,6 +85,11 @@ def registry_for(service: MetaService) -> Registry:
                   "metadata was taken (absent if there is none).", lambda: _backup_age(service))
     metrics.gauge("dfs_meta_backup_failing", "1 while the last backup of the metadata "
                   "failed.", lambda: int(service.backups.last_error is not None))
+    metrics.gauge("dfs_meta_metalogger_behind_commits", "Commits each metalogger has yet "
+                  "to apply, by name.", lambda: _metaloggers(service, "behind"), ("name",))
+    metrics.gauge("dfs_meta_metalogger_seen_seconds", "Time since each metalogger last asked "
+                  "for commits, by name (it asks every few seconds).",
+                  lambda: _metaloggers(service, "seen"), ("name",))
     for kind, what in (("bytes_used", "Bytes used"), ("bytes_limit", "Byte limit (0: none)"),
                        ("inodes_used", "Inodes used"), ("inodes_limit", "Inode limit (0: none)")):
         metrics.gauge(f"dfs_quota_{kind}", f"{what} under each quota directory, by path.",

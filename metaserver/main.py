@@ -15,6 +15,7 @@ from dfs.ops import META, META_CS
 from dfs.rpc import Server, parse_addr
 
 from .backups import Backups
+from .changelog import ChangeLog
 from .context import Context, Settings
 from .gauges import registry_for
 from .service import MetaService
@@ -65,6 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "takes none unless asked (`dfs backup now`) (default: 3600)")
     parser.add_argument("--backup-keep", type=int, default=24, metavar="N",
                         help="how many backups to keep; older ones are removed (default: 24)")
+    parser.add_argument("--log-keep-mib", type=float, default=32.0, metavar="MIB",
+                        help="while metaloggers (dfs-metalogger) follow this metaserver, hold "
+                             "its newest commits, up to this much memory, for them to read; "
+                             "one that falls further behind copies the whole database again "
+                             "(default: 32)")
     parser.add_argument("--trash-hours", type=float, default=0.0, metavar="HOURS",
                         help="keep files that lose their last name (rm, or a rename over "
                              "them) in /.trash this long before deleting them, so 'dfs trash "
@@ -88,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--replicas must be at least 1")
     if min(args.heartbeat_timeout, args.session_ttl, args.lease_seconds) <= 0:
         parser.error("--heartbeat-timeout, --session-ttl and --lease-seconds must be positive")
+    if args.log_keep_mib <= 0:
+        parser.error("--log-keep-mib must be positive")
     if args.trash_hours < 0:
         parser.error("--trash-hours must not be negative")
     if args.backup_interval < 0 or args.backup_keep < 1:
@@ -102,7 +110,8 @@ async def serve(args: argparse.Namespace, secret: bytes, store: Store) -> None:
     ctx = Context.create(settings, store, secret)
     backups = Backups(store, args.backup_dir or args.data_dir / "backups", args.backup_keep,
                       args.backup_interval)
-    service = MetaService(ctx, backups)
+    changelog = ChangeLog(store, int(args.log_keep_mib * (1 << 20)), args.data_dir / "copies")
+    service = MetaService(ctx, backups, changelog)
     service.start()
     metrics = registry_for(service)
     server = Server("metaserver", {**META, **META_CS}, service.handlers(), secret,

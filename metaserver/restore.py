@@ -42,10 +42,12 @@ import lmdb
 from dfs import logs
 from dfs.durable import fsync_dir
 from dfs.errors import DfsError
+from dfs.lockfile import lock_folder
 
 from .backups import recorded_sha256, sha256_of
 from .quotas import ROOT_INO
-from .store import DATABASES, Store, Tx, lock_data_dir
+from .store import (DATABASES, LOG_HISTORY, LOG_SEQ, Store, Tx, begin_history,
+                    lock_data_dir)
 
 log = logs.get_logger("metaserver")
 
@@ -97,7 +99,8 @@ def check_backup(path: Path) -> dict:
                 raise DfsError(errno.EINVAL, f"{path} holds no root directory: not a dfs backup")
             return {"inodes": txn.stat(dbs["inodes"])["entries"],
                     "chunks": txn.stat(dbs["chunks"])["entries"],
-                    "checksum": "checked" if recorded else "none beside it"}
+                    "checksum": "checked" if recorded else "none beside it",
+                    "history": tx.counter(LOG_HISTORY), "seq": tx.counter(LOG_SEQ)}
     except lmdb.Error as exc:
         raise DfsError(errno.EIO, f"{path} cannot be read as a database: {exc}") from None
     finally:
@@ -114,6 +117,7 @@ def prepare(tx: Tx, now: float, hold: float) -> int:
     tx.put_counter(RESTORED_AT, int(now))
     tx.put_counter(HOLD_UNTIL, int(now + hold))
     tx.put_counter(SETTLING, 1)
+    begin_history(tx)
     return restores
 
 
@@ -130,9 +134,14 @@ def _install(backup: Path, database: Path) -> None:
 
 
 def restore(data_dir: Path, backup: Path, hold: float, say=print) -> Path | None:
-    """Replace DIR's database with `backup`; return where the old one was put."""
+    """Replace DIR's database with `backup` (a backup file, or a stopped
+    metalogger's folder); return where the old one was put."""
     lock = lock_data_dir(data_dir)
+    source_lock = None
     try:
+        if backup.is_dir():
+            source_lock = lock_folder(backup, "meta.lock", "metalogger")
+            backup = backup / "meta.lmdb" / "data.mdb"
         summary = check_backup(backup)
         say(f"backup {backup}: {summary['inodes']} inodes, {summary['chunks']} chunks, "
             f"checksum {summary['checksum']}")
@@ -160,6 +169,8 @@ def restore(data_dir: Path, backup: Path, hold: float, say=print) -> Path | None
         return kept
     finally:
         os.close(lock)
+        if source_lock is not None:
+            os.close(source_lock)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -178,14 +189,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                "  systemctl stop dfs-metaserver\n"
                "  dfs-metaserver-restore --data-dir /var/lib/dfs/meta \\\n"
                "      /backup/meta-20261127T100000Z-81234.lmdb\n"
-               "  systemctl start dfs-metaserver")
+               "  systemctl start dfs-metaserver\n"
+               "or, from a metalogger's copy (stop the metalogger first):\n"
+               "  dfs-metaserver-restore --data-dir /var/lib/dfs/meta /var/lib/dfs/metalogger")
     parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
                         help="the metaserver's --data-dir; it must not be serving")
     parser.add_argument("--hold", type=float, default=DEFAULT_HOLD, metavar="SECONDS",
                         help="keep chunks that no file in the backup refers to for this long "
                              "before they are deleted (default: 7 days), so that going back "
                              "to the database set aside loses nothing")
-    parser.add_argument("backup", type=Path, help="the backup file (meta-*.lmdb)")
+    parser.add_argument("backup", type=Path,
+                        help="the backup file (meta-*.lmdb), or the --data-dir of a stopped "
+                             "dfs-metalogger")
     args = parser.parse_args(argv)
     if args.hold < 0:
         parser.error("--hold must not be negative")

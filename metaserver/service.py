@@ -16,6 +16,7 @@ from dfs.records import QuotaInfo
 
 from . import factors, quotas, restore, snapshots, trash
 from .backups import Backups
+from .changelog import ChangeLog
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
@@ -25,7 +26,7 @@ from .fences import Binding
 from .fsck import Fsck
 from .records import Inode, Quota, SessionRecord
 from .replicas import POLL, KeyedLocks, Replicas
-from .store import REPLY_TTL, Tx
+from .store import CLUSTER_ID, REPLY_TTL, Tx, begin_history, random_id
 
 log = logs.get_logger("metaserver")
 
@@ -38,9 +39,10 @@ CHANGES = ("setattr mknod mkdir symlink link unlink rmdir rename setxattr remove
 
 
 class MetaService:
-    def __init__(self, ctx: Context, backups: Backups):
+    def __init__(self, ctx: Context, backups: Backups, changelog: ChangeLog):
         self.ctx = ctx
         self.backups = backups
+        self.changelog = changelog
         self.ns = ctx.namespace
         self.replicas = Replicas(ctx)
         self.cluster = Cluster(ctx, self.replicas)
@@ -58,6 +60,8 @@ class MetaService:
                 tx.touch(Inode(ROOT_INO, stat.S_IFDIR | 0o755, 2, 0, 0, 0, 0, now, now, now,
                                ROOT_INO))
                 log.info("created the root directory", ino=ROOT_INO)
+            begin_history(tx, keep=True)
+            random_id(tx, CLUSTER_ID, keep=True)
             sessions = dict(tx.all_sessions())
             sids = set(sessions)
             for ino, keepers in list(tx.all_orphans()):
@@ -80,13 +84,14 @@ class MetaService:
         log.info("restored sessions hold their files until they re-announce",
                  sessions=len(self.ctx.opens.restored), orphans=len(self.ctx.opens.orphans))
         self.cluster.load()
+        self.changelog.attach()
 
     def handlers(self) -> dict:
         names = ("session_open session_renew session_close lookup resolve getattr setattr "
                  "mknod mkdir symlink link unlink rmdir rename readlink readdir open release "
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
                  "quota_list replicas_set replicas_get status fence snapshot backup_take "
-                 "backup_list backup_read").split()
+                 "backup_list backup_read log_read log_copy log_copy_read").split()
         table = {name: getattr(self, name) for name in names}
         for name in ("chunk_read", "chunk_write", "reserve", "commit"):
             table[name] = getattr(self.data, name)
@@ -109,6 +114,7 @@ class MetaService:
             nursery.start_soon(self._every, REPLICATION_INTERVAL, self.cluster.replicate,
                                "re-replication")
             nursery.start_soon(self.backups.run)
+            nursery.start_soon(self.changelog.run)
             # Even without a trash time, now and then: what an earlier run kept
             # is due.
             keep = self.ctx.settings.trash_seconds
@@ -547,6 +553,8 @@ class MetaService:
         restored_at = self._read(lambda tx: tx.counter(restore.RESTORED_AT))
         counts["restore"] = ({"at": restored_at, "hold_until": self.cluster.hold_until}
                              if restored_at else None)
+        counts["metaloggers"] = self.changelog.status()
+        counts["cluster"] = self._read(lambda tx: tx.counter(CLUSTER_ID))
         return counts
 
     # --- backups ------------------------------------------------------------------
@@ -558,3 +566,17 @@ class MetaService:
 
     async def backup_read(self, name: str, offset: int, length: int) -> dict:
         return {"data": await trio.to_thread.run_sync(self.backups.read, name, offset, length)}
+
+    # --- metaloggers ----------------------------------------------------------------
+    async def log_read(self, follower: str, history: int, after: int, part: int,
+                       wait: float) -> dict:
+        return await self.changelog.read(follower, history, after, part, wait)
+
+    async def log_copy(self, follower: str) -> dict:
+        self.changelog.heard(follower)
+        return (await self.changelog.copy()).to_wire()
+
+    async def log_copy_read(self, follower: str, name: str, offset: int, length: int) -> dict:
+        self.changelog.heard(follower)
+        return {"data": await trio.to_thread.run_sync(self.changelog.read_copy, name, offset,
+                                                      length)}

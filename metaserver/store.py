@@ -5,11 +5,17 @@ which applies everything queued so far in a single LMDB write transaction
 (each mutation in a nested transaction, so a failing one rolls
 back alone), syncs once, and only then lets the callers reply. Durability per
 reply is unchanged; the cost of the sync is shared by the whole batch.
+
+Each transaction that changes anything is numbered (the `log_seq` counter, in
+the transaction itself) and its puts and deletes, in order, become a record
+handed to `on_commit` once durable: what a metalogger applies to keep an
+exact copy (changelog.py, metalogger.py).
 """
 
 import errno
 import os
 import queue
+import secrets
 import struct
 import threading
 import time
@@ -42,6 +48,19 @@ REPLY_TTL = 600.0
 
 # Tokens are LMDB keys, which must be short.
 MAX_TOKEN = 128
+
+# The number of the last committed transaction that changed anything, and the
+# history it belongs to: a random id that a restore replaces, so numbers from
+# before a restore are never taken for numbers after it.
+LOG_SEQ = "log_seq"
+LOG_HISTORY = "log_history"
+# Made with the database and kept through restores: chunk servers remember it,
+# and refuse a database that is not their cluster's (cluster.py).
+CLUSTER_ID = "cluster_id"
+DB_INDEX = {name: index for index, name in enumerate(DATABASES)}
+
+# A record is cut into parts of about this size, each sent whole.
+PART_BYTES = 1 << 20
 
 # Bounds how much a writer applies in one transaction, so one batch's latency
 # stays bounded under a flood of requests.
@@ -79,6 +98,8 @@ class Tx:
         self.db = dbs
         self._inodes: dict[int, Inode] = {}
         self._dirty: set[int] = set()
+        # Every put and delete, in order, as (database index, key, value or None).
+        self.changes: list[tuple[int, bytes, bytes | None]] = []
 
     # --- generic helpers ---------------------------------------------------
     def _get(self, db: str, key: bytes):
@@ -86,9 +107,13 @@ class Tx:
 
     def _put(self, db: str, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=self.db[db])
+        self.changes.append((DB_INDEX[db], key, value))
 
     def _delete(self, db: str, key: bytes) -> bool:
-        return self.txn.delete(key, db=self.db[db])
+        if not self.txn.delete(key, db=self.db[db]):
+            return False
+        self.changes.append((DB_INDEX[db], key, None))
+        return True
 
     def scan(self, db: str, prefix: bytes = b"", start: bytes | None = None):
         """Yield (key, value) for keys starting with `prefix`, from `start` on."""
@@ -364,6 +389,39 @@ class _Job:
     error: BaseException | None = None
 
 
+def random_id(tx: Tx, name: str, keep: bool = False) -> int:
+    """Set counter `name` to a new random id (with `keep`, only if it has none
+    yet); return its value."""
+    if not (keep and tx.counter(name)):
+        tx.put_counter(name, secrets.randbits(62) + 1)
+    return tx.counter(name)
+
+
+def begin_history(tx: Tx, keep: bool = False) -> None:
+    """Give the database a new history (see LOG_HISTORY), or with `keep` one
+    only if it has none yet."""
+    random_id(tx, LOG_HISTORY, keep)
+
+
+def _seal(tx: Tx) -> tuple[int, list[bytes]] | None:
+    """Number `tx` if it changed anything and pack its changes into parts
+    (see PART_BYTES); None if it changed nothing."""
+    if not tx.changes:
+        return None
+    seq = tx.counter(LOG_SEQ) + 1
+    tx.put_counter(LOG_SEQ, seq)
+    parts, part, size = [], [], 0
+    for change in tx.changes:
+        part.append(change)
+        size += len(change[1]) + len(change[2] or b"")
+        if size >= PART_BYTES:
+            parts.append(msgpack.packb(part))
+            part, size = [], 0
+    if part:
+        parts.append(msgpack.packb(part))
+    return seq, parts
+
+
 def lock_data_dir(data_dir: Path) -> int:
     """Take DIR/meta.lock while the returned descriptor is open (EBUSY if
     taken): two metaservers on one database would each trust their own
@@ -385,6 +443,9 @@ class Store:
         self._started = 0
         self.batches = 0
         self._finished = trio.Event()
+        # Called on the event loop with (seq, [part, ...]) after each numbered
+        # commit, in order.
+        self.on_commit: Callable[[int, list[bytes]], None] | None = None
 
     def read(self, fn: Callable[[Tx], object]):
         """Run `fn` in a read-only snapshot (cheap: no I/O waits, run inline)."""
@@ -401,7 +462,25 @@ class Store:
             tx = Tx(txn, self.dbs)
             result = fn(tx)
             tx.flush()
-            return result
+            record = _seal(tx)
+        if record is not None and self.on_commit is not None:
+            self.on_commit(*record)
+        return result
+
+    def position(self) -> tuple[int, int]:
+        """(history, seq) of the last commit."""
+        def read(tx: Tx) -> tuple[int, int]:
+            return tx.counter(LOG_HISTORY), tx.counter(LOG_SEQ)
+        return self.read(read)
+
+    def copy_to(self, fd: int, *counters: str) -> tuple[int, list[int]]:
+        """Write a compacted copy of the database to `fd` as one read
+        transaction sees it; return that transaction's LMDB id and the values
+        of `counters` in it."""
+        with self.env.begin() as txn:
+            tx = Tx(txn, self.dbs)
+            self.env.copyfd(fd, compact=True, txn=txn)
+            return txn.id(), [tx.counter(name) for name in counters]
 
     async def write(self, fn: Callable[[Tx], object], token: bytes | None = None):
         """Apply `fn` durably, as part of the next group commit, and return its result.
@@ -462,30 +541,34 @@ class Store:
                         break
                     batch.append(job)
                 self._started += 1
+                record = None
                 try:
-                    self._apply(batch)
+                    record = self._apply(batch)
                 except Exception as exc:
                     log.error("group commit failed", exc_info=True, batch=len(batch))
                     for failed in batch:
                         failed.result = None
                         failed.error = DfsError(errno.EIO, f"metadata commit failed: {exc}")
-                token.run_sync_soon(self._finish, batch)
+                token.run_sync_soon(self._finish, batch, record)
         finally:
             token.run_sync_soon(stopped.set)
 
-    def _finish(self, batch: list[_Job]) -> None:
+    def _finish(self, batch: list[_Job], record: tuple[int, list[bytes]] | None) -> None:
         self.batches += 1
+        if record is not None and self.on_commit is not None:
+            self.on_commit(*record)
         self._finished.set()
         self._finished = trio.Event()
         for finished in batch:
             finished.done.set()
 
-    def _apply(self, batch: list[_Job]) -> None:
+    def _apply(self, batch: list[_Job]) -> tuple[int, list[bytes]] | None:
         now = time.time()
         with self.env.begin(write=True) as txn:
+            top = Tx(txn, self.dbs)
             for job in batch:
                 if job.token is not None:
-                    stored = Tx(txn, self.dbs).stored_reply(job.token)
+                    stored = top.stored_reply(job.token)
                     if stored is not None:
                         job.result = stored.result
                         if stored.errno:
@@ -497,6 +580,7 @@ class Store:
                     job.result = job.fn(tx)
                     tx.flush()
                     child.commit()
+                    top.changes += tx.changes
                 except DfsError as exc:
                     child.abort()
                     job.error = exc
@@ -508,7 +592,8 @@ class Store:
                 if job.token is not None and not (job.error and job.error.errno == errno.EIO):
                     reply = (StoredReply(now, job.error.errno, job.error.message) if job.error
                              else StoredReply(now, 0, job.result))
-                    Tx(txn, self.dbs).store_reply(job.token, reply)
+                    top.store_reply(job.token, reply)
+            return _seal(top)
 
     def stop(self) -> None:
         """No more mutations: the writer applies what is queued, then returns."""

@@ -61,14 +61,14 @@ class StandInMeta:
     def csid_of(self, addr: str) -> int:
         return next(csid for csid, a in self.addr_of.items() if a == addr)
 
-    async def cs_register(self, csid, addr, capacity, used, chunks):
+    async def cs_register(self, csid, addr, capacity, used, chunks, cluster):
         self.registrations.append({"csid": csid, "addr": addr, "capacity": capacity,
                                    "used": used, "chunks": sorted(map(tuple, chunks))})
         if csid is None or csid not in self.addr_of:
             csid = csid if csid is not None else self._next_csid
             self._next_csid += 1
         self.addr_of[csid] = addr
-        return {"csid": csid, "delete": self.on_register_delete}
+        return {"csid": csid, "delete": self.on_register_delete, "cluster": 1}
 
     async def cs_heartbeat(self, csid, capacity, used):
         if csid not in self.addr_of:

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KUBE = ROOT / "deploy" / "kubernetes"
 SYSTEMD = ROOT / "deploy" / "systemd"
 BIN = Path(sys.executable).parent
-DFS_COMMANDS = {"dfs", "dfs-metaserver", "dfs-chunkserver", "dfs-csi"}
+DFS_COMMANDS = {"dfs", "dfs-metaserver", "dfs-metalogger", "dfs-chunkserver", "dfs-csi"}
 # `dfs` takes a subcommand; the others are one service each.
 WITH_SUBCOMMAND = {"dfs"}
 

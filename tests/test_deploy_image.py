@@ -102,7 +102,8 @@ def test_final_image_puts_the_installed_commands_on_path():
     venv_bin = re.search(r"PATH=(\S+?)/bin:", env)[1]
     assert any("/src[" in run and f"{venv_bin}/bin/pip" in run for run in stages[0].lines("RUN"))
     scripts = PYPROJECT["project"]["scripts"]
-    assert {"dfs", "dfs-metaserver", "dfs-chunkserver", "dfs-csi"} <= scripts.keys()
+    assert {"dfs", "dfs-metaserver", "dfs-metalogger", "dfs-chunkserver",
+            "dfs-csi"} <= scripts.keys()
 
 
 def _included(name: str, rules: list[str]) -> bool:

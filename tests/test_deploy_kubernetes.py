@@ -376,6 +376,28 @@ def test_chunk_servers_land_on_different_nodes():
     assert any(_spreads(term, chunkservers) for term in terms)
 
 
+def test_metalogger_lands_on_another_node_than_the_metaserver():
+    metalogger = the("StatefulSet", "dfs-metalogger")
+    assert metalogger["spec"]["replicas"] == 1
+    terms = pod_spec(metalogger)["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert any(_spreads(term, the("StatefulSet", "dfs-metaserver")) for term in terms)
+
+
+def test_servers_keep_their_folders_on_their_own_persistent_volumes():
+    for workload in _workloads():
+        if workload["kind"] != "StatefulSet":
+            continue
+        claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+        for c in pod_spec(workload)["containers"]:
+            for flag in ("--data-dir", "--backup-dir"):
+                if flag not in flags(c):
+                    continue
+                mounts = [m["name"] for m in c["volumeMounts"]
+                          if m["mountPath"] == flags(c)[flag]]
+                assert mounts and mounts[0] in claims, f"{c['name']} {flag}"
+
+
 def _workloads(folder: Path = KUBE) -> list[dict]:
     return [o for o in objects(folder) if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
 
@@ -387,7 +409,7 @@ def test_every_container_has_requests_and_dfs_services_have_probes():
             assert {"cpu", "memory"} <= requests.keys(), c["name"]
             if c["image"].startswith(DFS_IMAGE + ":"):
                 assert "livenessProbe" in c, c["name"]
-    for name in ("dfs-metaserver", "dfs-chunkserver"):
+    for name in ("dfs-metaserver", "dfs-metalogger", "dfs-chunkserver"):
         server = pod_spec(the("StatefulSet", name))["containers"][0]
         assert "readinessProbe" in server and "livenessProbe" in server, name
 

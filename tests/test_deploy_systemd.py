@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -62,6 +62,21 @@ def test_services_restart_and_read_the_secret_as_a_credential():
         assert "LoadCredential=secret:/etc/dfs/secret" in text, unit.name
         assert "--secret-file=%d/secret" in text, unit.name
         assert "User=dfs" in text and "NoNewPrivileges=yes" in text, unit.name
+
+
+def test_services_may_write_the_folders_they_are_given():
+    """ProtectSystem=strict leaves a service only its StateDirectory= (under
+    /var/lib) and ReadWritePaths= to write to; verify does not check that."""
+    for unit in SYSTEMD.glob("*.service"):
+        text = unit.read_text()
+        writable = [PurePosixPath("/var/lib", d) for line in re.findall(
+            r"^StateDirectory=(.*)$", text, re.M) for d in line.split()]
+        writable += [PurePosixPath(d) for line in re.findall(
+            r"^ReadWritePaths=(.*)$", text, re.M) for d in line.split()]
+        folders = re.findall(r"--(?:data|backup)-dir=(\S+)", text)
+        assert folders, unit.name
+        for folder in map(PurePosixPath, folders):
+            assert any(folder.is_relative_to(w) for w in writable), f"{unit.name}: {folder}"
 
 
 def test_mount_unit_keeps_the_host_mount_namespace():

@@ -96,23 +96,29 @@ def test_the_metaserver_counts_requests_and_reports_its_state(meta_factory):
         await c.call("quota_set", ino=volume, bytes=1 << 30, inodes=100)
         missing = await error_of(c.call("lookup", parent=ROOT, name=b"missing"))
         await c.call("backup_take")
+        copy = await c.call("log_copy", follower="logger-1")
+        await c.call("log_read", follower="logger-1", history=copy["history"], after=copy["seq"],
+                     part=0, wait=0.0)
+        await make_dir(c, ROOT, b"after-the-copy")
         return missing
 
     assert meta.run(body) == errno.ENOENT
     samples = scrape(port)
-    assert samples['dfs_rpc_requests_total{op="mkdir",result="ok"}'] == 3
+    assert samples['dfs_rpc_requests_total{op="mkdir",result="ok"}'] == 4
     assert samples['dfs_rpc_requests_total{op="lookup",result="ENOENT"}'] == 1
-    assert samples['dfs_rpc_request_seconds_count{op="mkdir"}'] == 3
+    assert samples['dfs_rpc_request_seconds_count{op="mkdir"}'] == 4
     buckets = [v for k, v in samples.items()
                if k.startswith('dfs_rpc_request_seconds_bucket{op="mkdir"')]
-    assert buckets == sorted(buckets) and buckets[-1] == 3
+    assert buckets == sorted(buckets) and buckets[-1] == 4
     assert samples['dfs_rpc_received_bytes_total{op="mkdir"}'] > 0
-    assert samples["dfs_meta_inodes"] == 4
+    assert samples["dfs_meta_inodes"] == 5
     assert samples['dfs_meta_chunkservers{state="alive"}'] == 1
     assert samples['dfs_quota_inodes_used{path="/volume"}'] == 2   # a and b
     assert samples['dfs_quota_bytes_limit{path="/volume"}'] == 1 << 30
     assert 0 <= samples["dfs_meta_backup_age_seconds"] < 60
     assert samples["dfs_meta_backup_failing"] == 0
+    assert samples['dfs_meta_metalogger_behind_commits{name="logger-1"}'] >= 1
+    assert 0 <= samples['dfs_meta_metalogger_seen_seconds{name="logger-1"}'] < 60
     assert samples["process_resident_memory_bytes"] > 1 << 20
     assert samples["dfs_meta_commits_total"] >= 4
 

@@ -1,0 +1,254 @@
+"""The metaserver's side of metadata replication: its newest commits, held in
+memory for metaloggers to read, and whole copies of the database for a
+metalogger that starts from nothing or has fallen behind them.
+
+A metalogger (metalogger.py) keeps a copy of the database and the position of
+the last commit it applied: the history and number that every commit writes
+into the database itself (store.py). `read` hands it the parts of the commits
+after that position, waiting a while for one when there is none yet. Commits
+are held up to `keep_bytes`, and only while a metalogger was heard from
+lately or a copy was asked for; a metalogger whose position fell behind them, or
+follows another history (a restore begins a new one), starts over from a copy
+(`copy`): a compacted LMDB copy made in one read transaction, whose position
+it then reads on from. One copy is kept at a time, shared by the metaloggers
+that need it, and removed once none has read it for COPY_IDLE seconds.
+"""
+
+import bisect
+import errno
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+import trio
+
+from dfs import logs
+from dfs.errors import DfsError
+from dfs.framing import MAX_DATA
+from dfs.records import LogCopy
+
+from .restore import RESTORES
+from .store import LOG_HISTORY, LOG_SEQ, Store
+
+log = logs.get_logger("metaserver")
+
+# What one read returns at most, leaving room in a frame for the envelope.
+REPLY_BYTES = MAX_DATA // 2
+MAX_WAIT = 30.0
+COPY_IDLE = 600.0
+# A metalogger asks at least every few seconds (metalogger.WAIT): one not
+# heard from for SILENT_AFTER is reported, and after FORGET_AFTER no longer listed.
+SILENT_AFTER = 60.0
+FORGET_AFTER = 86400.0
+COPY_PREFIX = "copy-"
+# What holding a part costs besides its data (the record, its key, list slots).
+PART_OVERHEAD = 200
+
+
+@dataclass
+class Part:
+    seq: int
+    index: int
+    last: bool
+    data: bytes
+
+
+@dataclass
+class Follower:
+    """A metalogger as the metaserver last heard from it."""
+    name: str
+    seq: int
+    seen: float
+
+
+class ChangeLog:
+    def __init__(self, store: Store, keep_bytes: int, copy_dir: Path):
+        self.store = store
+        self.keep_bytes = keep_bytes
+        self.copy_dir = copy_dir
+        self.history = self.seq = 0
+        # Every part of every commit numbered above `base` is held.
+        self.base = 0
+        self._keys: list[tuple[int, int]] = []
+        self._parts: list[Part] = []
+        self._first = 0
+        self._bytes = 0
+        self._grew = trio.Event()
+        self.followers: dict[str, Follower] = {}
+        self._copy: LogCopy | None = None
+        self._copy_read = float("-inf")
+        self._copying = trio.Lock()
+        self.copies = 0
+
+    def attach(self) -> None:
+        """Hold every commit from now on (the store calls `append`)."""
+        self.history, self.seq = self.store.position()
+        self.base = self.seq
+        self.store.on_commit = self.append
+
+    def _wanted(self) -> bool:
+        """Whether a metalogger may read commits soon: one was heard from
+        lately, or a copy was asked for (its maker reads on from it next)."""
+        now = time.time()
+        return (any(now - f.seen < FORGET_AFTER for f in self.followers.values())
+                or time.monotonic() - self._copy_read < COPY_IDLE)
+
+    def append(self, seq: int, parts: list[bytes]) -> None:
+        if seq != self.seq + 1:
+            log.error("commit numbers jumped; metaloggers will copy the database again",
+                      expected=self.seq + 1, seq=seq)
+            self._drop_all(seq - 1)
+        self.seq = seq
+        if not self._wanted():
+            # Nobody to read them: hold nothing rather than keep_bytes for nothing.
+            self._drop_all(seq)
+            return
+        for index, data in enumerate(parts):
+            self._keys.append((seq, index))
+            self._parts.append(Part(seq, index, index == len(parts) - 1, data))
+            self._bytes += len(data) + PART_OVERHEAD
+        while self._bytes > self.keep_bytes and self._first < len(self._parts) - 1:
+            oldest = self._parts[self._first]
+            self._bytes -= len(oldest.data) + PART_OVERHEAD
+            self.base = max(self.base, oldest.seq)
+            self._first += 1
+        if self._first > 1024 and self._first * 2 > len(self._parts):
+            del self._keys[:self._first], self._parts[:self._first]
+            self._first = 0
+        self._grew.set()
+        self._grew = trio.Event()
+
+    def _drop_all(self, base: int) -> None:
+        self._keys.clear()
+        self._parts.clear()
+        self._first = self._bytes = 0
+        self.base = self.seq = base
+
+    def _start(self, history: int, after: int, part: int) -> int:
+        """Where the parts after position (`after`, `part`) begin in the lists;
+        ESTALE if this log cannot continue from there."""
+        if history != self.history:
+            raise DfsError(errno.ESTALE, "this copy of the metadata follows another history "
+                                         "(the metaserver's database was restored or "
+                                         "replaced): copy the database again")
+        start = bisect.bisect_left(self._keys, (after + 1, part), self._first)
+        if after == self.seq and part == 0:
+            return start
+        if after > self.seq or start == len(self._keys) or self._keys[start] != (after + 1,
+                                                                                  part):
+            raise DfsError(errno.ESTALE, f"commit {after + 1} is no longer held (held: "
+                                         f"{self.base + 1} to {self.seq}): copy the "
+                                         "database again")
+        return start
+
+    def heard(self, follower: str, seq: int | None = None) -> None:
+        """Note that metalogger `follower` asked for something (at `seq`)."""
+        if seq is None:
+            seq = self.followers[follower].seq if follower in self.followers else 0
+        self.followers[follower] = Follower(follower, seq, time.time())
+
+    async def read(self, follower: str, history: int, after: int, part: int,
+                   wait: float) -> dict:
+        """The parts after (`after`, `part`), waiting up to `wait` seconds for a
+        commit if there is none yet."""
+        self.heard(follower, after)
+        self._start(history, after, part)
+        if after == self.seq:
+            with trio.move_on_after(min(max(wait, 0.0), MAX_WAIT)):
+                await self._grew.wait()
+        start = self._start(history, after, part)
+        found, size = [], 0
+        for held in self._parts[start:]:
+            if found and size + len(held.data) > REPLY_BYTES:
+                break
+            found.append([held.seq, held.index, held.last, held.data])
+            size += len(held.data)
+        return {"history": self.history, "seq": self.seq, "parts": found}
+
+    def status(self) -> list[dict]:
+        """The metaloggers heard from lately: how far behind and since when."""
+        now = time.time()
+        for name in [f.name for f in self.followers.values() if now - f.seen > FORGET_AFTER]:
+            del self.followers[name]
+        return [{"name": f.name, "seq": f.seq, "behind": max(self.seq - f.seq, 0),
+                 "seen": round(now - f.seen, 1), "silent": now - f.seen > SILENT_AFTER}
+                for f in self.followers.values()]
+
+    # --- copies -------------------------------------------------------------------
+    async def copy(self) -> LogCopy:
+        """A copy of the database whose position this log can go on from."""
+        # Hold commits from now on: the copy's maker reads on from it.
+        self._copy_read = time.monotonic()
+        async with self._copying:
+            current = self._copy
+            if (current is None or current.history != self.history or current.seq < self.base
+                    or not (self.copy_dir / current.name).exists()):
+                self._copy = await trio.to_thread.run_sync(self._make_copy)
+            self._copy_read = time.monotonic()
+            return self._copy
+
+    def _make_copy(self) -> LogCopy:
+        started = time.monotonic()
+        temp = self.copy_dir / ".copy.partial"
+        try:
+            self.copy_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                _, (history, seq, restores) = self.store.copy_to(fd, LOG_HISTORY, LOG_SEQ,
+                                                                  RESTORES)
+            finally:
+                os.close(fd)
+            name = f"{COPY_PREFIX}{history:x}-{seq}.lmdb"
+            os.replace(temp, self.copy_dir / name)
+        except OSError as exc:
+            raise DfsError(exc.errno or errno.EIO, f"cannot copy the database into "
+                                                   f"{self.copy_dir}: {exc}") from None
+        except lmdb.DiskError as exc:
+            raise DfsError(errno.ENOSPC, f"no room to copy the database into "
+                                         f"{self.copy_dir}: {exc}") from None
+        finally:
+            temp.unlink(missing_ok=True)
+        self._remove_copies(but=name)
+        self.copies += 1
+        copy = LogCopy(name, (self.copy_dir / name).stat().st_size, history, seq, restores)
+        log.info("database copied for metaloggers", copy=name, size=copy.size, seq=seq,
+                 seconds=round(time.monotonic() - started, 2))
+        return copy
+
+    def read_copy(self, name: str, offset: int, length: int) -> bytes:
+        if self._copy is None or name != self._copy.name:
+            raise DfsError(errno.ENOENT, f"no copy {name!r} (it was replaced or removed): "
+                                         "ask for a new one")
+        if offset < 0 or not 0 < length <= MAX_DATA:
+            raise DfsError(errno.EINVAL, f"log_copy_read: offset must be >= 0 and length "
+                                         f"1..{MAX_DATA}")
+        self._copy_read = time.monotonic()
+        try:
+            with open(self.copy_dir / name, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            raise DfsError(errno.ENOENT, f"copy {name} was removed: ask for a new one") from None
+
+    def _remove_copies(self, but: str | None = None) -> None:
+        try:
+            names = os.listdir(self.copy_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.startswith(COPY_PREFIX) and name != but:
+                (self.copy_dir / name).unlink(missing_ok=True)
+
+    async def run(self) -> None:
+        """Remove copies left by an earlier run, and the current one once idle."""
+        await trio.to_thread.run_sync(self._remove_copies)
+        while True:
+            await trio.sleep(60.0)
+            async with self._copying:
+                if (self._copy is not None
+                        and time.monotonic() - self._copy_read > COPY_IDLE):
+                    log.info("copy for metaloggers removed: unread", copy=self._copy.name)
+                    self._copy = None
+                    await trio.to_thread.run_sync(self._remove_copies)

@@ -1,0 +1,311 @@
+"""dfs-metalogger: keep a copy of the metadata on another host, a moment
+behind the metaserver, to restore a metaserver whose disk is lost
+(dfs-metaserver-restore), as MooseFS's metaloggers do.
+
+It keeps an LMDB database like the metaserver's (DIR/meta.lmdb, under DIR's
+lock). It starts from a copy of the metaserver's database (changelog.py),
+then applies every commit made after that copy, in order, each commit whole
+and synced. The position of the last one applied (its history and number) is
+part of the database, so a restarted metalogger goes on where it stopped. A
+copy whose next commits the metaserver no longer holds (this metalogger was
+stopped too long) or that follows another history (the metaserver was
+restored) is replaced by a new copy; the database it replaces is kept as
+DIR/meta.lmdb.previous until the next replacement.
+
+A copy is never replaced by one that knows less, which is what a metaserver
+started on an empty or older disk would hand out: one of its own history
+that is behind it, or one of another history that was not restored since
+(the restore count tells). Then the metalogger keeps its copy, says so at
+every try, and waits to be restored from or moved aside.
+"""
+
+import argparse
+import errno
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import lmdb
+import msgpack
+import trio
+
+from dfs import logs
+from dfs.config import ConfigError, address_arg, load_secret
+from dfs.durable import fsync_dir
+from dfs.errors import DfsError
+from dfs.framing import MAX_DATA
+from dfs.lockfile import lock_folder
+from dfs.ops import META
+from dfs.records import LogCopy
+from dfs.rpc import Client
+
+from .restore import RESTORES, check_backup
+from .store import DATABASES, LOG_SEQ, Store, read_u64
+
+log = logs.get_logger("metalogger")
+
+WAIT = 10.0
+CALL_TIMEOUT = WAIT + 20.0
+MAX_BACKOFF = 5.0
+REPORT_EVERY = 60.0
+# How often a metalogger that keeps its copy (see above) asks again.
+REFUSED_RETRY = 60.0
+# The metaserver's lock file: neither may use the other's folder meanwhile.
+LOCK = "meta.lock"
+
+
+class Refused(Exception):
+    """The metaserver's copy knows less than the one here."""
+
+
+class MetaLogger:
+    def __init__(self, meta: str, secret: bytes, data_dir: Path, name: str):
+        self.meta = meta
+        self.data_dir = data_dir
+        self.name = name
+        self.lock = lock_folder(data_dir, LOCK, "metalogger")
+        self.store = Store(data_dir, lock=self.lock)
+        self.client = Client(meta, secret, META)
+        # The parts received so far of the commit after the last one applied.
+        self.pending: list[bytes] = []
+        self.applied = 0
+        self.copies = 0
+        self.must_copy = self.store.position()[0] == 0
+        if self.must_copy:
+            log.info("no copy of the metadata here yet: copying the metaserver's database",
+                     data_dir=str(data_dir))
+
+    async def run(self) -> None:
+        delay = 0.1
+        reported = time.monotonic()
+        behind = 0
+        while True:
+            try:
+                if self.must_copy:
+                    await self._copy()
+                    self.must_copy = False
+                behind = await self._follow()
+                delay = 0.1
+            except Refused as exc:
+                log.error("keeping this copy of the metadata", reason=str(exc),
+                          retry_in=REFUSED_RETRY)
+                await trio.sleep(REFUSED_RETRY)
+                continue
+            except DfsError as exc:
+                if exc.errno == errno.ESTALE and not self.must_copy:
+                    log.warning("copying the metaserver's database", reason=exc.message)
+                    self.pending.clear()
+                    self.must_copy = True
+                    continue
+                if exc.errno == errno.EPROTO:
+                    self.pending.clear()
+                log.warning("cannot follow the metaserver", meta=self.meta, error=exc.message,
+                            retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            except OSError as exc:
+                log.error("cannot write the copy", data_dir=str(self.data_dir), error=str(exc),
+                          retry_in=MAX_BACKOFF)
+                await trio.sleep(MAX_BACKOFF)
+                continue
+            if time.monotonic() - reported >= REPORT_EVERY:
+                reported = time.monotonic()
+                log.info("following", seq=self.store.position()[1], behind=behind,
+                         applied=self.applied)
+
+    async def _follow(self) -> int:
+        """Apply the commits the next read brings; return how many are still to come."""
+        history, seq = self.store.position()
+        reply = await self.client.call("log_read", timeout=CALL_TIMEOUT, follower=self.name,
+                                       history=history, after=seq, part=len(self.pending),
+                                       wait=WAIT)
+        expected = (seq + 1, len(self.pending))
+        commits = []
+        for part in reply["parts"]:
+            if not (isinstance(part, list) and len(part) == 4 and tuple(part[:2]) == expected
+                    and isinstance(part[3], bytes)):
+                raise DfsError(errno.EPROTO, f"the metaserver sent {part[:3]!r} where part "
+                                             f"{expected} was due")
+            self.pending.append(part[3])
+            if part[2]:
+                commits.append((part[0], self.pending))
+                self.pending = []
+                expected = (part[0] + 1, 0)
+            else:
+                expected = (part[0], part[1] + 1)
+        if commits:
+            await trio.to_thread.run_sync(self._apply, commits)
+            self.applied += len(commits)
+        return max(reply["seq"] - (expected[0] - 1), 0)
+
+    def _apply(self, commits: list[tuple[int, list[bytes]]]) -> None:
+        """Apply whole commits in one synced transaction, checking that they
+        bring the database to the last one's number."""
+        dbs = [self.store.dbs[name] for name in DATABASES]
+        try:
+            with self.store.env.begin(write=True) as txn:
+                for _, parts in commits:
+                    for data in parts:
+                        for db, key, value in msgpack.unpackb(data):
+                            if value is None:
+                                txn.delete(key, db=dbs[db])
+                            else:
+                                txn.put(key, value, db=dbs[db])
+                raw = txn.get(LOG_SEQ.encode(), db=self.store.dbs["counters"])
+                if raw is None or read_u64(raw) != commits[-1][0]:
+                    raise DfsError(errno.EPROTO, f"commit {commits[-1][0]} did not bring the "
+                                                 "copy to its number")
+        except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
+            raise DfsError(errno.EPROTO, f"a malformed commit: {exc}") from None
+        except lmdb.MapFullError:
+            raise DfsError(errno.ENOSPC, "the copy's database is full") from None
+        except lmdb.Error as exc:
+            raise DfsError(errno.EIO, f"cannot apply commits: {exc}") from None
+
+    async def _copy(self) -> None:
+        """Replace the database with a new copy of the metaserver's."""
+        copy = LogCopy.from_wire(await self.client.call("log_copy", timeout=None,
+                                                        follower=self.name))
+        self._check_newer(copy)
+        incoming = self.data_dir / "incoming.partial"
+        started = time.monotonic()
+        try:
+            with open(incoming, "wb") as out:
+                reported = started
+                while out.tell() < copy.size:
+                    data = (await self.client.call("log_copy_read", timeout=CALL_TIMEOUT,
+                                                   follower=self.name, name=copy.name,
+                                                   offset=out.tell(), length=MAX_DATA))["data"]
+                    if not data:
+                        raise DfsError(errno.EIO, f"copy {copy.name} ended at {out.tell()} "
+                                                  f"bytes, not {copy.size}")
+                    out.write(data)
+                    if time.monotonic() - reported >= 5.0:
+                        reported = time.monotonic()
+                        log.info("copying", copy=copy.name, done=out.tell(), size=copy.size)
+                out.flush()
+                os.fsync(out.fileno())
+            held = await trio.to_thread.run_sync(check_backup, incoming)
+            if (held["history"], held["seq"]) != (copy.history, copy.seq):
+                raise DfsError(errno.EIO, f"copy {copy.name} holds position "
+                                          f"{held['history']:x}/{held['seq']}, not the one "
+                                          "the metaserver named")
+            await trio.to_thread.run_sync(self._install, incoming)
+        finally:
+            incoming.unlink(missing_ok=True)
+        self.copies += 1
+        log.info("copied the metaserver's database", copy=copy.name, size=copy.size,
+                 seq=copy.seq, seconds=round(time.monotonic() - started, 2))
+
+    def _check_newer(self, copy: LogCopy) -> None:
+        """Raise Refused if `copy` knows less than the copy here (see above)."""
+        history, seq = self.store.position()
+        if not history:
+            return
+        restores = self.store.read(lambda tx: tx.counter(RESTORES))
+        restore_hint = (f"if the metaserver lost its disk, stop it and restore it from this "
+                        f"copy (stop this metalogger, then dfs-metaserver-restore --data-dir "
+                        f"META_DIR {self.data_dir}); to follow it anyway, stop this "
+                        f"metalogger and move {self.data_dir / 'meta.lmdb'} away")
+        if copy.history == history and copy.seq < seq:
+            raise Refused(f"the metaserver's database is at commit {copy.seq}, behind this "
+                          f"copy's {seq}: it lost commits; {restore_hint}")
+        if copy.history != history and copy.restores <= restores:
+            raise Refused("the metaserver's database is not the one this copy follows and "
+                          "was not restored since: it may have started on an empty or "
+                          f"another disk; {restore_hint}")
+
+    def _install(self, incoming: Path) -> None:
+        had_history = self.store.position()[0] != 0
+        self.store.close()
+        database = self.data_dir / "meta.lmdb"
+        previous = self.data_dir / "meta.lmdb.previous"
+        if had_history:
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(database, previous)
+        else:
+            shutil.rmtree(database)
+        database.mkdir()
+        os.rename(incoming, database / "data.mdb")
+        fsync_dir(database)
+        fsync_dir(self.data_dir)
+        self.store = Store(self.data_dir, lock=self.lock)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        self.store.close()
+        os.close(self.lock)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="dfs-metalogger",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Keep a copy of a dfs cluster's metadata on this host, a moment behind\n"
+                    "the metaserver: it copies the metaserver's database once, then applies\n"
+                    "every change as it is committed. Run one or two on hosts other than\n"
+                    "the metaserver's. If the metaserver's disk is lost, stop the\n"
+                    "metalogger and restore its copy: dfs-metaserver-restore --data-dir\n"
+                    "META_DIR DIR. `dfs status` shows each metalogger and how far behind\n"
+                    "it is.",
+        epilog="example: dfs-metalogger --meta meta.example:9400 --data-dir "
+               "/var/lib/dfs/metalogger --secret-file /etc/dfs/secret")
+    parser.add_argument("--meta", required=True, type=address_arg, metavar="HOST:PORT",
+                        help="the metaserver to follow")
+    parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
+                        help="folder for the copy (DIR/meta.lmdb); created if missing")
+    parser.add_argument("--secret-file", metavar="PATH",
+                        help="file holding the cluster secret (default: $DFS_SECRET, or the "
+                             "file named by $DFS_SECRET_FILE)")
+    parser.add_argument("--name", metavar="NAME",
+                        help="how the metaserver lists this metalogger (default: "
+                             "HOSTNAME:DIR)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="least severe log level written to stderr (default: info)")
+    return parser.parse_args(argv)
+
+
+async def _serve(logger: MetaLogger) -> None:
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(logger.run)
+                log.info("following the metaserver", meta=logger.meta,
+                         data_dir=str(logger.data_dir), name=logger.name)
+                async for signum in signals:
+                    log.info("shutting down", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    finally:
+        await logger.aclose()
+    log.info("stopped")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        secret = load_secret(args.secret_file)
+    except ConfigError as exc:
+        print(f"dfs-metalogger: {exc}", file=sys.stderr)
+        return 2
+    data_dir = args.data_dir.resolve()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        logger = MetaLogger(args.meta, secret, data_dir,
+                            args.name or f"{socket.gethostname()}:{data_dir}")
+    except (DfsError, OSError) as exc:
+        print(f"dfs-metalogger: {exc}", file=sys.stderr)
+        return 1
+    trio.run(_serve, logger)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

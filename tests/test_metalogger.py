@@ -1,0 +1,329 @@
+"""A metalogger keeps an exact copy of the metadata on the side: on a real
+cluster with real mounts, it copies the database, follows every commit, goes
+on after a restart, copies again when it cannot, and a metaserver whose
+database is lost comes back from its copy with everything acknowledged."""
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import lmdb
+import msgpack
+import pytest
+import trio
+
+from faults import meta_call, stop_process, wait_for
+from test_metaserver_support import REPO
+
+from dfs.errors import DfsError
+from metaserver.changelog import REPLY_BYTES, ChangeLog
+from metaserver.store import (DATABASES, LOG_HISTORY, LOG_SEQ, PART_BYTES, Store,
+                              begin_history, read_u64)
+
+pytestmark = pytest.mark.timeout(240)
+
+MiB = 1 << 20
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write(path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def metalogger(cluster, folder, *extra: str):
+    """A dfs-metalogger process following `cluster`, stopped on leaving."""
+    env = dict(os.environ, DFS_SECRET_FILE=str(cluster.local.dir / "secret"))
+    log = folder.parent / f"{folder.name}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "metaserver.metalogger", "--meta",
+                                 cluster.ref.meta, "--data-dir", str(folder), "--name",
+                                 folder.name, *extra],
+                                cwd=REPO, env=env, stdout=out, stderr=out,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+def logged(folder, text: str) -> int:
+    return (folder.parent / f"{folder.name}.log").read_text().count(text)
+
+
+def dump(database) -> tuple[tuple[int, int], dict]:
+    """((history, seq), every table's items) of an LMDB database folder."""
+    env = lmdb.open(str(database), readonly=True, max_dbs=len(DATABASES))
+    try:
+        with env.begin() as txn:
+            tables = {name: list(txn.cursor(env.open_db(name.encode(), txn=txn)))
+                      for name in DATABASES}
+    finally:
+        env.close()
+    counters = dict(tables["counters"])
+    return (read_u64(counters.get(LOG_HISTORY.encode(), bytes(8))),
+            read_u64(counters.get(LOG_SEQ.encode(), bytes(8)))), tables
+
+
+def same_as_metaserver(cluster, folder) -> bool:
+    """Whether the metalogger's copy equals the metaserver's database, item by
+    item, at a moment when both hold the same commit (False until then)."""
+    ours = dump(cluster.local.dir / "meta" / "data" / "meta.lmdb")
+    theirs = dump(folder / "meta.lmdb")
+    if ours[0] != theirs[0]:
+        return False
+    assert ours[1] == theirs[1]
+    return True
+
+
+def replica_files(cluster) -> set:
+    """The files the chunk servers hold, by path."""
+    return {p for p in cluster.local.dir.glob("cs*/data/**/*") if p.is_file()}
+
+
+def behind(cluster, name: str) -> int | None:
+    listed = {m["name"]: m for m in meta_call(cluster.ref, "status")["metaloggers"]}
+    return listed[name]["behind"] if name in listed else None
+
+
+def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, tmp_path):
+    mnt = cluster.mnt
+    (mnt / "before").mkdir()
+    for i in range(20):
+        write(mnt / "before" / f"f{i}", os.urandom(1000 + i))
+    folder = tmp_path / "logger"
+    with metalogger(cluster, folder):
+        wait_for(lambda: behind(cluster, "logger") == 0, 60, "the metalogger to catch up")
+        assert logged(folder, "copied the metaserver's database") == 1
+
+        # Every kind of change, one commit each, and one commit larger than a
+        # part (a snapshot of files with 60 KiB attributes).
+        (mnt / "dir" / "sub").mkdir(parents=True)
+        for i in range(30):
+            write(mnt / "dir" / f"x{i}", b"")
+            os.setxattr(mnt / "dir" / f"x{i}", b"user.big", bytes([i]) * 60000)
+        write(mnt / "dir" / "sub" / "data", os.urandom(3 * MiB))
+        os.rename(mnt / "before" / "f0", mnt / "dir" / "moved")
+        os.unlink(mnt / "before" / "f1")
+        os.symlink("moved", mnt / "dir" / "link")
+        os.link(mnt / "dir" / "moved", mnt / "dir" / "hard")
+        os.truncate(mnt / "before" / "f2", 10)
+        os.chmod(mnt / "before" / "f3", 0o600)
+        cluster.dfs("quota", "set", *cluster.cli_args, "/dir", "--bytes", str(100 * MiB))
+        cluster.dfs("snapshot", *cluster.cli_args, "/dir", "/snap")
+        wait_for(lambda: same_as_metaserver(cluster, folder), 60,
+                 "the copy to equal the metaserver's database")
+
+        # Written up to the moment the metaserver dies.
+        write(mnt / "last", b"acknowledged just before the crash")
+        wait_for(lambda: behind(cluster, "logger") == 0, 30, "the last commit to arrive")
+        expected = {p.relative_to(mnt): sha(p) for p in mnt.rglob("*")
+                    if p.is_file() and not p.is_symlink()}
+        cluster.local.stop(cluster.local.dir / "meta", sig=signal.SIGKILL)
+
+        # The metaserver's disk is lost, and it starts on an empty one. The
+        # chunk servers refuse it rather than delete what it does not know,
+        # and the metalogger keeps its copy rather than copy the empty one.
+        data_dir = cluster.local.dir / "meta" / "data"
+        subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+        chunk_files = replica_files(cluster)
+        kept = dump(folder / "meta.lmdb")
+        cluster.local.start_metaserver(cluster.local.load())
+        wait_for(lambda: logged(folder, "keeping this copy of the metadata") >= 1, 60,
+                 "the metalogger to refuse the empty database")
+        wait_for(lambda: (cluster.local.dir / "meta" / "log").read_text().count(
+            "chunk server of another cluster refused") >= 3, 60,
+            "the chunk servers to be refused")
+        assert meta_call(cluster.ref, "status")["chunkservers"] == []
+        assert replica_files(cluster) == chunk_files
+        assert dump(folder / "meta.lmdb") == kept
+        cluster.local.stop(cluster.local.dir / "meta")
+    assert not (folder / "meta.lmdb.previous").exists()
+    assert "may have started on an empty or another disk" in (tmp_path / "logger.log").read_text()
+
+    # The metalogger's copy comes back.
+    subprocess.run(["rm", "-rf", str(data_dir)], check=True)
+    done = subprocess.run([sys.executable, "-m", "metaserver.restore", "--data-dir",
+                           str(data_dir), "--hold", "3600", str(folder)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    cluster.local.start_metaserver(cluster.local.load())
+    wait_for(lambda: sum(cs["alive"] for cs in meta_call(cluster.ref, "status")["chunkservers"])
+             == 3, 30, "the chunk servers to register again")
+    with cluster.extra_mount() as fresh:
+        found = {p.relative_to(fresh): sha(p) for p in fresh.rglob("*")
+                 if p.is_file() and not p.is_symlink()}
+        assert found == expected
+        assert os.readlink(fresh / "snap" / "link") == "moved"
+        assert os.getxattr(fresh / "snap" / "x7", b"user.big") == bytes([7]) * 60000
+        assert os.stat(fresh / "dir" / "moved").st_nlink == 2
+
+    # The restored metaserver begins a new history: the metalogger copies again,
+    # keeping its old copy aside, and follows the new one.
+    with metalogger(cluster, folder):
+        wait_for(lambda: logged(folder, "copied the metaserver's database") == 2, 60,
+                 "the metalogger to copy the restored database")
+        write(mnt / "after", b"after the restore")
+        wait_for(lambda: same_as_metaserver(cluster, folder), 60,
+                 "the new copy to equal the restored database")
+    assert (folder / "meta.lmdb.previous" / "data.mdb").exists()
+
+
+def test_a_metalogger_resumes_after_a_restart_and_copies_again_when_left_behind(
+        cluster, tmp_path):
+    mnt = cluster.mnt
+    folder = tmp_path / "logger"
+    with metalogger(cluster, folder):
+        wait_for(lambda: behind(cluster, "logger") == 0, 60, "the metalogger to catch up")
+    write(mnt / "while-stopped", b"a commit the metaserver still holds")
+    with metalogger(cluster, folder):
+        wait_for(lambda: same_as_metaserver(cluster, folder), 60, "the metalogger to resume")
+    assert logged(folder, "copied the metaserver's database") == 1
+
+    # A restarted metaserver holds no commit from before: a metalogger that
+    # missed some copies again.
+    write(mnt / "missed", b"a commit the metalogger never reads")
+    cluster.local.stop(cluster.local.dir / "meta")
+    cluster.local.start_metaserver(cluster.local.load())
+    with metalogger(cluster, folder):
+        wait_for(lambda: same_as_metaserver(cluster, folder), 60, "a second copy")
+    assert logged(folder, "copied the metaserver's database") == 2
+    assert logged(folder, "is no longer held") == 1
+    assert (folder / "meta.lmdb.previous" / "data.mdb").exists()
+
+
+def test_bad_requests_and_a_wrong_secret_get_clear_errors_and_serving_goes_on(
+        cluster, tmp_path):
+    ref = cluster.ref
+    with pytest.raises(DfsError, match="another history") as stale:
+        meta_call(ref, "log_read", follower="probe", history=12345, after=0, part=0, wait=0.0)
+    assert stale.value.errno == errno.ESTALE
+    history = meta_call(ref, "log_copy", follower="probe")["history"]
+    with pytest.raises(DfsError, match="is no longer held"):
+        meta_call(ref, "log_read", follower="probe", history=history, after=1 << 40, part=0,
+                  wait=0.0)
+    with pytest.raises(DfsError, match="no copy") as missing:
+        meta_call(ref, "log_copy_read", follower="probe", name="../meta.lmdb/data.mdb",
+                  offset=0, length=10)
+    assert missing.value.errno == errno.ENOENT
+    name = meta_call(ref, "log_copy", follower="probe")["name"]
+    with pytest.raises(DfsError, match="length") as oversize:
+        meta_call(ref, "log_copy_read", follower="probe", name=name, offset=0, length=1 << 30)
+    assert oversize.value.errno == errno.EINVAL
+
+    wrong = tmp_path / "wrong-secret"
+    wrong.write_text("not the cluster's secret\n")
+    folder = tmp_path / "logger"
+    with metalogger(cluster, folder, "--secret-file", str(wrong)):
+        wait_for(lambda: logged(folder, "cannot follow the metaserver") >= 2, 30,
+                 "the metalogger to report the refusal")
+    assert "wrong cluster secret" in (tmp_path / "logger.log").read_text()
+    assert dump(folder / "meta.lmdb")[0] == (0, 0)
+
+    # Not on a folder a metaserver serves.
+    busy = subprocess.run([sys.executable, "-m", "metaserver.metalogger", "--meta", ref.meta,
+                           "--data-dir", str(cluster.local.dir / "meta" / "data")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, DFS_SECRET_FILE=str(cluster.local.dir /
+                                                                   "secret")))
+    assert busy.returncode == 1 and "in use by another" in busy.stderr
+    assert meta_call(ref, "resolve", path=b"/")["ino"] == 1
+    assert behind(cluster, "probe") is not None
+
+
+def test_the_change_log_hands_out_commits_whole_and_says_when_it_cannot(tmp_path):
+    """The metaserver's side on a real store: parts, waiting, limits, copies."""
+    async def check():
+        with trio.fail_after(60):
+            await run(Store(tmp_path / "meta"))
+
+    async def run(store):
+        store.write_now(begin_history)
+        changes = ChangeLog(store, 64 * MiB, tmp_path / "copies")
+        changes.attach()
+        history, start = changes.history, changes.seq
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run_writer)
+
+            # With no metalogger around, commits are not held.
+            await store.write(lambda tx: tx.put_xattr(1, b"user.unread", b"0"))
+            assert changes.base == changes.seq == start + 1
+            with pytest.raises(DfsError, match="no longer held"):
+                await changes.read("t", history, start, 0, 0.0)
+            start = changes.seq
+
+            # A read at the newest commit waits for the next one.
+            got = []
+
+            async def wait_for_next():
+                got.append(await changes.read("t", history, start, 0, 10.0))
+            async with trio.open_nursery() as readers:
+                readers.start_soon(wait_for_next)
+                await trio.sleep(0.05)
+                assert not got and changes.followers["t"].seq == start
+                await store.write(lambda tx: tx.put_xattr(1, b"user.a", b"1"))
+            assert [p[:3] for p in got[0]["parts"]] == [[start + 1, 0, True]]
+            assert [db for db, *_ in msgpack.unpackb(got[0]["parts"][0][3])] == [
+                DATABASES.index("xattrs"), DATABASES.index("counters")]
+
+            # A commit larger than a part comes in parts, and a reply stops
+            # inside it when it would grow too large.
+            await store.write(lambda tx: [tx.put_xattr(1, b"user.%d" % i, bytes(60000))
+                                          for i in range(80)])
+            big = start + 2
+            parts, replies = [], 0
+            while not parts or not parts[-1][2]:
+                reply = (await changes.read("t", history, start + 1, len(parts), 0.0))["parts"]
+                assert len(reply) == 1 or sum(len(p[3]) for p in reply) <= REPLY_BYTES
+                parts += reply
+                replies += 1
+            assert [p[:3] for p in parts] == [[big, i, i == len(parts) - 1]
+                                              for i in range(len(parts))]
+            assert len(parts) >= 4 and replies >= 2
+            assert all(PART_BYTES <= len(p[3]) <= PART_BYTES + 70000 for p in parts[:-1])
+            rest = []
+            assert sum(1 for p in parts + rest for db, *_ in msgpack.unpackb(p[3])
+                       if db == DATABASES.index("xattrs")) == 80
+
+            # A copy holds the position it was made at, and is shared while the
+            # log reaches back to it.
+            copy = await changes.copy()
+            assert (copy.history, copy.seq) == (history, big)
+            assert (await changes.copy()).name == copy.name
+            assert changes.read_copy(copy.name, 0, 10) == (tmp_path / "copies" /
+                                                           copy.name).read_bytes()[:10]
+
+            # Past its limit the log lets old commits go: reading from them
+            # fails, reading on from the newest works, and a new copy is made.
+            changes.keep_bytes = 1
+            await store.write(lambda tx: tx.put_xattr(1, b"user.b", b"2"))
+            assert changes.base >= big
+            with pytest.raises(DfsError, match="no longer held") as gone:
+                await changes.read("t", history, start, 0, 0.0)
+            assert gone.value.errno == errno.ESTALE
+            assert (await changes.read("t", history, big, 0, 0.0))["parts"][0][:3] == [
+                big + 1, 0, True]
+            await store.write(lambda tx: tx.put_xattr(1, b"user.c", b"3"))
+            fresh = await changes.copy()
+            assert fresh.name != copy.name and fresh.seq == big + 2
+            assert not (tmp_path / "copies" / copy.name).exists()
+            with pytest.raises(DfsError, match="replaced or removed"):
+                changes.read_copy(copy.name, 0, 10)
+            with pytest.raises(DfsError, match="another history"):
+                await changes.read("t", history + 1, big + 2, 0, 0.0)
+            store.stop()
+        store.close()
+
+    trio.run(check)
