@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from dfs.lockfile import lock_folder
 from dfs.metrics import Registry, process_gauges
 from dfs.metrics import serve as serve_metrics
 from dfs.rpc import Server, parse_addr
+from dfs.shutdown import run_until_signalled
 
 from .chunkstore import ChunkStore
 from .metalink import MetaLink
@@ -125,27 +125,26 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
     server = Server("chunkserver", ops.CHUNK, service.handlers, secret,
                     in_hand=service.in_hand, metrics=metrics)
     host, port = parse_addr(args.listen)
+
+    async def start(nursery: trio.Nursery) -> None:
+        _, bound_port = await nursery.start(server.serve, host, port)
+        listen = f"{host}:{bound_port}"
+        advertise = args.advertise or _advertised(host, bound_port)
+        log.info("listening", addr=listen, advertise=advertise, meta=args.meta)
+        if args.metrics_listen:
+            bound = await nursery.start(serve_metrics, metrics,
+                                        *parse_addr(args.metrics_listen))
+            log.info("serving metrics", addr="%s:%d" % bound)
+        if args.ready_file:
+            write_ready_file(args.ready_file, listen)
+        link = MetaLink(service, args.meta, secret, advertise, args.data_dir,
+                        args.heartbeat_interval)
+        nursery.start_soon(link.run)
+        if args.scrub_rate > 0:
+            nursery.start_soon(Scrubber(service, args.scrub_rate).run)
+
     try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                _, bound_port = await nursery.start(server.serve, host, port)
-                listen = f"{host}:{bound_port}"
-                advertise = args.advertise or _advertised(host, bound_port)
-                log.info("listening", addr=listen, advertise=advertise, meta=args.meta)
-                if args.metrics_listen:
-                    bound = await nursery.start(serve_metrics, metrics,
-                                                *parse_addr(args.metrics_listen))
-                    log.info("serving metrics", addr="%s:%d" % bound)
-                if args.ready_file:
-                    write_ready_file(args.ready_file, listen)
-                link = MetaLink(service, args.meta, secret, advertise, args.data_dir,
-                                args.heartbeat_interval)
-                nursery.start_soon(link.run)
-                if args.scrub_rate > 0:
-                    nursery.start_soon(Scrubber(service, args.scrub_rate).run)
-                async for signum in signals:
-                    log.info("stopping", signal=signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
+        await run_until_signalled(log, start)
     finally:
         await service.aclose()
 

@@ -1,7 +1,6 @@
 """dfs-metaserver: the metadata service of a dfs cluster."""
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from dfs.errors import DfsError
 from dfs.metrics import serve as serve_metrics
 from dfs.ops import META, META_CS
 from dfs.rpc import Server, parse_addr
+from dfs.shutdown import run_until_signalled
 
 from .backups import Backups
 from .changelog import ChangeLog
@@ -117,26 +117,23 @@ async def serve(args: argparse.Namespace, secret: bytes, store: Store) -> None:
     server = Server("metaserver", {**META, **META_CS}, service.handlers(), secret,
                     metrics=metrics)
     host, port = parse_addr(args.listen)
+
+    async def start(nursery: trio.Nursery) -> None:
+        bound = await nursery.start(server.serve, host, port)
+        addr = "%s:%d" % (bound[0], bound[1])
+        if args.metrics_listen:
+            bound = await nursery.start(serve_metrics, metrics, *parse_addr(args.metrics_listen))
+            log.info("serving metrics", addr="%s:%d" % bound)
+        if args.ready_file:
+            write_ready_file(args.ready_file, addr)
+        log.info("serving", addr=addr, data_dir=str(args.data_dir),
+                 chunk_size=settings.chunk_size, replicas=settings.replicas)
+        nursery.start_soon(service.run_background)
+
     try:
         async with trio.open_nursery() as outer:
             outer.start_soon(store.run_writer)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async with trio.open_nursery() as nursery:
-                    bound = await nursery.start(server.serve, host, port)
-                    addr = "%s:%d" % (bound[0], bound[1])
-                    if args.metrics_listen:
-                        bound = await nursery.start(serve_metrics, metrics,
-                                                    *parse_addr(args.metrics_listen))
-                        log.info("serving metrics", addr="%s:%d" % bound)
-                    if args.ready_file:
-                        write_ready_file(args.ready_file, addr)
-                    log.info("serving", addr=addr, data_dir=str(args.data_dir),
-                             chunk_size=settings.chunk_size, replicas=settings.replicas)
-                    nursery.start_soon(service.run_background)
-                    async for signum in signals:
-                        log.info("shutting down", signal=signal.Signals(signum).name)
-                        nursery.cancel_scope.cancel()
-                        break
+            await run_until_signalled(log, start)
             # Serving has stopped; let the writer finish what is queued, then stop.
             store.stop()
     finally:

@@ -23,7 +23,6 @@ import argparse
 import errno
 import os
 import shutil
-import signal
 import socket
 import sys
 import time
@@ -42,6 +41,7 @@ from dfs.lockfile import lock_folder
 from dfs.ops import META
 from dfs.records import LogCopy
 from dfs.rpc import Client
+from dfs.shutdown import run_until_signalled
 
 from .restore import RESTORES, check_backup
 from .store import DATABASES, LOG_SEQ, Store, read_u64
@@ -272,16 +272,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 async def _serve(logger: MetaLogger) -> None:
+    async def start(nursery: trio.Nursery) -> None:
+        nursery.start_soon(logger.run)
+        log.info("following the metaserver", meta=logger.meta, data_dir=str(logger.data_dir),
+                 name=logger.name)
+
     try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(logger.run)
-                log.info("following the metaserver", meta=logger.meta,
-                         data_dir=str(logger.data_dir), name=logger.name)
-                async for signum in signals:
-                    log.info("shutting down", signal=signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    break
+        await run_until_signalled(log, start)
     finally:
         await logger.aclose()
     log.info("stopped")
@@ -290,19 +287,15 @@ async def _serve(logger: MetaLogger) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logs.setup(args.log_level)
-    try:
-        secret = load_secret(args.secret_file)
-    except ConfigError as exc:
-        print(f"dfs-metalogger: {exc}", file=sys.stderr)
-        return 2
     data_dir = args.data_dir.resolve()
     try:
+        secret = load_secret(args.secret_file)
         data_dir.mkdir(parents=True, exist_ok=True)
         logger = MetaLogger(args.meta, secret, data_dir,
                             args.name or f"{socket.gethostname()}:{data_dir}")
-    except (DfsError, OSError) as exc:
+    except (ConfigError, DfsError, OSError) as exc:
         print(f"dfs-metalogger: {exc}", file=sys.stderr)
-        return 1
+        return 2
     trio.run(_serve, logger)
     return 0
 

@@ -238,7 +238,7 @@ def test_bad_requests_and_a_wrong_secret_get_clear_errors_and_serving_goes_on(
                           cwd=REPO, capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, DFS_SECRET_FILE=str(cluster.local.dir /
                                                                    "secret")))
-    assert busy.returncode == 1 and "in use by another" in busy.stderr
+    assert busy.returncode == 2 and "in use by another" in busy.stderr
     assert meta_call(ref, "resolve", path=b"/")["ino"] == 1
     assert behind(cluster, "probe") is not None
 
