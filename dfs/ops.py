@@ -97,11 +97,16 @@ def _ops(*ops: Op) -> dict:
 # `uid`/`gid` are the caller's credentials, used as owner of new inodes.
 # `session` is the id returned by session_open.
 META = _ops(
-    # -> {session, chunk_size, block_size, session_ttl}
+    # -> {session, chunk_size, block_size, session_ttl, cluster}
     # `fence` [directory ino, epoch]: the session may change anything only
     # while the directory's attachment epoch is that one (see `fence`); EROFS
     # at once if it is not.
     Op("session_open", {"host": str, "mountpoint": str, "pid": int, "fence": Opt(list)}),
+    # -> {}; EREMCHG if the metaserver's database is not cluster `cluster`'s
+    # (one started on an empty disk): a mount checks this on every
+    # reconnection, before anything else, so it never acts on another
+    # cluster's inodes.
+    Op("cluster_check", {"cluster": int}, idempotent=True),
     # -> {}; ESTALE if the session expired (the client opens a new one)
     Op("session_renew", {"session": int}, idempotent=True),
     Op("session_close", {"session": int}, idempotent=True),

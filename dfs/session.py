@@ -27,6 +27,9 @@ class MetaLink:
         self.chunk_size = 0
         self.block_size = 0
         self.session_ttl = 60.0
+        # The cluster the first session was opened in; every later connection
+        # must be to its database (see cluster_check).
+        self.cluster: int | None = None
         # Inodes this mount holds open -> handles, counting opens from when
         # they are sent and releases until they are answered: the metaserver
         # keeps these counts in memory only, and a re-announce of them may
@@ -46,7 +49,16 @@ class MetaLink:
             self.quiet.discard(ino)
 
     async def _reannounce(self, call) -> None:
-        """Tell the metaserver what this mount holds open (it may have restarted)."""
+        """Check that the metaserver still serves this mount's cluster, then
+        tell it what this mount holds open (it may have restarted)."""
+        if self.cluster is not None:
+            try:
+                await call("cluster_check", cluster=self.cluster)
+            except DfsError as exc:
+                if exc.errno == errno.EREMCHG:
+                    log.error("the metaserver serves another cluster now", error=exc.message,
+                              mountpoint=self.mountpoint)
+                raise
         if not self.session:
             return
         for ino, count in list(self.open_inodes.items()):
@@ -82,6 +94,8 @@ class MetaLink:
         self.chunk_size = reply["chunk_size"]
         self.block_size = reply["block_size"]
         self.session_ttl = float(reply["session_ttl"])
+        if self.cluster is None:
+            self.cluster = reply["cluster"]
         log.info("session opened", session=self.session, mountpoint=self.mountpoint,
                  fence=self.fence)
 

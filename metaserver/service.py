@@ -87,7 +87,8 @@ class MetaService:
         self.changelog.attach()
 
     def handlers(self) -> dict:
-        names = ("session_open session_renew session_close lookup resolve getattr setattr "
+        names = ("session_open cluster_check session_renew session_close lookup resolve "
+                 "getattr setattr "
                  "mknod mkdir symlink link unlink rmdir rename readlink readdir open release "
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
                  "quota_list replicas_set replicas_get status fence snapshot backup_take "
@@ -166,7 +167,17 @@ class MetaService:
         log.info("session opened", session=sid, host=host, mountpoint=mountpoint, pid=pid,
                  fence=fence)
         return {"session": sid, "chunk_size": self.ctx.settings.chunk_size,
-                "block_size": BLOCK_SIZE, "session_ttl": self.ctx.settings.session_ttl}
+                "block_size": BLOCK_SIZE, "session_ttl": self.ctx.settings.session_ttl,
+                "cluster": self._read(lambda tx: tx.counter(CLUSTER_ID))}
+
+    async def cluster_check(self, cluster: int) -> dict:
+        ours = self._read(lambda tx: tx.counter(CLUSTER_ID))
+        if cluster != ours:
+            raise DfsError(errno.EREMCHG, (
+                f"this metaserver's database is cluster {ours:x}'s, not {cluster:x}'s: it "
+                "may have started on an empty or another disk; restore its database "
+                "(dfs-metaserver-restore) or mount again"))
+        return {}
 
     async def session_renew(self, session: int) -> dict:
         self.ctx.sessions.renew(session)

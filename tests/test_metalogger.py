@@ -147,6 +147,12 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
             "chunk server of another cluster refused") >= 3, 60,
             "the chunk servers to be refused")
         assert meta_call(cluster.ref, "status")["chunkservers"] == []
+        # The mount made on the old cluster will not act on the new one's inodes.
+        with pytest.raises(OSError) as foreign:
+            os.listdir(mnt / "dir")
+        assert foreign.value.errno == errno.EREMCHG
+        with pytest.raises(OSError):
+            write(mnt / "into-the-void", b"refused")
         assert replica_files(cluster) == chunk_files
         assert dump(folder / "meta.lmdb") == kept
         cluster.local.stop(cluster.local.dir / "meta")
