@@ -9,11 +9,13 @@ even when the test body fails.
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+import lmdb
 import trio
 
 from chunkserver.chunkfile import CRC_OFFSET, decode_header
@@ -21,6 +23,9 @@ from chunkserver.chunkstore import ChunkStore
 from dfs.config import ClusterRef
 from dfs.ops import CHUNK, META
 from dfs.rpc import Client
+from metaserver.store import DATABASES, LOG_HISTORY, LOG_SEQ, read_u64
+
+REPO = Path(__file__).resolve().parent.parent
 
 MiB = 1024 * 1024
 
@@ -122,6 +127,44 @@ def restart_server(local, name: str) -> None:
         local.start_metaserver(layout)
     else:
         local.start_chunkserver(layout, int(name[2:]) - 1)
+
+
+def start_metalogger(local, folder: Path, *extra: str) -> subprocess.Popen:
+    """A dfs-metalogger following `local`'s metaserver, named after `folder`,
+    logging to FOLDER.log beside it."""
+    env = dict(os.environ, DFS_SECRET_FILE=str(local.dir / "secret"))
+    with open(folder.parent / f"{folder.name}.log", "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "metaserver.metalogger", "--meta",
+                                 local.load().meta, "--data-dir", str(folder), "--name",
+                                 folder.name, *extra],
+                                cwd=REPO, env=env, stdout=out, stderr=out,
+                                start_new_session=True)
+
+
+def database_items(database: Path) -> tuple[tuple[int, int], dict]:
+    """((history, seq), every table's items) of a metadata database folder."""
+    env = lmdb.open(str(database), readonly=True, max_dbs=len(DATABASES))
+    try:
+        with env.begin() as txn:
+            tables = {name: list(txn.cursor(env.open_db(name.encode(), txn=txn)))
+                      for name in DATABASES}
+    finally:
+        env.close()
+    counters = dict(tables["counters"])
+    return ((read_u64(counters.get(LOG_HISTORY.encode(), bytes(8))),
+             read_u64(counters.get(LOG_SEQ.encode(), bytes(8)))), tables)
+
+
+def copy_matches(local, folder: Path) -> bool:
+    """Whether the metalogger's copy in `folder` equals the metaserver's
+    database item by item, at a moment both hold the same commit (False
+    until then; AssertionError if they differ there)."""
+    ours = database_items(local.dir / "meta" / "data" / "meta.lmdb")
+    theirs = database_items(folder / "meta.lmdb")
+    if ours[0] != theirs[0]:
+        return False
+    assert ours[1] == theirs[1], "the metalogger's copy differs at the same commit"
+    return True
 
 
 def addr_of(local, name: str) -> str:

@@ -1,5 +1,5 @@
 """Soak: fio with CRC32C verification on a dfs mount while a chaos loop
-SIGKILLs and restarts chunk servers and the metaserver.
+SIGKILLs and restarts chunk servers, the metaserver and a metalogger.
 
     .venv/bin/python tests/soak.py --minutes 3
 
@@ -7,8 +7,10 @@ It brings up its own local cluster with `dfs up` in a fresh folder, runs fio
 rounds (each writes a new set of files, fsyncs and reads them back verifying
 every block) until the time is up, then stops the chaos, remounts (so nothing
 comes from the page cache) and verifies every file of every finished round
-once more. It prints a summary and exits 0 only with zero verify errors, zero
-fio errors and zero lost files. Everything is torn down at the end, also on
+once more, and checks that the metalogger's copy of the metadata equals the
+metaserver's database item by item. It prints a summary and exits 0 only with
+zero verify errors, zero fio errors, zero lost files and that copy equal.
+Everything is torn down at the end, also on
 failure or Ctrl-C; --keep leaves the folder (logs) behind.
 """
 
@@ -29,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dfs.cluster import ANY_PORT, ClusterLayout, LocalCluster  # noqa: E402
-from faults import kill_server, restart_server, status  # noqa: E402
+from faults import (copy_matches, kill_server, restart_server, start_metalogger,  # noqa: E402
+                    status, stop_process, wait_for)
 
 CHUNK_SIZE = 4 << 20
 SERVERS = 3
@@ -54,13 +57,16 @@ class Summary:
     lost_files: int = 0
     chunkserver_kills: int = 0
     metaserver_kills: int = 0
+    metalogger_kills: int = 0
+    metalogger_copies: int = 0
+    metalogger_in_step: bool = False
     final_verify_ok: bool = False
     failures: list = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return (self.rounds > 0 and self.final_verify_ok and not self.verify_errors
-                and not self.fio_errors and not self.lost_files)
+                and not self.fio_errors and not self.lost_files and self.metalogger_in_step)
 
 
 def dfs_command() -> str:
@@ -92,13 +98,35 @@ def run_fio(mount: Path, round_no: int, verify_only: bool = False) -> dict:
             "written": job.get("write", {}).get("io_bytes", 0)}
 
 
-class Chaos(threading.Thread):
-    """Kill (SIGKILL) and restart a random chunk server or the metaserver,
-    one fault at a time, each only once the cluster is fully healthy."""
+class Metalogger:
+    """The soak's metalogger, which the chaos kills and restarts too."""
 
-    def __init__(self, local: LocalCluster, summary: Summary, seed: int):
+    def __init__(self, local: LocalCluster, folder: Path):
+        self.local = local
+        self.folder = folder
+        self.proc = start_metalogger(local, folder)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        self.proc = start_metalogger(self.local, self.folder)
+
+    def copies(self) -> int:
+        log = self.folder.parent / f"{self.folder.name}.log"
+        return log.read_text().count("copied the metaserver's database")
+
+
+class Chaos(threading.Thread):
+    """Kill (SIGKILL) and restart a random chunk server, the metaserver or
+    the metalogger, one fault at a time, each only once the cluster is fully
+    healthy."""
+
+    def __init__(self, local: LocalCluster, logger: Metalogger, summary: Summary, seed: int):
         super().__init__(daemon=True)
         self.local = local
+        self.logger = logger
         self.summary = summary
         self.rng = random.Random(seed)
         self.halt = threading.Event()
@@ -123,15 +151,23 @@ class Chaos(threading.Thread):
                 self._wait_healthy()
                 if self.halt.is_set():
                     return
-                victim = self.rng.choice(["meta"] + [f"cs{i}" for i in range(1, SERVERS + 1)])
-                kill_server(self.local, victim)
-                if victim == "meta":
-                    self.summary.metaserver_kills += 1
+                victim = self.rng.choice(["meta", "metalogger"]
+                                         + [f"cs{i}" for i in range(1, SERVERS + 1)])
+                if victim == "metalogger":
+                    self.logger.kill()
+                    self.summary.metalogger_kills += 1
                 else:
-                    self.summary.chunkserver_kills += 1
+                    kill_server(self.local, victim)
+                    if victim == "meta":
+                        self.summary.metaserver_kills += 1
+                    else:
+                        self.summary.chunkserver_kills += 1
                 print(f"  chaos: SIGKILL {victim}", flush=True)
                 time.sleep(self.rng.uniform(0.5, 4.0))
-                restart_server(self.local, victim)
+                if victim == "metalogger":
+                    self.logger.restart()
+                else:
+                    restart_server(self.local, victim)
                 print(f"  chaos: restarted {victim}", flush=True)
         except Exception as exc:
             self.error = f"chaos loop failed: {exc}"
@@ -154,8 +190,9 @@ def soak(minutes: float, folder: Path, seed: int) -> Summary:
     dfs = dfs_command()
     subprocess.run([dfs, "up", "--data-dir", str(local.dir), "--mount", str(mount),
                     "--chunkservers", str(SERVERS)], check=True, capture_output=True)
+    logger = Metalogger(local, folder / "metalogger")
     try:
-        chaos = Chaos(local, summary, seed)
+        chaos = Chaos(local, logger, summary, seed)
         chaos.start()
         deadline = time.monotonic() + minutes * 60
         finished = []
@@ -179,6 +216,15 @@ def soak(minutes: float, folder: Path, seed: int) -> Summary:
             summary.failures.append(chaos.error)
         for name in ["meta"] + [f"cs{i}" for i in range(1, SERVERS + 1)]:
             restart_server(local, name)
+        if logger.proc.poll() is not None:
+            logger.restart()
+        try:
+            wait_for(lambda: copy_matches(local, logger.folder), 120,
+                     "the metalogger's copy to catch up")
+            summary.metalogger_in_step = True
+        except AssertionError as exc:
+            summary.failures.append(f"metalogger: {exc}")
+        summary.metalogger_copies = logger.copies()
 
         # Verify again on a fresh mount, so every byte comes from the chunk servers.
         subprocess.run([dfs, "umount", str(mount)], check=True, capture_output=True)
@@ -202,6 +248,7 @@ def soak(minutes: float, folder: Path, seed: int) -> Summary:
                 ok = False
         summary.final_verify_ok = ok
     finally:
+        stop_process(logger.proc)
         subprocess.run([dfs, "down", "--data-dir", str(local.dir)], capture_output=True)
         for name in ["meta"] + [f"cs{i}" for i in range(1, SERVERS + 1)]:
             local.stop(local.dir / name, sig=signal.SIGKILL)
@@ -232,8 +279,10 @@ def main(argv=None) -> int:
     print(json.dumps({**asdict(summary), "passed": summary.passed}, indent=2))
     print(f"soak {'PASSED' if summary.passed else 'FAILED'}: {summary.rounds} rounds, "
           f"{summary.bytes_written >> 20} MiB verified, {summary.verify_errors} verify errors, "
-          f"{summary.lost_files} lost files, {summary.chunkserver_kills} chunk server and "
-          f"{summary.metaserver_kills} metaserver kills")
+          f"{summary.lost_files} lost files, {summary.chunkserver_kills} chunk server, "
+          f"{summary.metaserver_kills} metaserver and {summary.metalogger_kills} metalogger "
+          f"kills, metalogger {'in step' if summary.metalogger_in_step else 'NOT in step'} "
+          f"({summary.metalogger_copies} copies)")
     return 0 if summary.passed else 1
 
 

@@ -11,18 +11,17 @@ import subprocess
 import sys
 from contextlib import contextmanager
 
-import lmdb
 import msgpack
 import pytest
 import trio
 
-from faults import meta_call, stop_process, wait_for
+from faults import (copy_matches, database_items, meta_call, start_metalogger, stop_process,
+                    wait_for)
 from test_metaserver_support import REPO
 
 from dfs.errors import DfsError
 from metaserver.changelog import REPLY_BYTES, ChangeLog
-from metaserver.store import (DATABASES, LOG_HISTORY, LOG_SEQ, PART_BYTES, Store,
-                              begin_history, read_u64)
+from metaserver.store import DATABASES, PART_BYTES, Store, begin_history
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -45,14 +44,7 @@ def write(path, data: bytes) -> None:
 @contextmanager
 def metalogger(cluster, folder, *extra: str):
     """A dfs-metalogger process following `cluster`, stopped on leaving."""
-    env = dict(os.environ, DFS_SECRET_FILE=str(cluster.local.dir / "secret"))
-    log = folder.parent / f"{folder.name}.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "metaserver.metalogger", "--meta",
-                                 cluster.ref.meta, "--data-dir", str(folder), "--name",
-                                 folder.name, *extra],
-                                cwd=REPO, env=env, stdout=out, stderr=out,
-                                start_new_session=True)
+    proc = start_metalogger(cluster.local, folder, *extra)
     try:
         yield proc
     finally:
@@ -61,31 +53,6 @@ def metalogger(cluster, folder, *extra: str):
 
 def logged(folder, text: str) -> int:
     return (folder.parent / f"{folder.name}.log").read_text().count(text)
-
-
-def dump(database) -> tuple[tuple[int, int], dict]:
-    """((history, seq), every table's items) of an LMDB database folder."""
-    env = lmdb.open(str(database), readonly=True, max_dbs=len(DATABASES))
-    try:
-        with env.begin() as txn:
-            tables = {name: list(txn.cursor(env.open_db(name.encode(), txn=txn)))
-                      for name in DATABASES}
-    finally:
-        env.close()
-    counters = dict(tables["counters"])
-    return (read_u64(counters.get(LOG_HISTORY.encode(), bytes(8))),
-            read_u64(counters.get(LOG_SEQ.encode(), bytes(8)))), tables
-
-
-def same_as_metaserver(cluster, folder) -> bool:
-    """Whether the metalogger's copy equals the metaserver's database, item by
-    item, at a moment when both hold the same commit (False until then)."""
-    ours = dump(cluster.local.dir / "meta" / "data" / "meta.lmdb")
-    theirs = dump(folder / "meta.lmdb")
-    if ours[0] != theirs[0]:
-        return False
-    assert ours[1] == theirs[1]
-    return True
 
 
 def replica_files(cluster) -> set:
@@ -123,7 +90,7 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
         os.chmod(mnt / "before" / "f3", 0o600)
         cluster.dfs("quota", "set", *cluster.cli_args, "/dir", "--bytes", str(100 * MiB))
         cluster.dfs("snapshot", *cluster.cli_args, "/dir", "/snap")
-        wait_for(lambda: same_as_metaserver(cluster, folder), 60,
+        wait_for(lambda: copy_matches(cluster.local, folder), 60,
                  "the copy to equal the metaserver's database")
 
         # Written up to the moment the metaserver dies.
@@ -139,7 +106,7 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
         data_dir = cluster.local.dir / "meta" / "data"
         subprocess.run(["rm", "-rf", str(data_dir)], check=True)
         chunk_files = replica_files(cluster)
-        kept = dump(folder / "meta.lmdb")
+        kept = database_items(folder / "meta.lmdb")
         cluster.local.start_metaserver(cluster.local.load())
         wait_for(lambda: logged(folder, "keeping this copy of the metadata") >= 1, 60,
                  "the metalogger to refuse the empty database")
@@ -154,7 +121,7 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
         with pytest.raises(OSError):
             write(mnt / "into-the-void", b"refused")
         assert replica_files(cluster) == chunk_files
-        assert dump(folder / "meta.lmdb") == kept
+        assert database_items(folder / "meta.lmdb") == kept
         cluster.local.stop(cluster.local.dir / "meta")
     assert not (folder / "meta.lmdb.previous").exists()
     assert "may have started on an empty or another disk" in (tmp_path / "logger.log").read_text()
@@ -182,7 +149,7 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
         wait_for(lambda: logged(folder, "copied the metaserver's database") == 2, 60,
                  "the metalogger to copy the restored database")
         write(mnt / "after", b"after the restore")
-        wait_for(lambda: same_as_metaserver(cluster, folder), 60,
+        wait_for(lambda: copy_matches(cluster.local, folder), 60,
                  "the new copy to equal the restored database")
     assert (folder / "meta.lmdb.previous" / "data.mdb").exists()
 
@@ -195,7 +162,7 @@ def test_a_metalogger_resumes_after_a_restart_and_copies_again_when_left_behind(
         wait_for(lambda: behind(cluster, "logger") == 0, 60, "the metalogger to catch up")
     write(mnt / "while-stopped", b"a commit the metaserver still holds")
     with metalogger(cluster, folder):
-        wait_for(lambda: same_as_metaserver(cluster, folder), 60, "the metalogger to resume")
+        wait_for(lambda: copy_matches(cluster.local, folder), 60, "the metalogger to resume")
     assert logged(folder, "copied the metaserver's database") == 1
 
     # A restarted metaserver holds no commit from before: a metalogger that
@@ -204,7 +171,7 @@ def test_a_metalogger_resumes_after_a_restart_and_copies_again_when_left_behind(
     cluster.local.stop(cluster.local.dir / "meta")
     cluster.local.start_metaserver(cluster.local.load())
     with metalogger(cluster, folder):
-        wait_for(lambda: same_as_metaserver(cluster, folder), 60, "a second copy")
+        wait_for(lambda: copy_matches(cluster.local, folder), 60, "a second copy")
     assert logged(folder, "copied the metaserver's database") == 2
     assert logged(folder, "is no longer held") == 1
     assert (folder / "meta.lmdb.previous" / "data.mdb").exists()
@@ -236,7 +203,7 @@ def test_bad_requests_and_a_wrong_secret_get_clear_errors_and_serving_goes_on(
         wait_for(lambda: logged(folder, "cannot follow the metaserver") >= 2, 30,
                  "the metalogger to report the refusal")
     assert "wrong cluster secret" in (tmp_path / "logger.log").read_text()
-    assert dump(folder / "meta.lmdb")[0] == (0, 0)
+    assert database_items(folder / "meta.lmdb")[0] == (0, 0)
 
     # Not on a folder a metaserver serves.
     busy = subprocess.run([sys.executable, "-m", "metaserver.metalogger", "--meta", ref.meta,
