@@ -1,20 +1,21 @@
-"""The metaserver's side of metadata replication: its newest commits, held in
-memory for metaloggers to read, and whole copies of the database for a
-metalogger that starts from nothing or has fallen behind them.
+"""The metaserver's side of metadata replication: its newest commits, kept
+for metaloggers to read, and whole copies of the database for a metalogger
+that starts from nothing or has fallen behind them.
 
 A metalogger (metalogger.py) keeps a copy of the database and the position of
 the last commit it applied: the history and number that every commit writes
 into the database itself (store.py). `read` hands it the parts of the commits
-after that position, waiting a while for one when there is none yet. Commits
-are held up to `keep_bytes`, and only while a metalogger was heard from
-lately or a copy was asked for; a metalogger whose position fell behind them, or
-follows another history (a restore begins a new one), starts over from a copy
-(`copy`): a compacted LMDB copy made in one read transaction, whose position
-it then reads on from. One copy is kept at a time, shared by the metaloggers
-that need it, and removed once none has read it for COPY_IDLE seconds.
+after that position, waiting a while for one when there is none yet. The
+store keeps the records of the newest commits, up to `keep_bytes`, in the
+database (so a metalogger goes on across a restart of the metaserver), and
+only while a metalogger was heard from lately or a copy was asked for. A
+metalogger whose position fell behind them, or follows another history (a
+restore begins a new one), starts over from a copy (`copy`): a compacted
+LMDB copy made in one read transaction, whose position it then reads on
+from. One copy is kept at a time, shared by the metaloggers that need it,
+and removed once none has read it for COPY_IDLE seconds.
 """
 
-import bisect
 import errno
 import os
 import time
@@ -30,7 +31,7 @@ from dfs.framing import MAX_DATA
 from dfs.records import LogCopy
 
 from .restore import RESTORES
-from .store import LOG_HISTORY, LOG_SEQ, Store
+from .store import LOG_HISTORY, LOG_SEQ, Store, log_entries
 
 log = logs.get_logger("metaserver")
 
@@ -43,16 +44,6 @@ COPY_IDLE = 600.0
 SILENT_AFTER = 60.0
 FORGET_AFTER = 86400.0
 COPY_PREFIX = "copy-"
-# What holding a part costs besides its data (the record, its key, list slots).
-PART_OVERHEAD = 200
-
-
-@dataclass
-class Part:
-    seq: int
-    index: int
-    last: bool
-    data: bytes
 
 
 @dataclass
@@ -69,12 +60,6 @@ class ChangeLog:
         self.keep_bytes = keep_bytes
         self.copy_dir = copy_dir
         self.history = self.seq = 0
-        # Every part of every commit numbered above `base` is held.
-        self.base = 0
-        self._keys: list[tuple[int, int]] = []
-        self._parts: list[Part] = []
-        self._first = 0
-        self._bytes = 0
         self._grew = trio.Event()
         self.followers: dict[str, Follower] = {}
         self._copy: LogCopy | None = None
@@ -83,9 +68,9 @@ class ChangeLog:
         self.copies = 0
 
     def attach(self) -> None:
-        """Hold every commit from now on (the store calls `append`)."""
+        """Follow the store's commits from now on (it calls `append`)."""
         self.history, self.seq = self.store.position()
-        self.base = self.seq
+        self.store.log_keep = self.keep_bytes
         self.store.on_commit = self.append
 
     def _wanted(self) -> bool:
@@ -95,77 +80,57 @@ class ChangeLog:
         return (any(now - f.seen < FORGET_AFTER for f in self.followers.values())
                 or time.monotonic() - self._copy_read < COPY_IDLE)
 
-    def append(self, seq: int, parts: list[bytes]) -> None:
-        if seq != self.seq + 1:
-            log.error("commit numbers jumped; metaloggers will copy the database again",
-                      expected=self.seq + 1, seq=seq)
-            self._drop_all(seq - 1)
+    def append(self, seq: int) -> None:
         self.seq = seq
-        if not self._wanted():
-            # Nobody to read them: hold nothing rather than keep_bytes for nothing.
-            self._drop_all(seq)
-            return
-        for index, data in enumerate(parts):
-            self._keys.append((seq, index))
-            self._parts.append(Part(seq, index, index == len(parts) - 1, data))
-            self._bytes += len(data) + PART_OVERHEAD
-        while self._bytes > self.keep_bytes and self._first < len(self._parts) - 1:
-            oldest = self._parts[self._first]
-            self._bytes -= len(oldest.data) + PART_OVERHEAD
-            self.base = max(self.base, oldest.seq)
-            self._first += 1
-        if self._first > 1024 and self._first * 2 > len(self._parts):
-            del self._keys[:self._first], self._parts[:self._first]
-            self._first = 0
+        self.store.log_wanted = self._wanted()
         self._grew.set()
         self._grew = trio.Event()
-
-    def _drop_all(self, base: int) -> None:
-        self._keys.clear()
-        self._parts.clear()
-        self._first = self._bytes = 0
-        self.base = self.seq = base
-
-    def _start(self, history: int, after: int, part: int) -> int:
-        """Where the parts after position (`after`, `part`) begin in the lists;
-        ESTALE if this log cannot continue from there."""
-        if history != self.history:
-            raise DfsError(errno.ESTALE, "this copy of the metadata follows another history "
-                                         "(the metaserver's database was restored or "
-                                         "replaced): copy the database again")
-        start = bisect.bisect_left(self._keys, (after + 1, part), self._first)
-        if after == self.seq and part == 0:
-            return start
-        if after > self.seq or start == len(self._keys) or self._keys[start] != (after + 1,
-                                                                                  part):
-            raise DfsError(errno.ESTALE, f"commit {after + 1} is no longer held (held: "
-                                         f"{self.base + 1} to {self.seq}): copy the "
-                                         "database again")
-        return start
 
     def heard(self, follower: str, seq: int | None = None) -> None:
         """Note that metalogger `follower` asked for something (at `seq`)."""
         if seq is None:
             seq = self.followers[follower].seq if follower in self.followers else 0
         self.followers[follower] = Follower(follower, seq, time.time())
+        self.store.log_wanted = True
+
+    def _held(self, after: int) -> bool:
+        """Whether the commits after `after` are all to be had here."""
+        if after == self.seq:
+            return True
+        return after < self.seq and self.store.read(
+            lambda tx: next(log_entries(tx, after, 0), None) is not None)
 
     async def read(self, follower: str, history: int, after: int, part: int,
                    wait: float) -> dict:
         """The parts after (`after`, `part`), waiting up to `wait` seconds for a
-        commit if there is none yet."""
+        commit if there is none yet; ESTALE if they cannot be had here."""
         self.heard(follower, after)
-        self._start(history, after, part)
-        if after == self.seq:
+        self._check_history(history)
+        if after == self.seq and part == 0:
             with trio.move_on_after(min(max(wait, 0.0), MAX_WAIT)):
                 await self._grew.wait()
-        start = self._start(history, after, part)
-        found, size = [], 0
-        for held in self._parts[start:]:
-            if found and size + len(held.data) > REPLY_BYTES:
-                break
-            found.append([held.seq, held.index, held.last, held.data])
-            size += len(held.data)
+            if after == self.seq:
+                return {"history": self.history, "seq": self.seq, "parts": []}
+
+        def collect(tx) -> list:
+            found, size = [], 0
+            for seq, index, last, data in log_entries(tx, after, part):
+                if found and size + len(data) > REPLY_BYTES:
+                    break
+                found.append([seq, index, last, bytes(data)])
+                size += len(data)
+            return found
+        found = self.store.read(collect)
+        if not found:
+            raise DfsError(errno.ESTALE, f"commit {after + 1} (part {part}) is no longer held "
+                                         f"(the newest is {self.seq}): copy the database again")
         return {"history": self.history, "seq": self.seq, "parts": found}
+
+    def _check_history(self, history: int) -> None:
+        if history != self.history:
+            raise DfsError(errno.ESTALE, "this copy of the metadata follows another history "
+                                         "(the metaserver's database was restored or "
+                                         "replaced): copy the database again")
 
     def status(self) -> list[dict]:
         """The metaloggers heard from lately: how far behind and since when."""
@@ -182,8 +147,10 @@ class ChangeLog:
         # Hold commits from now on: the copy's maker reads on from it.
         self._copy_read = time.monotonic()
         async with self._copying:
+            self.store.log_wanted = True
             current = self._copy
-            if (current is None or current.history != self.history or current.seq < self.base
+            if (current is None or current.history != self.history
+                    or not self._held(current.seq)
                     or not (self.copy_dir / current.name).exists()):
                 self._copy = await trio.to_thread.run_sync(self._make_copy)
             self._copy_read = time.monotonic()

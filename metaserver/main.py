@@ -67,10 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--backup-keep", type=int, default=24, metavar="N",
                         help="how many backups to keep; older ones are removed (default: 24)")
     parser.add_argument("--log-keep-mib", type=float, default=32.0, metavar="MIB",
-                        help="while metaloggers (dfs-metalogger) follow this metaserver, hold "
-                             "its newest commits, up to this much memory, for them to read; "
-                             "one that falls further behind copies the whole database again "
-                             "(default: 32)")
+                        help="while metaloggers (dfs-metalogger) follow this metaserver, keep "
+                             "records of its newest commits, up to this much, in its database "
+                             "for them to read, across restarts too; one that falls further "
+                             "behind copies the whole database again (default: 32)")
     parser.add_argument("--trash-hours", type=float, default=0.0, metavar="HOURS",
                         help="keep files that lose their last name (rm, or a rename over "
                              "them) in /.trash this long before deleting them, so 'dfs trash "

@@ -44,7 +44,7 @@ from dfs.rpc import Client
 from dfs.shutdown import run_until_signalled
 
 from .restore import RESTORES, check_backup
-from .store import DATABASES, LOG_SEQ, Store, read_u64
+from .store import DATABASES, LOG_SEQ, Store, Tx, drop_log, read_u64
 
 log = logs.get_logger("metalogger")
 
@@ -235,6 +235,10 @@ class MetaLogger:
         fsync_dir(database)
         fsync_dir(self.data_dir)
         self.store = Store(self.data_dir, lock=self.lock)
+        # The metaserver's records came with the copy; here they are dead weight.
+        self.store.log_wanted = False
+        with self.store.env.begin(write=True) as txn:
+            drop_log(Tx(txn, self.store.dbs))
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -46,8 +46,8 @@ from dfs.lockfile import lock_folder
 
 from .backups import recorded_sha256, sha256_of
 from .quotas import ROOT_INO
-from .store import (DATABASES, LOG_HISTORY, LOG_SEQ, Store, Tx, begin_history,
-                    lock_data_dir)
+from .store import (CHANGELOG, DATABASES, LOG_HISTORY, LOG_SEQ, Store, Tx, begin_history,
+                    drop_log, lock_data_dir)
 
 log = logs.get_logger("metaserver")
 
@@ -90,7 +90,7 @@ def check_backup(path: Path) -> dict:
         with env.begin() as txn:
             try:
                 dbs = {name: env.open_db(name.encode(), txn=txn, create=False)
-                       for name in DATABASES}
+                       for name in DATABASES if name != CHANGELOG}
             except lmdb.NotFoundError:
                 raise DfsError(errno.EINVAL, f"{path} is not a dfs metadata backup (it lacks "
                                              "the metaserver's tables)") from None
@@ -118,6 +118,7 @@ def prepare(tx: Tx, now: float, hold: float) -> int:
     tx.put_counter(HOLD_UNTIL, int(now + hold))
     tx.put_counter(SETTLING, 1)
     begin_history(tx)
+    drop_log(tx)
     return restores
 
 
@@ -153,6 +154,7 @@ def restore(data_dir: Path, backup: Path, hold: float, say=print) -> Path | None
         try:
             _install(backup, database)
             store = Store(data_dir, lock=lock)
+            store.log_wanted = False
             try:
                 restores = store.write_now(lambda tx: prepare(tx, time.time(), hold))
             finally:

@@ -7,9 +7,11 @@ back alone), syncs once, and only then lets the callers reply. Durability per
 reply is unchanged; the cost of the sync is shared by the whole batch.
 
 Each transaction that changes anything is numbered (the `log_seq` counter, in
-the transaction itself) and its puts and deletes, in order, become a record
-handed to `on_commit` once durable: what a metalogger applies to keep an
-exact copy (changelog.py, metalogger.py).
+the transaction itself). While `log_wanted`, its puts and deletes, in order,
+also become a record in the `changelog` table, written in that same
+transaction and so as durable as the changes: what a metalogger applies to
+keep an exact copy (changelog.py, metalogger.py), across restarts of the
+metaserver too. The table keeps the newest `log_keep` bytes of records.
 """
 
 import errno
@@ -41,7 +43,9 @@ U64x2 = struct.Struct(">QQ")
 
 DATABASES = ("inodes", "dentries", "dirindex", "chunkmap", "chunks", "xattrs",
              "chunkservers", "quotas", "sessions", "orphans", "counters", "gc",
-             "replies", "reply_times", "epochs")
+             "replies", "reply_times", "epochs", "changelog")
+# Not part of what a record or a metalogger's copy carries (see above).
+CHANGELOG = "changelog"
 
 # How long a request token is remembered; a client retries within seconds.
 REPLY_TTL = 600.0
@@ -59,7 +63,8 @@ LOG_HISTORY = "log_history"
 CLUSTER_ID = "cluster_id"
 DB_INDEX = {name: index for index, name in enumerate(DATABASES)}
 
-# A record is cut into parts of about this size, each sent whole.
+# A record is cut into parts of about this size, each sent whole, stored
+# under (seq, part index) as one byte (1 on the last part) and the packed changes.
 PART_BYTES = 1 << 20
 
 # Bounds how much a writer applies in one transaction, so one batch's latency
@@ -403,15 +408,10 @@ def begin_history(tx: Tx, keep: bool = False) -> None:
     random_id(tx, LOG_HISTORY, keep)
 
 
-def _seal(tx: Tx) -> tuple[int, list[bytes]] | None:
-    """Number `tx` if it changed anything and pack its changes into parts
-    (see PART_BYTES); None if it changed nothing."""
-    if not tx.changes:
-        return None
-    seq = tx.counter(LOG_SEQ) + 1
-    tx.put_counter(LOG_SEQ, seq)
+def _parts(changes: list) -> list[bytes]:
+    """`changes` packed into parts of about PART_BYTES each."""
     parts, part, size = [], [], 0
-    for change in tx.changes:
+    for change in changes:
         part.append(change)
         size += len(change[1]) + len(change[2] or b"")
         if size >= PART_BYTES:
@@ -419,7 +419,25 @@ def _seal(tx: Tx) -> tuple[int, list[bytes]] | None:
             part, size = [], 0
     if part:
         parts.append(msgpack.packb(part))
-    return seq, parts
+    return parts
+
+
+def log_entries(tx: Tx, after: int, part: int):
+    """Yield (seq, index, last, data) of the records in the changelog table
+    from part `part` of commit `after` + 1 on, while they follow each other."""
+    expected = (after + 1, part)
+    for key, value in tx.scan(CHANGELOG, start=u64x2(*expected)):
+        seq, index = U64x2.unpack(key)
+        if (seq, index) != expected:
+            return
+        last = value[0] == 1
+        yield seq, index, last, value[1:]
+        expected = (seq + 1, 0) if last else (seq, index + 1)
+
+
+def drop_log(tx: Tx) -> None:
+    """Empty the changelog table."""
+    tx.txn.drop(tx.db[CHANGELOG], delete=False)
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -437,15 +455,21 @@ class Store:
                              max_dbs=len(DATABASES), sync=True, metasync=True,
                              max_readers=512)
         self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
+        # Set by changelog.py; until then, records are kept if some were (a
+        # metalogger followed before a restart and may come back).
+        with self.env.begin() as txn:
+            self.log_wanted = txn.stat(self.dbs[CHANGELOG])["entries"] > 0
+        self.log_keep = 32 << 20
+        self._log_bytes: int | None = None
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._stopping = False
         # Batches the writer thread has begun, and (on the trio side) finished.
         self._started = 0
         self.batches = 0
         self._finished = trio.Event()
-        # Called on the event loop with (seq, [part, ...]) after each numbered
-        # commit, in order.
-        self.on_commit: Callable[[int, list[bytes]], None] | None = None
+        # Called on the event loop with the number of each numbered commit,
+        # in order, once it is durable.
+        self.on_commit: Callable[[int], None] | None = None
 
     def read(self, fn: Callable[[Tx], object]):
         """Run `fn` in a read-only snapshot (cheap: no I/O waits, run inline)."""
@@ -462,9 +486,9 @@ class Store:
             tx = Tx(txn, self.dbs)
             result = fn(tx)
             tx.flush()
-            record = _seal(tx)
-        if record is not None and self.on_commit is not None:
-            self.on_commit(*record)
+            seq = self._seal(tx)
+        if seq is not None and self.on_commit is not None:
+            self.on_commit(seq)
         return result
 
     def position(self) -> tuple[int, int]:
@@ -541,28 +565,29 @@ class Store:
                         break
                     batch.append(job)
                 self._started += 1
-                record = None
+                seq = None
                 try:
-                    record = self._apply(batch)
+                    seq = self._apply(batch)
                 except Exception as exc:
                     log.error("group commit failed", exc_info=True, batch=len(batch))
+                    self._log_bytes = None   # what the table holds is read again
                     for failed in batch:
                         failed.result = None
                         failed.error = DfsError(errno.EIO, f"metadata commit failed: {exc}")
-                token.run_sync_soon(self._finish, batch, record)
+                token.run_sync_soon(self._finish, batch, seq)
         finally:
             token.run_sync_soon(stopped.set)
 
-    def _finish(self, batch: list[_Job], record: tuple[int, list[bytes]] | None) -> None:
+    def _finish(self, batch: list[_Job], seq: int | None) -> None:
         self.batches += 1
-        if record is not None and self.on_commit is not None:
-            self.on_commit(*record)
+        if seq is not None and self.on_commit is not None:
+            self.on_commit(seq)
         self._finished.set()
         self._finished = trio.Event()
         for finished in batch:
             finished.done.set()
 
-    def _apply(self, batch: list[_Job]) -> tuple[int, list[bytes]] | None:
+    def _apply(self, batch: list[_Job]) -> int | None:
         now = time.time()
         with self.env.begin(write=True) as txn:
             top = Tx(txn, self.dbs)
@@ -593,7 +618,35 @@ class Store:
                     reply = (StoredReply(now, job.error.errno, job.error.message) if job.error
                              else StoredReply(now, 0, job.result))
                     top.store_reply(job.token, reply)
-            return _seal(top)
+            return self._seal(top)
+
+    def _seal(self, tx: Tx) -> int | None:
+        """Number `tx` if it changed anything, and while `log_wanted` add its
+        record to the changelog table; the number, or None."""
+        if not tx.changes:
+            return None
+        seq = tx.counter(LOG_SEQ) + 1
+        tx.put_counter(LOG_SEQ, seq)
+        db = self.dbs[CHANGELOG]
+        if self._log_bytes is None:
+            self._log_bytes = sum(len(value) for _, value in tx.scan(CHANGELOG))
+        if not self.log_wanted:
+            if self._log_bytes:
+                drop_log(tx)
+                self._log_bytes = 0
+            return seq
+        parts = _parts(tx.changes)
+        for index, data in enumerate(parts):
+            value = bytes([index == len(parts) - 1]) + data
+            tx.txn.put(u64x2(seq, index), value, db=db)
+            self._log_bytes += len(value)
+        if self._log_bytes > self.log_keep:
+            cursor = tx.txn.cursor(db=db)
+            cursor.first()
+            while self._log_bytes > self.log_keep and U64x2.unpack(cursor.key())[0] < seq:
+                self._log_bytes -= len(cursor.value())
+                cursor.delete()
+        return seq
 
     def stop(self) -> None:
         """No more mutations: the writer applies what is queued, then returns."""

@@ -23,7 +23,7 @@ from chunkserver.chunkstore import ChunkStore
 from dfs.config import ClusterRef
 from dfs.ops import CHUNK, META
 from dfs.rpc import Client
-from metaserver.store import DATABASES, LOG_HISTORY, LOG_SEQ, read_u64
+from metaserver.store import CHANGELOG, DATABASES, LOG_HISTORY, LOG_SEQ, read_u64
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -142,12 +142,13 @@ def start_metalogger(local, folder: Path, *extra: str) -> subprocess.Popen:
 
 
 def database_items(database: Path) -> tuple[tuple[int, int], dict]:
-    """((history, seq), every table's items) of a metadata database folder."""
+    """((history, seq), every replicated table's items) of a metadata
+    database folder (all but the metaserver's own records of its commits)."""
     env = lmdb.open(str(database), readonly=True, max_dbs=len(DATABASES))
     try:
         with env.begin() as txn:
             tables = {name: list(txn.cursor(env.open_db(name.encode(), txn=txn)))
-                      for name in DATABASES}
+                      for name in DATABASES if name != CHANGELOG}
     finally:
         env.close()
     counters = dict(tables["counters"])

@@ -154,7 +154,7 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
     assert (folder / "meta.lmdb.previous" / "data.mdb").exists()
 
 
-def test_a_metalogger_resumes_after_a_restart_and_copies_again_when_left_behind(
+def test_a_metalogger_resumes_across_restarts_and_copies_again_when_left_behind(
         cluster, tmp_path):
     mnt = cluster.mnt
     folder = tmp_path / "logger"
@@ -163,13 +163,25 @@ def test_a_metalogger_resumes_after_a_restart_and_copies_again_when_left_behind(
     write(mnt / "while-stopped", b"a commit the metaserver still holds")
     with metalogger(cluster, folder):
         wait_for(lambda: copy_matches(cluster.local, folder), 60, "the metalogger to resume")
+
+    # The metaserver keeps its records of commits in its database: a
+    # metalogger that missed some goes on after a crash of the metaserver.
+    write(mnt / "missed", b"a commit the metalogger reads after the crash")
+    cluster.local.stop(cluster.local.dir / "meta", sig=signal.SIGKILL)
+    cluster.local.start_metaserver(cluster.local.load())
+    with metalogger(cluster, folder):
+        wait_for(lambda: copy_matches(cluster.local, folder), 60, "the metalogger to resume")
     assert logged(folder, "copied the metaserver's database") == 1
 
-    # A restarted metaserver holds no commit from before: a metalogger that
-    # missed some copies again.
-    write(mnt / "missed", b"a commit the metalogger never reads")
+    # With little room for them, the records of what it missed are gone: it
+    # copies the database again.
+    layout = cluster.local.load()
+    layout.extra_args["log_keep_mib"] = 0.01
+    cluster.local.save(layout)
     cluster.local.stop(cluster.local.dir / "meta")
-    cluster.local.start_metaserver(cluster.local.load())
+    cluster.local.start_metaserver(layout)
+    for i in range(20):
+        write(mnt / f"missed-{i}", os.urandom(100))
     with metalogger(cluster, folder):
         wait_for(lambda: copy_matches(cluster.local, folder), 60, "a second copy")
     assert logged(folder, "copied the metaserver's database") == 2
@@ -216,6 +228,17 @@ def test_bad_requests_and_a_wrong_secret_get_clear_errors_and_serving_goes_on(
     assert behind(cluster, "probe") is not None
 
 
+async def read_all(changes, history: int, after: int) -> list:
+    """Every part of commit `after` + 1, read as a metalogger does, checking
+    that no reply grows past its bound."""
+    parts = []
+    while not parts or not parts[-1][2]:
+        reply = (await changes.read("t", history, after, len(parts), 0.0))["parts"]
+        assert len(reply) == 1 or sum(len(p[3]) for p in reply) <= REPLY_BYTES
+        parts += [p for p in reply if p[0] == after + 1]
+    return parts
+
+
 def test_the_change_log_hands_out_commits_whole_and_says_when_it_cannot(tmp_path):
     """The metaserver's side on a real store: parts, waiting, limits, copies."""
     async def check():
@@ -230,9 +253,9 @@ def test_the_change_log_hands_out_commits_whole_and_says_when_it_cannot(tmp_path
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run_writer)
 
-            # With no metalogger around, commits are not held.
+            # With no metalogger around, commits are not kept.
             await store.write(lambda tx: tx.put_xattr(1, b"user.unread", b"0"))
-            assert changes.base == changes.seq == start + 1
+            assert changes.seq == start + 1
             with pytest.raises(DfsError, match="no longer held"):
                 await changes.read("t", history, start, 0, 0.0)
             start = changes.seq
@@ -256,18 +279,12 @@ def test_the_change_log_hands_out_commits_whole_and_says_when_it_cannot(tmp_path
             await store.write(lambda tx: [tx.put_xattr(1, b"user.%d" % i, bytes(60000))
                                           for i in range(80)])
             big = start + 2
-            parts, replies = [], 0
-            while not parts or not parts[-1][2]:
-                reply = (await changes.read("t", history, start + 1, len(parts), 0.0))["parts"]
-                assert len(reply) == 1 or sum(len(p[3]) for p in reply) <= REPLY_BYTES
-                parts += reply
-                replies += 1
+            parts = await read_all(changes, history, start + 1)
             assert [p[:3] for p in parts] == [[big, i, i == len(parts) - 1]
                                               for i in range(len(parts))]
-            assert len(parts) >= 4 and replies >= 2
+            assert len(parts) >= 4
             assert all(PART_BYTES <= len(p[3]) <= PART_BYTES + 70000 for p in parts[:-1])
-            rest = []
-            assert sum(1 for p in parts + rest for db, *_ in msgpack.unpackb(p[3])
+            assert sum(1 for p in parts for db, *_ in msgpack.unpackb(p[3])
                        if db == DATABASES.index("xattrs")) == 80
 
             # A copy holds the position it was made at, and is shared while the
@@ -277,12 +294,23 @@ def test_the_change_log_hands_out_commits_whole_and_says_when_it_cannot(tmp_path
             assert (await changes.copy()).name == copy.name
             assert changes.read_copy(copy.name, 0, 10) == (tmp_path / "copies" /
                                                            copy.name).read_bytes()[:10]
+            store.stop()
+        store.close()
+
+        # The records outlive a restart of the metaserver.
+        store = Store(tmp_path / "meta")
+        changes = ChangeLog(store, 64 * MiB, tmp_path / "copies")
+        changes.attach()
+        assert changes.seq == big
+        assert await read_all(changes, history, start + 1) == parts
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run_writer)
 
             # Past its limit the log lets old commits go: reading from them
             # fails, reading on from the newest works, and a new copy is made.
-            changes.keep_bytes = 1
+            store.log_keep = 1
+            changes.heard("t")
             await store.write(lambda tx: tx.put_xattr(1, b"user.b", b"2"))
-            assert changes.base >= big
             with pytest.raises(DfsError, match="no longer held") as gone:
                 await changes.read("t", history, start, 0, 0.0)
             assert gone.value.errno == errno.ESTALE
