@@ -131,11 +131,12 @@ class MetaLink:
                                        addr=self.advertise, chunks=chunks,
                                        cluster=self.cluster, **await self._usage())
         csid = reply.get("csid") if isinstance(reply, dict) else None
-        cluster = reply.get("cluster") if isinstance(reply, dict) else None
-        if not (_is_int(csid) and _is_int(cluster)):
-            raise DfsError(errno.EPROTO, f"metaserver answered cs_register without a csid "
-                                         f"and a cluster: {reply!r}")
-        if cluster != self.cluster:
+        if not _is_int(csid):
+            raise DfsError(errno.EPROTO, f"metaserver answered cs_register without a csid: "
+                                         f"{reply!r}")
+        # A metaserver older than cluster ids names none: nothing to keep yet.
+        cluster = reply.get("cluster")
+        if _is_int(cluster) and cluster != self.cluster:
             await trio.to_thread.run_sync(_save_id, self.cluster_path, cluster)
             self.cluster = cluster
         if csid != self.csid:

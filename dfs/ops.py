@@ -266,9 +266,11 @@ META = _ops(
     # `part` of commit after + 1 on (0 unless a reply ended inside a commit),
     # waiting up to `wait` seconds (at most 30) for a commit if there is none.
     # ESTALE if they are no longer held or the history is another: copy again.
-    # -> {"history", "seq": the newest commit, "parts": [[seq, part, last, data]]}
-    #    where data is a msgpack list of [database index, key, value or nil
-    #    (a delete)], in order; a commit is applied whole, once its last part is in
+    # -> {"history", "seq": the newest commit, "parts": [[seq, part, last, data]],
+    #     "tables": the metaserver's table names, whose positions the indexes
+    #     below are} where data is a msgpack list of [table index, key, value
+    #     or nil (a delete)], in order; a commit is applied whole, once its
+    #     last part is in
     Op("log_read", {"follower": str, "history": int, "after": int, "part": int,
                     "wait": float}, idempotent=True),
     # A copy of the database to start from -> LogCopy record {"name", "size",

@@ -58,7 +58,9 @@ class MetaLink:
                 if exc.errno == errno.EREMCHG:
                     log.error("the metaserver serves another cluster now", error=exc.message,
                               mountpoint=self.mountpoint)
-                raise
+                # ENOSYS: a metaserver older than cluster ids (during an upgrade).
+                if exc.errno != errno.ENOSYS:
+                    raise
         if not self.session:
             return
         for ino, count in list(self.open_inodes.items()):
@@ -95,7 +97,8 @@ class MetaLink:
         self.block_size = reply["block_size"]
         self.session_ttl = float(reply["session_ttl"])
         if self.cluster is None:
-            self.cluster = reply["cluster"]
+            # None from a metaserver older than cluster ids.
+            self.cluster = reply.get("cluster")
         log.info("session opened", session=self.session, mountpoint=self.mountpoint,
                  fence=self.fence)
 

@@ -17,6 +17,7 @@ and removed once none has read it for COPY_IDLE seconds.
 """
 
 import errno
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from dfs.framing import MAX_DATA
 from dfs.records import LogCopy
 
 from .restore import RESTORES
-from .store import LOG_HISTORY, LOG_SEQ, Store, log_entries
+from .store import DATABASES, LOG_HISTORY, LOG_SEQ, Store, log_entries
 
 log = logs.get_logger("metaserver")
 
@@ -66,11 +67,17 @@ class ChangeLog:
         self._copy_read = float("-inf")
         self._copying = trio.Lock()
         self.copies = 0
+        # Until then (monotonic), records are kept even with no metalogger heard from.
+        self._keep_until = float("-inf")
 
     def attach(self) -> None:
-        """Follow the store's commits from now on (it calls `append`)."""
+        """Follow the store's commits from now on (it calls `append`). If the
+        store kept records before a restart, a metalogger followed: records go
+        on being kept for COPY_IDLE, the time it has to come back."""
         self.history, self.seq = self.store.position()
         self.store.log_keep = self.keep_bytes
+        if self.store.log_wanted:
+            self._keep_until = time.monotonic() + COPY_IDLE
         self.store.on_commit = self.append
 
     def _wanted(self) -> bool:
@@ -78,7 +85,7 @@ class ChangeLog:
         lately, or a copy was asked for (its maker reads on from it next)."""
         now = time.time()
         return (any(now - f.seen < FORGET_AFTER for f in self.followers.values())
-                or time.monotonic() - self._copy_read < COPY_IDLE)
+                or time.monotonic() < max(self._keep_until, self._copy_read + COPY_IDLE))
 
     def append(self, seq: int) -> None:
         self.seq = seq
@@ -107,10 +114,12 @@ class ChangeLog:
         self.heard(follower, after)
         self._check_history(history)
         if after == self.seq and part == 0:
-            with trio.move_on_after(min(max(wait, 0.0), MAX_WAIT)):
+            with trio.move_on_after(min(wait, MAX_WAIT) if math.isfinite(wait) and wait > 0
+                                    else 0.0):
                 await self._grew.wait()
             if after == self.seq:
-                return {"history": self.history, "seq": self.seq, "parts": []}
+                return {"history": self.history, "seq": self.seq, "parts": [],
+                        "tables": list(DATABASES)}
 
         def collect(tx) -> list:
             found, size = [], 0
@@ -124,7 +133,8 @@ class ChangeLog:
         if not found:
             raise DfsError(errno.ESTALE, f"commit {after + 1} (part {part}) is no longer held "
                                          f"(the newest is {self.seq}): copy the database again")
-        return {"history": self.history, "seq": self.seq, "parts": found}
+        return {"history": self.history, "seq": self.seq, "parts": found,
+                "tables": list(DATABASES)}
 
     def _check_history(self, history: int) -> None:
         if history != self.history:
@@ -153,6 +163,9 @@ class ChangeLog:
                     or not self._held(current.seq)
                     or not (self.copy_dir / current.name).exists()):
                 self._copy = await trio.to_thread.run_sync(self._make_copy)
+                # Its reader needs every record after it: they are not let go
+                # for the size limit alone while it reads (see Store.log_pin).
+                self.store.log_pin = self._copy.seq
             self._copy_read = time.monotonic()
             return self._copy
 
@@ -161,6 +174,7 @@ class ChangeLog:
         temp = self.copy_dir / ".copy.partial"
         try:
             self.copy_dir.mkdir(parents=True, exist_ok=True)
+            self._check_room()
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 _, (history, seq, restores) = self.store.copy_to(fd, LOG_HISTORY, LOG_SEQ,
@@ -175,6 +189,8 @@ class ChangeLog:
         except lmdb.DiskError as exc:
             raise DfsError(errno.ENOSPC, f"no room to copy the database into "
                                          f"{self.copy_dir}: {exc}") from None
+        except lmdb.Error as exc:
+            raise DfsError(errno.EIO, f"cannot copy the database: {exc}") from None
         finally:
             temp.unlink(missing_ok=True)
         self._remove_copies(but=name)
@@ -183,6 +199,20 @@ class ChangeLog:
         log.info("database copied for metaloggers", copy=name, size=copy.size, seq=seq,
                  seconds=round(time.monotonic() - started, 2))
         return copy
+
+    def _check_room(self) -> None:
+        """ENOSPC unless the copy's folder has room for a copy with a quarter
+        of it (and 64 MiB) to spare: the copy must not take the room the
+        database grows into, when they share a disk."""
+        env = self.store.env
+        size = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        wanted = size + size // 4 + (64 << 20)
+        fs = os.statvfs(self.copy_dir)
+        free = fs.f_bavail * fs.f_frsize
+        if free < wanted:
+            raise DfsError(errno.ENOSPC, f"no room to copy the database ({size >> 20} MiB) "
+                                         f"into {self.copy_dir}: {free >> 20} MiB free, "
+                                         f"{wanted >> 20} MiB wanted")
 
     def read_copy(self, name: str, offset: int, length: int) -> bytes:
         if self._copy is None or name != self._copy.name:
@@ -218,4 +248,5 @@ class ChangeLog:
                         and time.monotonic() - self._copy_read > COPY_IDLE):
                     log.info("copy for metaloggers removed: unread", copy=self._copy.name)
                     self._copy = None
+                    self.store.log_pin = None
                     await trio.to_thread.run_sync(self._remove_copies)

@@ -10,7 +10,9 @@ part of the database, so a restarted metalogger goes on where it stopped. A
 copy whose next commits the metaserver no longer holds (this metalogger was
 stopped too long) or that follows another history (the metaserver was
 restored) is replaced by a new copy; the database it replaces is kept as
-DIR/meta.lmdb.previous until the next replacement.
+DIR/meta.lmdb.previous until the next replacement. A new copy is put in place
+by renames that a restart completes (`_recover`), so a crash never leaves
+the folder without a whole copy.
 
 A copy is never replaced by one that knows less, which is what a metaserver
 started on an empty or older disk would hand out: one of its own history
@@ -44,13 +46,17 @@ from dfs.rpc import Client
 from dfs.shutdown import run_until_signalled
 
 from .restore import RESTORES, check_backup
-from .store import DATABASES, LOG_SEQ, Store, Tx, drop_log, read_u64
+from .store import CHANGELOG, DATABASES, LOG_SEQ, Store, Tx, drop_log, read_u64
 
 log = logs.get_logger("metalogger")
 
 WAIT = 10.0
 CALL_TIMEOUT = WAIT + 20.0
+# Making a copy of a large database takes the metaserver a while.
+COPY_TIMEOUT = 1800.0
 MAX_BACKOFF = 5.0
+# After a full disk here or on the metaserver, ask again only this often.
+FULL_BACKOFF = 60.0
 REPORT_EVERY = 60.0
 # How often a metalogger that keeps its copy (see above) asks again.
 REFUSED_RETRY = 60.0
@@ -58,8 +64,31 @@ REFUSED_RETRY = 60.0
 LOCK = "meta.lock"
 
 
+DATABASE = "meta.lmdb"
+NEW = "meta.lmdb.new"
+PREVIOUS = "meta.lmdb.previous"
+
+
 class Refused(Exception):
-    """The metaserver's copy knows less than the one here."""
+    """The metaserver's copy knows less than the one here, or is of another
+    layout."""
+
+
+def _recover(data_dir: Path) -> None:
+    """Finish or undo a replacement of the copy that a crash interrupted:
+    NEW is whole and checked once it exists, and DATABASE is renamed away
+    only after that, so NEW without DATABASE is to be moved in, and NEW
+    beside DATABASE is to be dropped."""
+    new, database = data_dir / NEW, data_dir / DATABASE
+    if not new.exists():
+        return
+    if database.exists():
+        shutil.rmtree(new)
+    else:
+        os.rename(new, database)
+        log.warning("finished putting a new copy in place after a crash",
+                    data_dir=str(data_dir))
+    fsync_dir(data_dir)
 
 
 class MetaLogger:
@@ -68,6 +97,7 @@ class MetaLogger:
         self.data_dir = data_dir
         self.name = name
         self.lock = lock_folder(data_dir, LOCK, "metalogger")
+        _recover(data_dir)
         self.store = Store(data_dir, lock=self.lock)
         self.client = Client(meta, secret, META)
         # The parts received so far of the commit after the last one applied.
@@ -103,15 +133,16 @@ class MetaLogger:
                     continue
                 if exc.errno == errno.EPROTO:
                     self.pending.clear()
+                wait = FULL_BACKOFF if exc.errno == errno.ENOSPC else delay
                 log.warning("cannot follow the metaserver", meta=self.meta, error=exc.message,
-                            retry_in=delay)
-                await trio.sleep(delay)
+                            retry_in=wait)
+                await trio.sleep(wait)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
-            except OSError as exc:
+            except (OSError, lmdb.Error) as exc:
                 log.error("cannot write the copy", data_dir=str(self.data_dir), error=str(exc),
-                          retry_in=MAX_BACKOFF)
-                await trio.sleep(MAX_BACKOFF)
+                          retry_in=FULL_BACKOFF)
+                await trio.sleep(FULL_BACKOFF)
                 continue
             if time.monotonic() - reported >= REPORT_EVERY:
                 reported = time.monotonic()
@@ -124,36 +155,49 @@ class MetaLogger:
         reply = await self.client.call("log_read", timeout=CALL_TIMEOUT, follower=self.name,
                                        history=history, after=seq, part=len(self.pending),
                                        wait=WAIT)
+        if reply.get("tables") != list(DATABASES):
+            raise Refused(f"the metaserver's tables ({reply.get('tables')}) are not this "
+                          f"metalogger's ({list(DATABASES)}): run the same dfs version on both")
         expected = (seq + 1, len(self.pending))
+        # Parts join self.pending only once the commits before them are
+        # applied: the next read asks from the position the copy holds.
+        pending = list(self.pending)
         commits = []
         for part in reply["parts"]:
             if not (isinstance(part, list) and len(part) == 4 and tuple(part[:2]) == expected
                     and isinstance(part[3], bytes)):
                 raise DfsError(errno.EPROTO, f"the metaserver sent {part[:3]!r} where part "
                                              f"{expected} was due")
-            self.pending.append(part[3])
+            pending.append(part[3])
             if part[2]:
-                commits.append((part[0], self.pending))
-                self.pending = []
+                commits.append((part[0], pending))
+                pending = []
                 expected = (part[0] + 1, 0)
             else:
                 expected = (part[0], part[1] + 1)
         if commits:
             await trio.to_thread.run_sync(self._apply, commits)
             self.applied += len(commits)
+        self.pending = pending
         return max(reply["seq"] - (expected[0] - 1), 0)
 
     def _apply(self, commits: list[tuple[int, list[bytes]]]) -> None:
         """Apply whole commits in one synced transaction, checking that they
         bring the database to the last one's number."""
-        dbs = [self.store.dbs[name] for name in DATABASES]
+        dbs = [self.store.dbs[name] for name in DATABASES if name != CHANGELOG]
         try:
             with self.store.env.begin(write=True) as txn:
-                for _, parts in commits:
+                for seq, parts in commits:
                     for data in parts:
                         for db, key, value in msgpack.unpackb(data):
+                            if not 0 <= db < len(dbs):
+                                raise DfsError(errno.EPROTO, f"commit {seq} names table {db}")
                             if value is None:
-                                txn.delete(key, db=dbs[db])
+                                if not txn.delete(key, db=dbs[db]):
+                                    # What it deletes was never here: the copy
+                                    # went astray somewhere; start afresh.
+                                    raise DfsError(errno.ESTALE, f"commit {seq} deletes from "
+                                                   f"{DATABASES[db]} what this copy lacks")
                             else:
                                 txn.put(key, value, db=dbs[db])
                 raw = txn.get(LOG_SEQ.encode(), db=self.store.dbs["counters"])
@@ -169,7 +213,7 @@ class MetaLogger:
 
     async def _copy(self) -> None:
         """Replace the database with a new copy of the metaserver's."""
-        copy = LogCopy.from_wire(await self.client.call("log_copy", timeout=None,
+        copy = LogCopy.from_wire(await self.client.call("log_copy", timeout=COPY_TIMEOUT,
                                                         follower=self.name))
         self._check_newer(copy)
         incoming = self.data_dir / "incoming.partial"
@@ -221,20 +265,26 @@ class MetaLogger:
                           f"another disk; {restore_hint}")
 
     def _install(self, incoming: Path) -> None:
+        """Put the checked copy `incoming` in place of the database (see _recover)."""
         had_history = self.store.position()[0] != 0
-        self.store.close()
-        database = self.data_dir / "meta.lmdb"
-        previous = self.data_dir / "meta.lmdb.previous"
-        if had_history:
-            shutil.rmtree(previous, ignore_errors=True)
-            os.rename(database, previous)
-        else:
-            shutil.rmtree(database)
-        database.mkdir()
-        os.rename(incoming, database / "data.mdb")
-        fsync_dir(database)
+        new = self.data_dir / NEW
+        shutil.rmtree(new, ignore_errors=True)
+        new.mkdir()
+        os.rename(incoming, new / "data.mdb")
+        fsync_dir(new)
         fsync_dir(self.data_dir)
-        self.store = Store(self.data_dir, lock=self.lock)
+        self.store.close()
+        try:
+            database = self.data_dir / DATABASE
+            if had_history:
+                shutil.rmtree(self.data_dir / PREVIOUS, ignore_errors=True)
+                os.rename(database, self.data_dir / PREVIOUS)
+            else:
+                shutil.rmtree(database)
+            os.rename(new, database)
+            fsync_dir(self.data_dir)
+        finally:
+            self.store = Store(self.data_dir, lock=self.lock)
         # The metaserver's records came with the copy; here they are dead weight.
         self.store.log_wanted = False
         with self.store.env.begin(write=True) as txn:

@@ -46,8 +46,8 @@ from dfs.lockfile import lock_folder
 
 from .backups import recorded_sha256, sha256_of
 from .quotas import ROOT_INO
-from .store import (CHANGELOG, DATABASES, LOG_HISTORY, LOG_SEQ, Store, Tx, begin_history,
-                    drop_log, lock_data_dir)
+from .store import (CHANGELOG, CLUSTER_ID, DATABASES, LOG_HISTORY, LOG_SEQ, Store, Tx,
+                    begin_history, drop_log, lock_data_dir)
 
 log = logs.get_logger("metaserver")
 
@@ -107,19 +107,42 @@ def check_backup(path: Path) -> dict:
         env.close()
 
 
-def prepare(tx: Tx, now: float, hold: float) -> int:
-    """Make a restored database safe to serve (see the module's docstring);
-    return how many restores it has been through."""
+def prepare(tx: Tx, now: float, hold: float, replaced: dict[str, int] | None = None) -> int:
+    """Make a restored database safe to serve (see the module's docstring),
+    counting on from the database it replaces (`replaced`, its counters) where
+    that one got further, as an earlier restore's does; return how many
+    restores it has been through."""
+    replaced = replaced or {}
     for name in COUNTERS:
-        tx.put_counter(name, max(tx.counter(name), 1) + GAP)
-    restores = tx.counter(RESTORES) + 1
+        tx.put_counter(name, max(tx.counter(name), replaced.get(name, 0), 1) + GAP)
+    restores = max(tx.counter(RESTORES), replaced.get(RESTORES, 0)) + 1
     tx.put_counter(RESTORES, restores)
+    if not tx.counter(CLUSTER_ID) and replaced.get(CLUSTER_ID):
+        # A backup from before cluster ids: it is the replaced database's cluster.
+        tx.put_counter(CLUSTER_ID, replaced[CLUSTER_ID])
     tx.put_counter(RESTORED_AT, int(now))
     tx.put_counter(HOLD_UNTIL, int(now + hold))
     tx.put_counter(SETTLING, 1)
     begin_history(tx)
     drop_log(tx)
     return restores
+
+
+def _counters(database: Path) -> dict[str, int]:
+    """The counters prepare() counts on from, of the database folder being
+    replaced (none if it is unreadable: a lost disk)."""
+    try:
+        env = lmdb.open(str(database), readonly=True, lock=False, max_dbs=len(DATABASES))
+    except lmdb.Error:
+        return {}
+    try:
+        with env.begin() as txn:
+            tx = Tx(txn, {"counters": env.open_db(b"counters", txn=txn, create=False)})
+            return {name: tx.counter(name) for name in (*COUNTERS, RESTORES, CLUSTER_ID)}
+    except lmdb.Error:
+        return {}
+    finally:
+        env.close()
 
 
 def _install(backup: Path, database: Path) -> None:
@@ -147,6 +170,7 @@ def restore(data_dir: Path, backup: Path, hold: float, say=print) -> Path | None
         say(f"backup {backup}: {summary['inodes']} inodes, {summary['chunks']} chunks, "
             f"checksum {summary['checksum']}")
         database = data_dir / "meta.lmdb"
+        replaced = _counters(database) if database.exists() else {}
         kept = None
         if database.exists():
             kept = data_dir / f"meta.lmdb.before-restore-{time.strftime('%Y%m%dT%H%M%S')}"
@@ -156,7 +180,7 @@ def restore(data_dir: Path, backup: Path, hold: float, say=print) -> Path | None
             store = Store(data_dir, lock=lock)
             store.log_wanted = False
             try:
-                restores = store.write_now(lambda tx: prepare(tx, time.time(), hold))
+                restores = store.write_now(lambda tx: prepare(tx, time.time(), hold, replaced))
             finally:
                 store.close()
         except BaseException:

@@ -67,6 +67,8 @@ DB_INDEX = {name: index for index, name in enumerate(DATABASES)}
 # under (seq, part index) as one byte (1 on the last part) and the packed changes.
 PART_BYTES = 1 << 20
 
+LOG_PIN_FACTOR = 4
+
 # Bounds how much a writer applies in one transaction, so one batch's latency
 # stays bounded under a flood of requests.
 MAX_BATCH = 512
@@ -98,13 +100,16 @@ class Tx:
     `flush`.
     """
 
-    def __init__(self, txn: lmdb.Transaction, dbs: dict):
+    def __init__(self, txn: lmdb.Transaction, dbs: dict, record: bool = False):
         self.txn = txn
         self.db = dbs
         self._inodes: dict[int, Inode] = {}
         self._dirty: set[int] = set()
-        # Every put and delete, in order, as (database index, key, value or None).
-        self.changes: list[tuple[int, bytes, bytes | None]] = []
+        self.changed = False
+        # With `record`, every put and delete, in order, as (database index,
+        # key, value or None); kept only while a metalogger may want them,
+        # since a large transaction's would take as much memory again.
+        self.changes: list[tuple[int, bytes, bytes | None]] | None = [] if record else None
 
     # --- generic helpers ---------------------------------------------------
     def _get(self, db: str, key: bytes):
@@ -112,12 +117,16 @@ class Tx:
 
     def _put(self, db: str, key: bytes, value: bytes) -> None:
         self.txn.put(key, value, db=self.db[db])
-        self.changes.append((DB_INDEX[db], key, value))
+        self.changed = True
+        if self.changes is not None:
+            self.changes.append((DB_INDEX[db], key, value))
 
     def _delete(self, db: str, key: bytes) -> bool:
         if not self.txn.delete(key, db=self.db[db]):
             return False
-        self.changes.append((DB_INDEX[db], key, None))
+        self.changed = True
+        if self.changes is not None:
+            self.changes.append((DB_INDEX[db], key, None))
         return True
 
     def scan(self, db: str, prefix: bytes = b"", start: bytes | None = None):
@@ -460,6 +469,10 @@ class Store:
         with self.env.begin() as txn:
             self.log_wanted = txn.stat(self.dbs[CHANGELOG])["entries"] > 0
         self.log_keep = 32 << 20
+        # While a copy made at this commit is being read, records after it are
+        # let go only past LOG_PIN_FACTOR times log_keep (a reader that falls
+        # behind them could never catch up).
+        self.log_pin: int | None = None
         self._log_bytes: int | None = None
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._stopping = False
@@ -483,7 +496,7 @@ class Store:
     def write_now(self, fn: Callable[[Tx], object]):
         """Apply `fn` synchronously (only before serving starts)."""
         with self.env.begin(write=True) as txn:
-            tx = Tx(txn, self.dbs)
+            tx = Tx(txn, self.dbs, record=self.log_wanted)
             result = fn(tx)
             tx.flush()
             seq = self._seal(tx)
@@ -590,7 +603,8 @@ class Store:
     def _apply(self, batch: list[_Job]) -> int | None:
         now = time.time()
         with self.env.begin(write=True) as txn:
-            top = Tx(txn, self.dbs)
+            record = self.log_wanted
+            top = Tx(txn, self.dbs, record)
             for job in batch:
                 if job.token is not None:
                     stored = top.stored_reply(job.token)
@@ -600,12 +614,14 @@ class Store:
                             job.error = DfsError(stored.errno, str(stored.result))
                         continue
                 child = self.env.begin(write=True, parent=txn)
-                tx = Tx(child, self.dbs)
+                tx = Tx(child, self.dbs, record)
                 try:
                     job.result = job.fn(tx)
                     tx.flush()
                     child.commit()
-                    top.changes += tx.changes
+                    top.changed |= tx.changed
+                    if record:
+                        top.changes += tx.changes
                 except DfsError as exc:
                     child.abort()
                     job.error = exc
@@ -621,17 +637,18 @@ class Store:
             return self._seal(top)
 
     def _seal(self, tx: Tx) -> int | None:
-        """Number `tx` if it changed anything, and while `log_wanted` add its
-        record to the changelog table; the number, or None."""
-        if not tx.changes:
+        """Number `tx` if it changed anything, and if it recorded its changes
+        add their record to the changelog table; the number, or None. A
+        commit not recorded leaves a gap that no metalogger reads across."""
+        if not tx.changed:
             return None
         seq = tx.counter(LOG_SEQ) + 1
         tx.put_counter(LOG_SEQ, seq)
         db = self.dbs[CHANGELOG]
         if self._log_bytes is None:
             self._log_bytes = sum(len(value) for _, value in tx.scan(CHANGELOG))
-        if not self.log_wanted:
-            if self._log_bytes:
+        if tx.changes is None:
+            if self._log_bytes and not self.log_wanted:
                 drop_log(tx)
                 self._log_bytes = 0
             return seq
@@ -643,7 +660,12 @@ class Store:
         if self._log_bytes > self.log_keep:
             cursor = tx.txn.cursor(db=db)
             cursor.first()
-            while self._log_bytes > self.log_keep and U64x2.unpack(cursor.key())[0] < seq:
+            while self._log_bytes > self.log_keep:
+                oldest = U64x2.unpack(cursor.key())[0]
+                pinned = (self.log_pin is not None and oldest > self.log_pin
+                          and self._log_bytes <= LOG_PIN_FACTOR * self.log_keep)
+                if oldest >= seq or pinned:
+                    break
                 self._log_bytes -= len(cursor.value())
                 cursor.delete()
         return seq

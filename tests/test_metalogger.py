@@ -21,6 +21,7 @@ from test_metaserver_support import REPO
 
 from dfs.errors import DfsError
 from metaserver.changelog import REPLY_BYTES, ChangeLog
+from metaserver.metalogger import MetaLogger
 from metaserver.store import DATABASES, PART_BYTES, Store, begin_history
 
 pytestmark = pytest.mark.timeout(240)
@@ -188,6 +189,60 @@ def test_a_metalogger_resumes_across_restarts_and_copies_again_when_left_behind(
     assert logged(folder, "is no longer held") == 1
     assert (folder / "meta.lmdb.previous" / "data.mdb").exists()
 
+    # A metaserver put back to an older state of its own database (a disk
+    # image from before) is behind the copy: the metalogger keeps its copy.
+    meta = cluster.local.dir / "meta"
+    cluster.local.stop(meta)
+    subprocess.run(["cp", "-a", str(meta / "data" / "meta.lmdb"), str(tmp_path / "older")],
+                   check=True)
+    cluster.local.start_metaserver(layout)
+    with metalogger(cluster, folder):
+        write(mnt / "newer", b"what the older database lacks")
+        wait_for(lambda: copy_matches(cluster.local, folder), 60, "the metalogger to follow")
+        kept = database_items(folder / "meta.lmdb")
+        cluster.local.stop(meta)
+        subprocess.run(["rm", "-rf", str(meta / "data" / "meta.lmdb")], check=True)
+        subprocess.run(["cp", "-a", str(tmp_path / "older"), str(meta / "data" / "meta.lmdb")],
+                       check=True)
+        cluster.local.start_metaserver(layout)
+        wait_for(lambda: logged(folder, "it lost commits") >= 1, 60,
+                 "the metalogger to refuse the older database")
+    assert database_items(folder / "meta.lmdb") == kept
+
+
+def test_a_copy_put_in_place_when_the_metalogger_crashed_is_finished_or_undone(tmp_path):
+    def database_with(folder, value: bytes):
+        store = Store(folder)
+        store.write_now(lambda tx: (begin_history(tx), tx.put_xattr(1, b"user.v", value)))
+        store.close()
+        return folder / "meta.lmdb"
+
+    def value_in(folder) -> bytes:
+        store = Store(folder)
+        try:
+            return store.read(lambda tx: tx.xattr(1, b"user.v"))
+        finally:
+            store.close()
+
+    def start_and_stop(folder) -> None:
+        logger = MetaLogger("127.0.0.1:9", b"s" * 16, folder, "t")
+        logger.store.close()
+        os.close(logger.lock)
+
+    # Crashed between moving the old copy away and moving the new one in.
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    database_with(tmp_path / "src1", b"new").rename(crashed / "meta.lmdb.new")
+    start_and_stop(crashed)
+    assert value_in(crashed) == b"new" and not (crashed / "meta.lmdb.new").exists()
+
+    # Crashed before the old copy was moved away: the new one is dropped.
+    early = tmp_path / "early"
+    database_with(early, b"old")
+    database_with(tmp_path / "src2", b"new").rename(early / "meta.lmdb.new")
+    start_and_stop(early)
+    assert value_in(early) == b"old" and not (early / "meta.lmdb.new").exists()
+
 
 def test_bad_requests_and_a_wrong_secret_get_clear_errors_and_serving_goes_on(
         cluster, tmp_path):
@@ -297,14 +352,18 @@ def test_the_change_log_hands_out_commits_whole_and_says_when_it_cannot(tmp_path
             store.stop()
         store.close()
 
-        # The records outlive a restart of the metaserver.
+        # The records outlive a restart of the metaserver, and it goes on
+        # keeping them for the metalogger to come back.
         store = Store(tmp_path / "meta")
         changes = ChangeLog(store, 64 * MiB, tmp_path / "copies")
         changes.attach()
         assert changes.seq == big
-        assert await read_all(changes, history, start + 1) == parts
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.run_writer)
+            await store.write(lambda tx: tx.put_xattr(1, b"user.after", b"restart"))
+            await store.write(lambda tx: tx.put_xattr(1, b"user.after", b"again"))
+            assert await read_all(changes, history, start + 1) == parts
+            big += 2
 
             # Past its limit the log lets old commits go: reading from them
             # fails, reading on from the newest works, and a new copy is made.
@@ -316,6 +375,8 @@ def test_the_change_log_hands_out_commits_whole_and_says_when_it_cannot(tmp_path
             assert gone.value.errno == errno.ESTALE
             assert (await changes.read("t", history, big, 0, 0.0))["parts"][0][:3] == [
                 big + 1, 0, True]
+            with pytest.raises(DfsError, match="no longer held"):
+                await changes.read("t", history, big - 1, 0, 0.0)
             await store.write(lambda tx: tx.put_xattr(1, b"user.c", b"3"))
             fresh = await changes.copy()
             assert fresh.name != copy.name and fresh.seq == big + 2

@@ -13,6 +13,9 @@ import pytest
 from faults import chunks_of, meta_call, replica_paths, wait_for
 from test_metaserver_support import REPO
 
+from metaserver.restore import GAP, RESTORES, prepare
+from metaserver.store import CLUSTER_ID, Store
+
 pytestmark = pytest.mark.timeout(240)
 
 MiB = 1 << 20
@@ -123,3 +126,23 @@ def test_a_damaged_backup_is_refused_and_the_database_kept(cluster, tmp_path):
 
     cluster.local.start_metaserver(cluster.local.load())
     assert meta_call(cluster.ref, "resolve", path=b"/")["ino"] == 1
+
+
+def test_a_restore_counts_on_from_the_database_it_replaces(tmp_path):
+    """A backup older than the database it replaces (one set aside by an
+    earlier restore, or from before cluster ids) hands out no id twice and
+    keeps the cluster's id."""
+    store = Store(tmp_path)
+    try:
+        store.write_now(lambda tx: tx.put_counter("inode", 50))
+        replaced = {"inode": 1_000_000, "chunk": 7, RESTORES: 3, CLUSTER_ID: 77}
+        assert store.write_now(lambda tx: prepare(tx, 0.0, 0.0, replaced)) == 4
+        counters = store.read(lambda tx: {n: tx.counter(n)
+                                          for n in ("inode", "chunk", CLUSTER_ID)})
+        assert counters == {"inode": 1_000_000 + GAP, "chunk": 7 + GAP, CLUSTER_ID: 77}
+        # A backup with a cluster id of its own keeps it.
+        store.write_now(lambda tx: tx.put_counter(CLUSTER_ID, 5))
+        store.write_now(lambda tx: prepare(tx, 0.0, 0.0, replaced))
+        assert store.read(lambda tx: tx.counter(CLUSTER_ID)) == 5
+    finally:
+        store.close()
