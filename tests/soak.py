@@ -282,7 +282,8 @@ def main(argv=None) -> int:
           f"{summary.lost_files} lost files, {summary.chunkserver_kills} chunk server, "
           f"{summary.metaserver_kills} metaserver and {summary.metalogger_kills} metalogger "
           f"kills, metalogger {'in step' if summary.metalogger_in_step else 'NOT in step'} "
-          f"({summary.metalogger_copies} copies)")
+          f"({summary.metalogger_copies} cop{'y' if summary.metalogger_copies == 1 else 'ies'}"
+          " of the database)")
     return 0 if summary.passed else 1
 
 
