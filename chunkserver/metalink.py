@@ -6,14 +6,18 @@ Any failure to reach the metaserver makes the next contact a registration: a
 metaserver that restarted, or that dropped this server meanwhile, needs the
 full list of replicas again. Clients are served all along; only the link waits.
 
-The server keeps its id (`csid`) and its cluster's (`cluster`) in its data
-folder. A registration names the cluster, so that a metaserver started on an
-empty or another disk refuses the server instead of having it delete every
-chunk that database does not know.
+The server keeps its id (`csid`), its cluster's (`cluster`) and where the
+cluster's database last was (`position`: history, commit, the metaserver's
+time; from a registration, then at most every POSITION_EVERY seconds) in its
+data folder.
+A registration names them, so that a metaserver started on an empty or
+another disk, or on an older image of its own, refuses the server instead of
+having it delete every chunk that database does not know.
 """
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import trio
@@ -28,6 +32,8 @@ log = logs.get_logger("chunkserver")
 
 CSID_FILE = "csid"
 CLUSTER_FILE = "cluster"
+POSITION_FILE = "position"
+POSITION_EVERY = 60.0
 REPLICATIONS_AT_ONCE = 2
 # Kept short so that a restarted metaserver hears from every server soon.
 MAX_BACKOFF = 2.0
@@ -59,10 +65,27 @@ def _load_id(path: Path) -> int | None:
         return None
 
 
+def _load_position(path: Path) -> list[int] | None:
+    try:
+        position = [int(n) for n in path.read_text().split()]
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        position = []
+    if len(position) != 3:
+        log.warning("ignoring an unreadable position file", path=str(path))
+        return None
+    return position
+
+
 def _save_id(path: Path, value: int) -> None:
+    _save_text(path, str(value))
+
+
+def _save_text(path: Path, text: str) -> None:
     temp = path.with_suffix(".tmp")
     with open(temp, "w") as f:
-        f.write(f"{value}\n")
+        f.write(f"{text}\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(temp, path)
@@ -80,6 +103,9 @@ class MetaLink:
         self.csid = _load_id(self.csid_path)
         self.cluster_path = Path(data_dir) / CLUSTER_FILE
         self.cluster = _load_id(self.cluster_path)
+        self.position_path = Path(data_dir) / POSITION_FILE
+        self.position = _load_position(self.position_path)
+        self._position_kept = float("-inf")
         self._replicating: set[int] = set()
         self._limiter = trio.CapacityLimiter(REPLICATIONS_AT_ONCE)
         self._known = trio.Event()
@@ -129,7 +155,8 @@ class MetaLink:
         chunks = [[chunk, version] for chunk, version in self.service.versions.items()]
         reply = await self.client.call("cs_register", timeout=CALL_TIMEOUT, csid=self.csid,
                                        addr=self.advertise, chunks=chunks,
-                                       cluster=self.cluster, **await self._usage())
+                                       cluster=self.cluster, position=self.position,
+                                       **await self._usage())
         csid = reply.get("csid") if isinstance(reply, dict) else None
         if not _is_int(csid):
             raise DfsError(errno.EPROTO, f"metaserver answered cs_register without a csid: "
@@ -142,6 +169,7 @@ class MetaLink:
         if csid != self.csid:
             await trio.to_thread.run_sync(_save_id, self.csid_path, csid)
             self.csid = csid
+        await self._keep_position(reply.get("position"), now=True)
         self._known.set()
         stale = _chunk_ids(reply.get("delete"))
         log.info("registered with the metaserver", csid=csid, meta=self.meta,
@@ -149,7 +177,22 @@ class MetaLink:
         for chunk in stale:
             await self._delete(chunk)
 
+    async def _keep_position(self, position, now: bool = False) -> None:
+        """Keep where the database is (from a reply), at most every
+        POSITION_EVERY seconds unless `now`: a database found older than
+        that later is refused (see the module's docstring)."""
+        if not (isinstance(position, list) and len(position) == 3
+                and all(_is_int(n) for n in position)):
+            return   # a metaserver older than positions
+        if not now and time.monotonic() - self._position_kept < POSITION_EVERY:
+            return
+        await trio.to_thread.run_sync(_save_text, self.position_path,
+                                      " ".join(map(str, position)))
+        self.position = position
+        self._position_kept = time.monotonic()
+
     async def _apply(self, reply: dict, nursery: trio.Nursery) -> None:
+        await self._keep_position(reply.get("position"))
         for chunk in _chunk_ids(reply.get("delete")):
             await self._delete(chunk)
         for chunk, version, source in _copy_tasks(reply.get("replicate")):

@@ -313,11 +313,18 @@ META_CS = _ops(
     # database of another cluster (a metaserver started on an empty disk)
     # refuses it with EREMCHG, so it keeps its chunks rather than deleting them
     # as unknown.
+    # `position`: [history, seq, time] of the database as the server last
+    # kept it from a reply; a database put back to an older state (same
+    # history, an older commit; or another history not restored since that
+    # time) is refused with EREMCHG too: reconciling with it would delete the
+    # chunks written since.
     # -> {"csid": id (kept across restarts), "delete": [chunk ids to drop],
-    #     "cluster": the cluster's id, for the server to keep}
+    #     "cluster": the cluster's id, for the server to keep, "position":
+    #     the database's [history, seq, the metaserver's time]}
     Op("cs_register", {"csid": Opt(int), "addr": str, "capacity": int, "used": int,
-                       "chunks": list, "cluster": Opt(int)}),
-    # -> {"delete": [chunk ids], "replicate": [[chunk, version, "host:port"], ...]}
+                       "chunks": list, "cluster": Opt(int), "position": Opt(list)}),
+    # -> {"delete": [chunk ids], "replicate": [[chunk, version, "host:port"], ...],
+    #     "position": as cs_register's}
     Op("cs_heartbeat", {"csid": int, "capacity": int, "used": int}),
     # A replica failed its checksum; the metaserver drops and repairs it.
     Op("cs_bad_chunk", {"csid": int, "chunk": int, "version": int}),

@@ -18,8 +18,8 @@ from . import chunktable
 from .context import Context
 from .records import ChunkServerRecord
 from .replicas import Copy, Replicas
-from .restore import HOLD_UNTIL, SETTLING
-from .store import CLUSTER_ID, Tx
+from .restore import HOLD_UNTIL, RESTORED_AT, SETTLING
+from .store import CLUSTER_ID, LOG_HISTORY, LOG_SEQ, Tx
 
 log = logs.get_logger("metaserver")
 
@@ -41,6 +41,32 @@ class BadReport:
     csid: int
     version: int
     at: float
+
+
+def _position(tx: Tx) -> list[int]:
+    """Where the database is: [history, seq, now] (see cs_register)."""
+    return [tx.counter(LOG_HISTORY), tx.counter(LOG_SEQ), int(time.time())]
+
+
+def _check_position(tx: Tx, theirs: list, addr: str) -> None:
+    """EREMCHG if this database is older than the one a chunk server last
+    heard from: the same history at an older commit, or another history not
+    restored since that moment (a disk image put back). Reconciling would
+    delete every chunk written since; dfs-metaserver-restore keeps them."""
+    if len(theirs) != 3 or not all(type(n) is int for n in theirs):
+        raise DfsError(errno.EINVAL, "cs_register: position must be [history, seq, time]")
+    history, seq, at = theirs
+    our_history, our_seq = tx.counter(LOG_HISTORY), tx.counter(LOG_SEQ)
+    # Times are whole seconds: a restore in the second of the last contact
+    # counts as after it (a restore needs the metaserver stopped meanwhile).
+    if (history == our_history and seq > our_seq) or (history != our_history
+                                                      and tx.counter(RESTORED_AT) < at):
+        raise DfsError(errno.EREMCHG, (
+            f"chunk server {addr} last heard from this cluster's database at commit {seq} "
+            f"(history {history:x}), and this one is at commit {our_seq} (history "
+            f"{our_history:x}) without a restore since: it was put back to an older state "
+            "(a disk image or snapshot?). Stop the metaserver and restore that database with "
+            "dfs-metaserver-restore, which keeps the chunks it does not know"))
 
 
 class Cluster:
@@ -103,7 +129,7 @@ class Cluster:
 
     # --- handlers -------------------------------------------------------------
     async def cs_register(self, csid, addr: str, capacity: int, used: int,
-                          chunks: list, cluster: int | None) -> dict:
+                          chunks: list, cluster: int | None, position: list | None) -> dict:
         try:
             parse_addr(addr)
         except ValueError as exc:
@@ -124,17 +150,20 @@ class Cluster:
                     "an empty or another disk. Restore the metaserver's database "
                     "(dfs-metaserver-restore); to join this cluster and delete what the "
                     "server holds, remove its data folder's cluster file"))
+            if position is not None:
+                _check_position(tx, position, addr)
+            ours_now = _position(tx)
             known = csid is not None and tx.chunkserver(csid) is not None
             sid = csid if known else tx.next_id("chunkserver")
             tx.put_chunkserver(sid, ChunkServerRecord(addr))
-            return sid, self._reconcile(tx, sid, reported, self.holding()), ours
+            return sid, self._reconcile(tx, sid, reported, self.holding()), ours, ours_now
 
         try:
-            sid, delete, ours = await self.ctx.store.write(register)
+            sid, delete, ours, now_at = await self.ctx.store.write(register)
         except DfsError as exc:
             if exc.errno == errno.EREMCHG:
-                log.error("chunk server of another cluster refused", addr=addr, csid=csid,
-                          cluster=f"{cluster:x}", chunks=len(reported))
+                log.error("chunk server refused: the database is not one it can trust",
+                          addr=addr, csid=csid, error=exc.message, chunks=len(reported))
             raise
         # Garbage among them stays garbage until the next heartbeat, as
         # cs_heartbeat explains.
@@ -146,7 +175,7 @@ class Cluster:
         self.ctx.registry.heard(sid, addr, capacity, used)
         log.info("chunk server registered", csid=sid, addr=addr, chunks=len(reported),
                  stale=len(delete))
-        return {"csid": sid, "delete": delete, "cluster": ours}
+        return {"csid": sid, "delete": delete, "cluster": ours, "position": now_at}
 
     @staticmethod
     def _reconcile(tx: Tx, csid: int, reported: dict[int, int], hold: bool) -> list[int]:
@@ -195,7 +224,8 @@ class Cluster:
                 lambda tx: [tx.clear_garbage(csid, chunk_id) for chunk_id in deleted])
         delete = self.handed[csid] = self.ctx.store.read(
             lambda tx: tx.garbage_of(csid, GC_PER_HEARTBEAT))
-        return {"delete": delete, "replicate": self._hand_out(csid)}
+        return {"delete": delete, "replicate": self._hand_out(csid),
+                "position": self.ctx.store.read(_position)}
 
     async def cs_bad_chunk(self, csid: int, chunk: int, version: int) -> dict:
         """Drop a replica that failed its checksum, unless it is the last one

@@ -112,7 +112,7 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
         wait_for(lambda: logged(folder, "keeping this copy of the metadata") >= 1, 60,
                  "the metalogger to refuse the empty database")
         wait_for(lambda: (cluster.local.dir / "meta" / "log").read_text().count(
-            "chunk server of another cluster refused") >= 3, 60,
+            "not one it can trust") >= 3, 60,
             "the chunk servers to be refused")
         assert meta_call(cluster.ref, "status")["chunkservers"] == []
         # The mount made on the old cluster will not act on the new one's inodes.

@@ -146,3 +146,51 @@ def test_a_restore_counts_on_from_the_database_it_replaces(tmp_path):
         assert store.read(lambda tx: tx.counter(CLUSTER_ID)) == 5
     finally:
         store.close()
+
+
+def test_chunk_servers_refuse_an_older_image_of_the_database_and_its_restore_keeps_chunks(
+        cluster, tmp_path):
+    mnt, ref, local = cluster.mnt, cluster.ref, cluster.local
+    meta = local.dir / "meta"
+    database = meta / "data" / "meta.lmdb" / "data.mdb"
+
+    def restart_metaserver():
+        local.stop(meta)
+        local.start_metaserver(local.load())
+        wait_for(lambda: sum(cs["alive"] for cs in meta_call(ref, "status")["chunkservers"])
+                 == 3, 30, "the chunk servers to register")
+
+    write(mnt / "old", b"in the image")
+    local.stop(meta)
+    image = tmp_path / "image.mdb"
+    image.write_bytes(database.read_bytes())
+    restart_metaserver()
+    write(mnt / "new", os.urandom(2 * MiB))
+    new_chunks = {c["chunk"] for c in chunks_of(ref, "/new", 1 << 20)}
+    # The chunk servers learn where the database is now when they register.
+    restart_metaserver()
+    files = {p for p in local.dir.glob("cs*/data/**/*") if p.is_file()}
+
+    # The metaserver's disk is put back to the older image.
+    local.stop(meta)
+    database.write_bytes(image.read_bytes())
+    local.start_metaserver(local.load())
+    wait_for(lambda: (meta / "log").read_text().count("not one it can trust") >= 3, 60,
+             "the chunk servers to be refused")
+    assert not any(cs["alive"] for cs in meta_call(ref, "status")["chunkservers"])
+    assert {p for p in local.dir.glob("cs*/data/**/*") if p.is_file()} == files
+
+    # Restored as a backup instead, the image serves, and the chunks it does
+    # not know are kept.
+    local.stop(meta)
+    done = subprocess.run([sys.executable, "-m", "metaserver.restore", "--data-dir",
+                           str(meta / "data"), "--hold", "3600", str(image)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    restart_metaserver()
+    with cluster.extra_mount() as fresh:
+        assert sorted(os.listdir(fresh)) == ["old"]
+        assert (fresh / "old").read_bytes() == b"in the image"
+    for chunk in new_chunks:
+        assert any(replica_paths(local.dir / f"cs{i}" / "data", chunk)[0].exists()
+                   for i in (1, 2, 3))
