@@ -36,6 +36,20 @@ def _pick(backups: list[BackupInfo], name: str) -> BackupInfo:
     raise DfsError(errno.ENOENT, f"no backup {name!r} (see `dfs backup ls`)")
 
 
+async def read_whole(client: Client, op: str, name: str, size: int, out, on_piece,
+                     timeout: float | None = None, **fields) -> None:
+    """Copy the `size` bytes of `name` that `op` (backup_read, log_copy_read)
+    serves a piece at a time into the open file `out`, calling
+    on_piece(data) after each piece; EIO if it ends short."""
+    while out.tell() < size:
+        data = (await client.call(op, timeout=timeout, name=name, offset=out.tell(),
+                                  length=MAX_DATA, **fields))["data"]
+        if not data:
+            raise DfsError(errno.EIO, f"{name} ended at {out.tell()} bytes, not {size}")
+        out.write(data)
+        on_piece(data)
+
+
 async def _fetch(cluster: ClusterRef, name: str, target: Path, stream, force: bool
                  ) -> tuple[BackupInfo, Path]:
     client = Client(cluster.meta, cluster.secret, META, retry_for=30.0)
@@ -49,15 +63,10 @@ async def _fetch(cluster: ClusterRef, name: str, target: Path, stream, force: bo
         progress = Progress("backup", backup.size, stream, force)
         digest = hashlib.sha256()
         with open(partial, "wb") as out:
-            while out.tell() < backup.size:
-                data = (await client.call("backup_read", name=backup.name, offset=out.tell(),
-                                          length=MAX_DATA))["data"]
-                if not data:
-                    raise DfsError(errno.EIO, f"backup {backup.name} ended at {out.tell()} "
-                                              f"bytes, not {backup.size}")
-                out.write(data)
+            def piece(data: bytes) -> None:
                 digest.update(data)
                 progress.show(out.tell(), f"{out.tell() >> 20}/{backup.size >> 20} MiB")
+            await read_whole(client, "backup_read", backup.name, backup.size, out, piece)
             out.flush()
             os.fsync(out.fileno())
         progress.end()

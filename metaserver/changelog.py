@@ -66,7 +66,6 @@ class ChangeLog:
         self._copy: LogCopy | None = None
         self._copy_read = float("-inf")
         self._copying = trio.Lock()
-        self.copies = 0
         # Until then (monotonic), records are kept even with no metalogger heard from.
         self._keep_until = float("-inf")
 
@@ -194,7 +193,6 @@ class ChangeLog:
         finally:
             temp.unlink(missing_ok=True)
         self._remove_copies(but=name)
-        self.copies += 1
         copy = LogCopy(name, (self.copy_dir / name).stat().st_size, history, seq, restores)
         log.info("database copied for metaloggers", copy=name, size=copy.size, seq=seq,
                  seconds=round(time.monotonic() - started, 2))
@@ -204,8 +202,7 @@ class ChangeLog:
         """ENOSPC unless the copy's folder has room for a copy with a quarter
         of it (and 64 MiB) to spare: the copy must not take the room the
         database grows into, when they share a disk."""
-        env = self.store.env
-        size = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = self.store.size()
         wanted = size + size // 4 + (64 << 20)
         fs = os.statvfs(self.copy_dir)
         free = fs.f_bavail * fs.f_frsize

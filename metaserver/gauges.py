@@ -20,11 +20,6 @@ def _entries(service: MetaService, table: str) -> int:
     return service.ctx.store.read(lambda tx: tx.txn.stat(tx.db[table])["entries"])
 
 
-def _database_bytes(service: MetaService) -> int:
-    env = service.ctx.store.env
-    return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-
-
 def _servers(service: MetaService) -> dict:
     registry = service.ctx.registry
     alive = sum(1 for s in registry.servers.values() if registry.alive(s.csid))
@@ -59,7 +54,7 @@ def registry_for(service: MetaService) -> Registry:
     metrics.gauge("dfs_meta_chunks", "Chunks in the chunk table.",
                   lambda: _entries(service, "chunks"))
     metrics.gauge("dfs_meta_database_bytes", "Size of the LMDB database in use.",
-                  lambda: _database_bytes(service))
+                  service.ctx.store.size)
     metrics.counted("dfs_meta_commits_total", "Group commits (LMDB write transactions, one "
                     "sync each).", lambda: ctx.store.batches)
     metrics.gauge("dfs_meta_sessions", "Client sessions (mounts, CSI, the dfs command).",

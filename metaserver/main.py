@@ -79,7 +79,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--metrics-listen", type=address_arg, metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics: requests "
                              "and their latency per operation, inodes, chunks, sessions, "
-                             "chunk servers, replication health, backups and quota usage "
+                             "chunk servers, replication health, backups, metaloggers and "
+                             "quota usage "
                              "(default: not served)")
     parser.add_argument("--ready-file", type=Path, metavar="PATH",
                         help="once listening, write the actual HOST:PORT here (atomically), "

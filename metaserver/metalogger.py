@@ -35,18 +35,18 @@ import msgpack
 import trio
 
 from dfs import logs
+from dfs.backupfetch import read_whole
 from dfs.config import ConfigError, address_arg, load_secret
 from dfs.durable import fsync_dir
 from dfs.errors import DfsError
-from dfs.framing import MAX_DATA
-from dfs.lockfile import lock_folder
 from dfs.ops import META
 from dfs.records import LogCopy
 from dfs.rpc import Client
 from dfs.shutdown import run_until_signalled
 
 from .restore import RESTORES, check_backup
-from .store import CHANGELOG, DATABASES, LOG_SEQ, Store, Tx, drop_log, read_u64
+from .store import (CHANGELOG, DATABASE, DATABASES, LOG_SEQ, Store, Tx, drop_log,
+                    lock_data_dir, read_u64)
 
 log = logs.get_logger("metalogger")
 
@@ -60,13 +60,8 @@ FULL_BACKOFF = 60.0
 REPORT_EVERY = 60.0
 # How often a metalogger that keeps its copy (see above) asks again.
 REFUSED_RETRY = 60.0
-# The metaserver's lock file: neither may use the other's folder meanwhile.
-LOCK = "meta.lock"
-
-
-DATABASE = "meta.lmdb"
-NEW = "meta.lmdb.new"
-PREVIOUS = "meta.lmdb.previous"
+NEW = DATABASE + ".new"
+PREVIOUS = DATABASE + ".previous"
 
 
 class Refused(Exception):
@@ -96,14 +91,14 @@ class MetaLogger:
         self.meta = meta
         self.data_dir = data_dir
         self.name = name
-        self.lock = lock_folder(data_dir, LOCK, "metalogger")
+        # The metaserver's lock: neither may use the other's folder meanwhile.
+        self.lock = lock_data_dir(data_dir, "metalogger")
         _recover(data_dir)
         self.store = Store(data_dir, lock=self.lock)
         self.client = Client(meta, secret, META)
         # The parts received so far of the commit after the last one applied.
         self.pending: list[bytes] = []
         self.applied = 0
-        self.copies = 0
         self.must_copy = self.store.position()[0] == 0
         if self.must_copy:
             log.info("no copy of the metadata here yet: copying the metaserver's database",
@@ -217,21 +212,16 @@ class MetaLogger:
                                                         follower=self.name))
         self._check_newer(copy)
         incoming = self.data_dir / "incoming.partial"
-        started = time.monotonic()
+        started = reported = time.monotonic()
         try:
             with open(incoming, "wb") as out:
-                reported = started
-                while out.tell() < copy.size:
-                    data = (await self.client.call("log_copy_read", timeout=CALL_TIMEOUT,
-                                                   follower=self.name, name=copy.name,
-                                                   offset=out.tell(), length=MAX_DATA))["data"]
-                    if not data:
-                        raise DfsError(errno.EIO, f"copy {copy.name} ended at {out.tell()} "
-                                                  f"bytes, not {copy.size}")
-                    out.write(data)
+                def piece(_: bytes) -> None:
+                    nonlocal reported
                     if time.monotonic() - reported >= 5.0:
                         reported = time.monotonic()
                         log.info("copying", copy=copy.name, done=out.tell(), size=copy.size)
+                await read_whole(self.client, "log_copy_read", copy.name, copy.size, out,
+                                 piece, timeout=CALL_TIMEOUT, follower=self.name)
                 out.flush()
                 os.fsync(out.fileno())
             held = await trio.to_thread.run_sync(check_backup, incoming)
@@ -242,7 +232,6 @@ class MetaLogger:
             await trio.to_thread.run_sync(self._install, incoming)
         finally:
             incoming.unlink(missing_ok=True)
-        self.copies += 1
         log.info("copied the metaserver's database", copy=copy.name, size=copy.size,
                  seq=copy.seq, seconds=round(time.monotonic() - started, 2))
 
@@ -255,7 +244,7 @@ class MetaLogger:
         restore_hint = (f"if the metaserver lost its disk, stop it and restore it from this "
                         f"copy (stop this metalogger, then dfs-metaserver-restore --data-dir "
                         f"META_DIR {self.data_dir}); to follow it anyway, stop this "
-                        f"metalogger and move {self.data_dir / 'meta.lmdb'} away")
+                        f"metalogger and move {self.data_dir / DATABASE} away")
         if copy.history == history and copy.seq < seq:
             raise Refused(f"the metaserver's database is at commit {copy.seq}, behind this "
                           f"copy's {seq}: it lost commits; {restore_hint}")

@@ -42,11 +42,10 @@ import lmdb
 from dfs import logs
 from dfs.durable import fsync_dir
 from dfs.errors import DfsError
-from dfs.lockfile import lock_folder
 
 from .backups import recorded_sha256, sha256_of
 from .quotas import ROOT_INO
-from .store import (CHANGELOG, CLUSTER_ID, DATABASES, LOG_HISTORY, LOG_SEQ, Store, Tx,
+from .store import (CHANGELOG, CLUSTER_ID, DATABASE, DATABASES, LOG_HISTORY, LOG_SEQ, Store, Tx,
                     begin_history, drop_log, lock_data_dir)
 
 log = logs.get_logger("metaserver")
@@ -164,12 +163,12 @@ def restore(data_dir: Path, backup: Path, hold: float, say=print) -> Path | None
     source_lock = None
     try:
         if backup.is_dir():
-            source_lock = lock_folder(backup, "meta.lock", "metalogger")
-            backup = backup / "meta.lmdb" / "data.mdb"
+            source_lock = lock_data_dir(backup, "metalogger")
+            backup = backup / DATABASE / "data.mdb"
         summary = check_backup(backup)
         say(f"backup {backup}: {summary['inodes']} inodes, {summary['chunks']} chunks, "
             f"checksum {summary['checksum']}")
-        database = data_dir / "meta.lmdb"
+        database = data_dir / DATABASE
         replaced = _counters(database) if database.exists() else {}
         kept = None
         if database.exists():

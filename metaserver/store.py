@@ -46,6 +46,8 @@ DATABASES = ("inodes", "dentries", "dirindex", "chunkmap", "chunks", "xattrs",
              "replies", "reply_times", "epochs", "changelog")
 # Not part of what a record or a metalogger's copy carries (see above).
 CHANGELOG = "changelog"
+# The LMDB environment's folder inside a metaserver's or metalogger's --data-dir.
+DATABASE = "meta.lmdb"
 
 # How long a request token is remembered; a client retries within seconds.
 REPLY_TTL = 600.0
@@ -449,18 +451,18 @@ def drop_log(tx: Tx) -> None:
     tx.txn.drop(tx.db[CHANGELOG], delete=False)
 
 
-def lock_data_dir(data_dir: Path) -> int:
+def lock_data_dir(data_dir: Path, what: str = "metaserver") -> int:
     """Take DIR/meta.lock while the returned descriptor is open (EBUSY if
     taken): two metaservers on one database would each trust their own
     memory of sessions, leases and chunk versions."""
-    return lock_folder(data_dir, "meta.lock", "metaserver")
+    return lock_folder(data_dir, "meta.lock", what)
 
 
 class Store:
     def __init__(self, data_dir: Path, map_size: int = 64 << 30, lock: int | None = None):
         """Open DIR/meta.lmdb, taking DIR's lock unless the caller holds it (`lock`)."""
         self._lock = lock_data_dir(data_dir) if lock is None else None
-        self.env = lmdb.open(str(data_dir / "meta.lmdb"), map_size=map_size,
+        self.env = lmdb.open(str(data_dir / DATABASE), map_size=map_size,
                              max_dbs=len(DATABASES), sync=True, metasync=True,
                              max_readers=512)
         self.dbs = {name: self.env.open_db(name.encode()) for name in DATABASES}
@@ -503,6 +505,10 @@ class Store:
         if seq is not None and self.on_commit is not None:
             self.on_commit(seq)
         return result
+
+    def size(self) -> int:
+        """Bytes of the database file in use."""
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
 
     def position(self) -> tuple[int, int]:
         """(history, seq) of the last commit."""
