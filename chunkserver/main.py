@@ -75,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between heartbeats to the metaserver (default: 1)")
     parser.add_argument("--scrub-rate", type=_non_negative, default=4.0, metavar="MB/s",
                         help="MiB per second the background scrubber may read to verify "
-                             "checksums (default: 4; 0 turns scrubbing off)")
+                             "checksums; each replica counts as at least 256 KiB (default: "
+                             "4; 0 turns scrubbing off)")
+    parser.add_argument("--scrub-every", type=_non_negative, default=24.0, metavar="HOURS",
+                        help="verify each replica again once this many hours have passed "
+                             "since it last was; replicas new since are verified at once "
+                             "(default: 24; 0 reads the store over and over at "
+                             "--scrub-rate)")
     parser.add_argument("--metrics-listen", type=address_arg, metavar="HOST:PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics: requests "
                              "and their latency per operation, bytes read and written, disk "
@@ -89,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _metrics(service: ChunkService) -> Registry:
+def _metrics(service: ChunkService, scrubber: Scrubber | None) -> Registry:
     metrics = Registry()
     process_gauges(metrics)
     metrics.gauge("dfs_chunkserver_capacity_bytes", "Size of the filesystem holding the "
@@ -104,6 +110,9 @@ def _metrics(service: ChunkService) -> Registry:
     metrics.counted("dfs_chunkserver_checksum_failures_total", "Reads that found a block "
                     "failing its CRC32C.", lambda: service.checksum_failures)
     metrics.add(service.sync_seconds)
+    if scrubber is not None:
+        metrics.counted("dfs_chunkserver_scrubbed_replicas_total", "Replicas the scrubber "
+                        "read whole and found sound.", lambda: scrubber.verified_replicas)
     return metrics
 
 
@@ -121,7 +130,9 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
     log.info("replicas found", data_dir=str(args.data_dir), chunks=len(versions),
              crcs_synced_by_data_flush=store.in_place)
     service = ChunkService(store, versions, secret)
-    metrics = _metrics(service)
+    scrubber = (Scrubber(service, args.scrub_rate, args.scrub_every * 3600)
+                if args.scrub_rate > 0 else None)
+    metrics = _metrics(service, scrubber)
     server = Server("chunkserver", ops.CHUNK, service.handlers, secret,
                     in_hand=service.in_hand, metrics=metrics)
     host, port = parse_addr(args.listen)
@@ -140,8 +151,8 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
         link = MetaLink(service, args.meta, secret, advertise, args.data_dir,
                         args.heartbeat_interval)
         nursery.start_soon(link.run)
-        if args.scrub_rate > 0:
-            nursery.start_soon(Scrubber(service, args.scrub_rate).run)
+        if scrubber is not None:
+            nursery.start_soon(scrubber.run)
 
     try:
         await run_until_signalled(log, start)

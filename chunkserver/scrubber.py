@@ -3,10 +3,14 @@ verifies its CRCs, so corruption in data nobody reads is still found and
 reported while other replicas can repair it.
 
 It reads through the service like a client (same lock, same verification and
-reporting), in 1 MiB pieces paced to the configured rate.
+reporting), in 1 MiB pieces paced to the configured rate. A replica is
+verified again only once `every` seconds have passed since it last was, so a
+store that takes less than that to read is read once per period, not over
+and over.
 """
 
 import errno
+import math
 
 import trio
 
@@ -18,30 +22,49 @@ from .service import ChunkService
 log = logs.get_logger("chunkserver")
 
 PIECE = 1024 * 1024
-# The shortest time from the start of one pass to the next, so a store of a
-# few small chunks is not re-read in a busy loop.
+# Opening a replica and reading its checksums costs about as much as reading
+# this much data, so a store of many small replicas is paced by their number,
+# not only by their few bytes.
+SMALLEST_PIECE = 256 * 1024
+# The shortest time from the start of one look for due replicas to the next;
+# on a large store longer, so that looking costs at most about 1% of a core.
 MIN_PASS_SECONDS = 1.0
+LOOKS_PER_CPU_SECOND = 100
 
 
 class Scrubber:
-    def __init__(self, service: ChunkService, rate_mib: float):
+    def __init__(self, service: ChunkService, rate_mib: float, every: float):
         self.service = service
         self.seconds_per_byte = 1.0 / (rate_mib * 1024 * 1024)
+        self.every = every
+        # When each replica was last verified (trio clock); kept in memory, so
+        # a restart verifies everything again.
+        self._verified: dict[int, float] = {}
         # Replicas found bad (chunk, version): not read again until repaired.
         self._bad: set[tuple[int, int]] = set()
+        self.verified_replicas = 0
 
     async def run(self) -> None:
         while True:
             started = trio.current_time()
-            for chunk in self._coldest_first():
+            due = self._due(started)
+            looked = trio.current_time() - started
+            for chunk in due:
                 await self._scrub(chunk)
-            await trio.sleep(max(0.0, MIN_PASS_SECONDS - (trio.current_time() - started)))
+            pause = max(MIN_PASS_SECONDS, looked * LOOKS_PER_CPU_SECOND)
+            await trio.sleep(max(0.0, pause - (trio.current_time() - started)))
 
-    def _coldest_first(self) -> list[int]:
+    def _due(self, now: float) -> list[int]:
+        """Replicas not verified within `every`, never verified first, then coldest first."""
         service = self.service
         self._bad &= set(service.versions.items())
-        chunks = [c for c, v in service.versions.items() if (c, v) not in self._bad]
-        return sorted(chunks, key=lambda c: service.last_used.get(c, 0.0))
+        verified = self._verified
+        for chunk in [c for c in verified if c not in service.versions]:
+            del verified[chunk]
+        cutoff = now - self.every
+        chunks = [c for c, v in service.versions.items()
+                  if verified.get(c, -math.inf) <= cutoff and (c, v) not in self._bad]
+        return sorted(chunks, key=lambda c: (c in verified, service.last_used.get(c, 0.0)))
 
     async def _scrub(self, chunk: int) -> None:
         version = self.service.versions.get(chunk)
@@ -60,7 +83,10 @@ class Scrubber:
                 return
             if length is None:
                 return
-            await trio.sleep(min(PIECE, max(0, length - offset)) * self.seconds_per_byte)
+            piece = min(PIECE, max(0, length - offset))
+            await trio.sleep(max(piece, SMALLEST_PIECE) * self.seconds_per_byte)
             offset += PIECE
             if offset >= length:
+                self._verified[chunk] = trio.current_time()
+                self.verified_replicas += 1
                 return

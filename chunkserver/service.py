@@ -503,6 +503,16 @@ class ChunkService:
         async with self._locked(chunk, shared=True):
             if chunk not in self.versions:
                 return None
-            handle = await self._replica(chunk)
-            await self._verified_io(handle, handle.read, offset, length)
-            return handle.size
+            handle = self._open.get(chunk)
+            if handle is not None:
+                await self._verified_io(handle, handle.read, offset, length)
+                return handle.size
+            # Its own handle, closed after: the cache of open replicas and
+            # their coldness are the clients', a pass over the store would
+            # only push their replicas out.
+            handle = await self._io(chunk, self.store.open, chunk)
+            try:
+                await self._verified_io(handle, handle.read, offset, length)
+                return handle.size
+            finally:
+                handle.close()

@@ -40,6 +40,7 @@ class ClusterLayout:
     chunk_size: int
     mount: str = ""
     extra_args: dict = field(default_factory=dict)
+    chunkserver_args: dict = field(default_factory=dict)
 
 
 # A server started on it binds a free port and reports which (see `up`).
@@ -53,6 +54,11 @@ def _alive(pid_file: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if b"dfs" in cmdline or b"server" in cmdline else None
+
+
+def _flags(args: dict) -> list[str]:
+    return [part for key, value in args.items()
+            for part in (f"--{key.replace('_', '-')}", str(value))]
 
 
 class LocalCluster:
@@ -84,7 +90,8 @@ class LocalCluster:
     def up(self, mountpoint: str | None, chunkservers: int = 3, replicas: int = 2,
            chunk_size: int = 64 * 1024 * 1024, heartbeat_timeout: float | None = None,
            mount_options: MountOptions = MountOptions(),
-           trash_hours: float | None = None) -> ClusterLayout:
+           trash_hours: float | None = None,
+           chunkserver_args: dict | None = None) -> ClusterLayout:
         self.dir.mkdir(parents=True, exist_ok=True)
         make_secret(self.dir / SECRET_FILE)
         layout = self.load()
@@ -98,6 +105,7 @@ class LocalCluster:
                 layout.extra_args["heartbeat_timeout"] = heartbeat_timeout
             if trash_hours:
                 layout.extra_args["trash_hours"] = trash_hours
+            layout.chunkserver_args.update(chunkserver_args or {})
         elif len(layout.chunkservers) < chunkservers:
             layout.chunkservers += [ANY_PORT] * (chunkservers - len(layout.chunkservers))
         self.save(layout)
@@ -143,9 +151,7 @@ class LocalCluster:
         command = [sys.executable, "-m", "metaserver.main", "--listen", layout.meta,
                    "--data-dir", str(folder / "data"), "--replicas", str(layout.replicas),
                    "--chunk-size", str(layout.chunk_size)]
-        for key, value in layout.extra_args.items():
-            command += [f"--{key.replace('_', '-')}", str(value)]
-        layout.meta = self._spawn("metaserver", command, folder)
+        layout.meta = self._spawn("metaserver", command + _flags(layout.extra_args), folder)
         self.save(layout)
 
     def start_chunkserver(self, layout: ClusterLayout, i: int) -> None:
@@ -154,7 +160,8 @@ class LocalCluster:
             return
         command = [sys.executable, "-m", "chunkserver.main", "--listen", layout.chunkservers[i],
                    "--meta", layout.meta, "--data-dir", str(folder / "data")]
-        layout.chunkservers[i] = self._spawn(f"chunk server {i + 1}", command, folder)
+        layout.chunkservers[i] = self._spawn(f"chunk server {i + 1}",
+                                             command + _flags(layout.chunkserver_args), folder)
         self.save(layout)
 
     def wait_for_chunkservers(self, count: int) -> None:

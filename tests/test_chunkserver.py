@@ -21,6 +21,7 @@ from test_chunkserver_support import (BIN, SECRET, MiB, StandInMeta, apply, clos
                                       cluster, eventually, expect_errno, flip_byte,
                                       raw_connection, read_all, running)
 from test_chunkserver_support import reap_processes  # noqa: F401 (an autouse fixture)
+from test_metrics import free_port, scrape
 
 # --- data operations -----------------------------------------------------------
 
@@ -369,7 +370,7 @@ def test_corrupt_block_fails_reads_and_is_reported(tmp_path):
 @pytest.mark.timeout(60)
 def test_scrubber_finds_corruption_nobody_reads(tmp_path):
     async def scenario():
-        async with cluster(tmp_path, scrub_rate=64) as c:
+        async with cluster(tmp_path, scrub_rate=64, flags=("--scrub-every", "0")) as c:
             cs = c.client()
             await cs.call("create", chunk=31, version=2)
             await cs.call("write", chunk=31, version=2, offset=0, data=b"\x55" * 3 * MiB)
@@ -380,6 +381,46 @@ def test_scrubber_finds_corruption_nobody_reads(tmp_path):
                              what="the scrubber's report")
             assert (32, 1) not in c.meta.bad
             assert "scrub found a bad replica" in c.servers[0].log()
+
+    trio.run(scenario)
+
+
+@pytest.mark.timeout(60)
+def test_scrubber_reads_each_replica_once_per_period_at_its_rate(tmp_path):
+    port = free_port()
+    scrubbed = "dfs_chunkserver_scrubbed_replicas_total"
+
+    async def count() -> float:
+        return (await trio.to_thread.run_sync(scrape, port))[scrubbed]
+
+    async def scenario():
+        # 4 MiB/s with each small replica counted as 256 KiB: 16 replicas a second.
+        async with cluster(tmp_path, scrub_rate=4,
+                           flags=("--metrics-listen", f"127.0.0.1:{port}")) as c:
+            cs = c.client()
+            for chunk in range(100, 140):
+                await cs.call("create", chunk=chunk, version=1)
+                await cs.call("write", chunk=chunk, version=1, offset=0, data=b"small")
+            with trio.fail_after(20):
+                while await count() == 0:
+                    await trio.sleep(0.05)
+            await trio.sleep(1)
+            assert await count() <= 16 + 2
+            with trio.fail_after(20):
+                while await count() < 40:
+                    await trio.sleep(0.2)
+            # Each read once: the next pass is a day away.
+            await trio.sleep(2.5)
+            assert await count() == 40
+            # A replica made since is read at its first look.
+            await cs.call("create", chunk=140, version=1)
+            await cs.call("write", chunk=140, version=1, offset=0, data=b"late")
+            with trio.fail_after(10):
+                while await count() < 41:
+                    await trio.sleep(0.2)
+            await trio.sleep(2.5)
+            assert await count() == 41
+            assert c.meta.bad == []
 
     trio.run(scenario)
 
@@ -636,7 +677,8 @@ def test_command_line(tmp_path):
     help_text = subprocess.run([str(BIN), "--help"], capture_output=True, text=True,
                                check=True).stdout
     for flag in ("--listen", "--meta", "--data-dir", "--secret-file", "--advertise",
-                 "--heartbeat-interval", "--scrub-rate", "--ready-file", "--log-level"):
+                 "--heartbeat-interval", "--scrub-rate", "--scrub-every", "--ready-file",
+                 "--log-level"):
         assert flag in help_text
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DFS_SECRET")}

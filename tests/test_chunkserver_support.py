@@ -98,10 +98,11 @@ class StandInMeta:
 # --- chunk server processes ---------------------------------------------------
 
 class ChunkServerProcess:
-    def __init__(self, data_dir: Path, meta: str, scrub_rate: float = 0):
+    def __init__(self, data_dir: Path, meta: str, scrub_rate: float = 0, flags: tuple = ()):
         self.data_dir = data_dir
         self.meta = meta
         self.scrub_rate = scrub_rate
+        self.flags = flags
         self.ready_file = data_dir.with_name(data_dir.name + ".ready")
         self.log_path = data_dir.with_name(data_dir.name + ".log")
         self.proc: subprocess.Popen | None = None
@@ -114,7 +115,8 @@ class ChunkServerProcess:
             self.proc = subprocess.Popen(
                 [str(BIN), "--listen", "127.0.0.1:0", "--meta", self.meta,
                  "--data-dir", str(self.data_dir), "--ready-file", str(self.ready_file),
-                 "--heartbeat-interval", "0.2", "--scrub-rate", str(self.scrub_rate)],
+                 "--heartbeat-interval", "0.2", "--scrub-rate", str(self.scrub_rate),
+                 *self.flags],
                 env=env, stdout=log, stderr=log)
         running.append(self.proc)
 
@@ -159,7 +161,7 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster(tmp_path: Path, servers: int = 1, scrub_rate: float = 0,
-                  data_dirs: list[Path] | None = None):
+                  data_dirs: list[Path] | None = None, flags: tuple = ()):
     meta = StandInMeta()
     dirs = data_dirs or [tmp_path / f"cs{i}" for i in range(servers)]
     procs = []
@@ -168,7 +170,7 @@ async def cluster(tmp_path: Path, servers: int = 1, scrub_rate: float = 0,
         c = Cluster(meta, procs)
         try:
             for data_dir in dirs:
-                procs.append(ChunkServerProcess(data_dir, meta_addr, scrub_rate))
+                procs.append(ChunkServerProcess(data_dir, meta_addr, scrub_rate, flags))
                 procs[-1].start()
             for proc in procs:
                 await proc.wait_ready()
