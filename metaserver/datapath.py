@@ -25,6 +25,8 @@ log = logs.get_logger("metaserver")
 # asks again only every so often.
 GRANT_AHEAD = 64 << 20
 GRANT_UNLIMITED = 1 << 30
+# Write leases ended side by side by a snapshot or a fence.
+REVOKES_AT_ONCE = 32
 
 
 class Gate:
@@ -183,6 +185,19 @@ class DataPath:
         tx.map_chunk(ino, index, new_id)
         tx.put_chunk(new_id, Chunk(1, list(holders), replicas=replicas))
         chunktable.release_chunk(tx, old_id)
+
+    async def revoke_all(self, chunk_ids: list[int]) -> None:
+        """`revoke` each chunk, REVOKES_AT_ONCE at a time: their replicas'
+        syncs then overlap and their records share commits."""
+        pending = iter(chunk_ids)
+
+        async def revoker() -> None:
+            for chunk_id in pending:
+                await self.revoke(chunk_id)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(REVOKES_AT_ONCE, len(chunk_ids))):
+                nursery.start_soon(revoker)
 
     async def revoke(self, chunk_id: int) -> None:
         """End the write lease on `chunk_id`: its replicas move to a new

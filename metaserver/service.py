@@ -454,8 +454,7 @@ class MetaService:
             while fences.busy(ino):
                 await trio.sleep(POLL)
             revoked = fences.leased_chunks(ino)
-            for chunk_id in revoked:
-                await self.data.revoke(chunk_id)
+            await self.data.revoke_all(revoked)
         log.info("attachment epoch moved", ino=ino, epoch=reply["epoch"], revoked=revoked,
                  adopted=adopted is not None)
         return reply
@@ -467,8 +466,7 @@ class MetaService:
             chunks = await self.ctx.store.read_in_thread(lambda tx: snapshots.chunks_in(tx, ino))
             leased = [chunk_id for chunk_id in chunks
                       if self.ctx.leases.active(chunk_id) is not None]
-            for chunk_id in leased:
-                await self.data.revoke(chunk_id)
+            await self.data.revoke_all(leased)
 
             def copy(tx: Tx) -> dict:
                 root, nbytes, ninodes = snapshots.copy_tree(tx, self.ns, time.time_ns(), ino,

@@ -121,6 +121,29 @@ def test_a_snapshot_keeps_its_moment_while_both_sides_change(cluster):
     assert chunk_count(cluster) == 0
 
 
+def test_a_snapshot_ends_every_write_lease_of_many_open_writers(cluster):
+    """More leased chunks than are revoked at once: writes through each
+    writer's old lease after the snapshot reach the source only."""
+    folder = cluster.mnt / "busy"
+    folder.mkdir()
+    fds = [os.open(folder / f"f{i}", os.O_CREAT | os.O_RDWR, 0o644) for i in range(80)]
+    try:
+        for i, fd in enumerate(fds):
+            os.pwrite(fd, b"before %d" % i, 0)
+            os.fsync(fd)
+        cluster.dfs("snapshot", *cluster.cli_args, "/busy", "/busy-snap")
+        for i, fd in enumerate(fds):
+            os.pwrite(fd, b"after  %d" % i, 0)
+            os.fsync(fd)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    with cluster.extra_mount() as mount:
+        for i in range(80):
+            assert (mount / "busy-snap" / f"f{i}").read_bytes() == b"before %d" % i
+            assert (mount / "busy" / f"f{i}").read_bytes() == b"after  %d" % i
+
+
 def test_snapshot_refuses_what_it_cannot_do(cluster):
     (cluster.mnt / "src" / "inner").mkdir(parents=True)
     (cluster.mnt / "src" / "file").write_bytes(b"x" * 100_000)
