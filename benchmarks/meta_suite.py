@@ -1,5 +1,6 @@
 """Metadata: create, stat, readdir, rename and unlink of many files in one folder, then
-mkdir and rmdir; operations per second for each phase."""
+mkdir and rmdir, then small files written whole (create, 4 KiB, close: a new chunk
+each on dfs); operations per second for each phase."""
 
 import os
 import shutil
@@ -11,6 +12,7 @@ from benchmarks.suite import Context, Outcome, Suite
 from benchmarks.targets import Target
 
 READDIR_PASSES = 3
+SMALL_FILE = 4096
 
 
 def _timed(count: int, action) -> float:
@@ -35,7 +37,9 @@ class MetaSuite(Suite):
         names = [str(folder / f"f{i}") for i in range(n)]
         moved = [str(folder / f"r{i}") for i in range(n)]
         subdirs = [str(folder / f"d{i}") for i in range(dirs)]
+        small = [str(folder / f"s{i}") for i in range(dirs)]
         flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY
+        content = os.urandom(SMALL_FILE)
 
         def create():
             for name in names:
@@ -58,11 +62,22 @@ class MetaSuite(Suite):
             for name in moved:
                 os.unlink(name)
 
+        def write_small():
+            for name in small:
+                fd = os.open(name, flags, 0o644)
+                try:
+                    os.write(fd, content)
+                finally:
+                    os.close(fd)
+
         phases = [("create", n, create), ("stat", n, stat),
                   ("readdir", n * READDIR_PASSES, readdir), ("rename", n, rename),
                   ("unlink", n, unlink),
                   ("mkdir", dirs, lambda: [os.mkdir(d) for d in subdirs]),
-                  ("rmdir", dirs, lambda: [os.rmdir(d) for d in subdirs])]
+                  ("rmdir", dirs, lambda: [os.rmdir(d) for d in subdirs]),
+                  ("small 4 KiB", dirs, write_small)]
         figures = [(phase, "ops/s", _timed(count, action)) for phase, count, action in phases]
+        for name in small:
+            os.unlink(name)
         folder.rmdir()
         return Outcome(figures)
