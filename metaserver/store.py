@@ -141,11 +141,12 @@ class Tx:
                 return
             yield key, value
 
-    def next_id(self, name: str) -> int:
+    def next_id(self, name: str, count: int = 1) -> int:
+        """The first of `count` ids never handed out before."""
         key = name.encode()
         raw = self._get("counters", key)
         value = read_u64(raw) if raw else 1
-        self._put("counters", key, u64(value + 1))
+        self._put("counters", key, u64(value + count))
         return value
 
     def counter(self, name: str) -> int:
