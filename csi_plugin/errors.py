@@ -44,7 +44,10 @@ def aborted(message: str) -> CsiError:
 # Errno values that mean "the cluster is not answering right now": the CO
 # retries UNAVAILABLE with back-off, which is what these need.
 _UNAVAILABLE = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.ESHUTDOWN,
-                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN}
+                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN,
+                # The metaserver serves another cluster's database until it is
+                # restored: nothing may be done there, and retrying is right.
+                errno.EREMCHG}
 
 _CODES = {
     errno.ENOENT: grpc.StatusCode.NOT_FOUND,

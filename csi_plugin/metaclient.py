@@ -4,6 +4,11 @@ gRPC servicers run in a thread pool while dfs.rpc is trio code, so one trio
 event loop lives in a background thread for the life of the plugin and every
 call is handed to it with trio.from_thread.run. One dfs.rpc.Client (one TCP
 connection, many requests in flight) serves all threads.
+
+Like a mount, it learns the cluster id at its first call and checks it on
+every reconnection: a metaserver restarted on an empty or another disk
+answers EREMCHG, so no volume is made in, or deleted from, the wrong
+database.
 """
 
 import errno
@@ -14,10 +19,12 @@ import threading
 
 import trio
 
-from dfs import rpc
+from dfs import logs, rpc
 from dfs.errors import DfsError
 from dfs.ops import META
 from dfs.records import Attr, QuotaInfo
+
+log = logs.get_logger("csi.metaclient")
 
 # A metaserver that does not answer within this many seconds fails the RPC
 # with UNAVAILABLE instead of holding a gRPC worker forever.
@@ -36,6 +43,8 @@ class MetaClient:
         self._secret = secret
         self._token = None
         self._client: rpc.Client | None = None
+        # The cluster id learned at the first call (see dfs.ops cluster_check).
+        self.cluster: int | None = None
         self._stop: trio.Event | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=trio.run, args=(self._main,),
@@ -45,7 +54,8 @@ class MetaClient:
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
-        self._client = rpc.Client(self.addr, self._secret, META, retry_for=RETRY_FOR)
+        self._client = rpc.Client(self.addr, self._secret, META, retry_for=RETRY_FOR,
+                                  on_reconnect=self._check_cluster)
         self._probe_client = rpc.Client(self.addr, self._secret, META,
                                         connect_timeout=PROBE_TIMEOUT)
         self._stop = trio.Event()
@@ -53,6 +63,26 @@ class MetaClient:
         await self._stop.wait()
         await self._client.aclose()
         await self._probe_client.aclose()
+
+    async def _check_cluster(self, call) -> None:
+        try:
+            reply = await call("cluster_check", cluster=self.cluster or 0)
+        except DfsError as exc:
+            if exc.errno == errno.EREMCHG:
+                log.error("the metaserver serves another cluster now", error=exc.message,
+                          meta=self.addr)
+            # ENOSYS: a metaserver older than cluster ids (during an upgrade).
+            if exc.errno != errno.ENOSYS:
+                raise
+            reply = {}
+        if self.cluster is None:
+            self.cluster = reply.get("cluster", 0)
+
+    async def _call(self, op: str, timeout: float, fields: dict):
+        if self.cluster is None:
+            # The first connection runs no on_reconnect: learn the id on it.
+            await self._check_cluster(self._client.call)
+        return await self._client.call(op, timeout, **fields)
 
     def close(self) -> None:
         trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
@@ -63,9 +93,8 @@ class MetaClient:
         # answered from the metaserver's memory instead of applied twice.
         if "token" in META[op].fields and "token" not in fields:
             fields["token"] = os.urandom(16)
-        return trio.from_thread.run(
-            functools.partial(self._client.call, op, CALL_TIMEOUT, **fields),
-            trio_token=self._token)
+        return trio.from_thread.run(self._call, op, CALL_TIMEOUT, fields,
+                                    trio_token=self._token)
 
     def reachable(self) -> bool:
         try:

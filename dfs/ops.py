@@ -102,9 +102,10 @@ META = _ops(
     # while the directory's attachment epoch is that one (see `fence`); EROFS
     # at once if it is not.
     Op("session_open", {"host": str, "mountpoint": str, "pid": int, "fence": Opt(list)}),
-    # -> {}; EREMCHG if the metaserver's database is not cluster `cluster`'s
-    # (one started on an empty disk): a mount checks this on every
-    # reconnection, before anything else, so it never acts on another
+    # -> {cluster}: the database's cluster id; EREMCHG if the database is not
+    # cluster `cluster`'s (one started on an empty disk; 0 asks without
+    # checking): a mount and the CSI controller check this on every
+    # reconnection, before anything else, so they never act on another
     # cluster's inodes.
     Op("cluster_check", {"cluster": int}, idempotent=True),
     # -> {}; ESTALE if the session expired (the client opens a new one)

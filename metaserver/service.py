@@ -172,12 +172,12 @@ class MetaService:
 
     async def cluster_check(self, cluster: int) -> dict:
         ours = self._read(lambda tx: tx.counter(CLUSTER_ID))
-        if cluster != ours:
+        if cluster and cluster != ours:
             raise DfsError(errno.EREMCHG, (
                 f"this metaserver's database is cluster {ours:x}'s, not {cluster:x}'s: it "
                 "may have started on an empty or another disk; restore its database "
                 "(dfs-metaserver-restore) or mount again"))
-        return {}
+        return {"cluster": ours}
 
     async def session_renew(self, session: int) -> dict:
         self.ctx.sessions.renew(session)

@@ -19,6 +19,7 @@ from faults import (copy_matches, database_items, meta_call, start_metalogger, s
                     wait_for)
 from test_metaserver_support import REPO
 
+from csi_plugin.metaclient import MetaClient
 from dfs.errors import DfsError
 from metaserver.changelog import REPLY_BYTES, ChangeLog
 from metaserver.metalogger import MetaLogger
@@ -66,7 +67,8 @@ def behind(cluster, name: str) -> int | None:
     return listed[name]["behind"] if name in listed else None
 
 
-def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, tmp_path):
+def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, tmp_path,
+                                                                        request):
     mnt = cluster.mnt
     (mnt / "before").mkdir()
     for i in range(20):
@@ -99,6 +101,10 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
         wait_for(lambda: behind(cluster, "logger") == 0, 30, "the last commit to arrive")
         expected = {p.relative_to(mnt): sha(p) for p in mnt.rglob("*")
                     if p.is_file() and not p.is_symlink()}
+        # The CSI controller's client, which has learned the cluster id.
+        csi_meta = MetaClient(cluster.ref.meta, cluster.ref.secret)
+        request.addfinalizer(csi_meta.close)
+        assert csi_meta.lookup(1, "dir") is not None
         cluster.local.stop(cluster.local.dir / "meta", sig=signal.SIGKILL)
 
         # The metaserver's disk is lost, and it starts on an empty one. The
@@ -121,6 +127,11 @@ def test_a_metalogger_copies_follows_and_brings_a_lost_metaserver_back(cluster, 
         assert foreign.value.errno == errno.EREMCHG
         with pytest.raises(OSError):
             write(mnt / "into-the-void", b"refused")
+        # Nor will the CSI controller make or remove volumes in it.
+        with pytest.raises(DfsError) as controller:
+            csi_meta.ensure_dir(1, "volumes", 0o755)
+        assert controller.value.errno == errno.EREMCHG
+        assert "another disk" in controller.value.message
         assert replica_files(cluster) == chunk_files
         assert database_items(folder / "meta.lmdb") == kept
         cluster.local.stop(cluster.local.dir / "meta")
