@@ -430,6 +430,9 @@ class DfsFS(pyfuse3.Operations):
         # Counted only now: a re-announce cannot name an inode not yet known,
         # and the metaserver holds it from the creating transaction on.
         self.meta.hold(reply["ino"])
+        # A file this mount just made has no capability to drop: the kernel's
+        # lookup of one before the first write need not go to the metaserver.
+        self.no_capability[reply["ino"]] = trio.current_time() + ATTR_TIMEOUT
         opened, _ = self._open_file(Attr.from_wire(reply))
         fh = self._handle(opened, writing=flags & os.O_ACCMODE != os.O_RDONLY)
         return pyfuse3.FileInfo(fh=fh), self._entry(reply)
