@@ -19,12 +19,11 @@ import threading
 
 import trio
 
-from dfs import logs, rpc
+from dfs import rpc
 from dfs.errors import DfsError
 from dfs.ops import META
 from dfs.records import Attr, QuotaInfo
-
-log = logs.get_logger("csi.metaclient")
+from dfs.session import check_cluster
 
 # A metaserver that does not answer within this many seconds fails the RPC
 # with UNAVAILABLE instead of holding a gRPC worker forever.
@@ -65,18 +64,9 @@ class MetaClient:
         await self._probe_client.aclose()
 
     async def _check_cluster(self, call) -> None:
-        try:
-            reply = await call("cluster_check", cluster=self.cluster or 0)
-        except DfsError as exc:
-            if exc.errno == errno.EREMCHG:
-                log.error("the metaserver serves another cluster now", error=exc.message,
-                          meta=self.addr)
-            # ENOSYS: a metaserver older than cluster ids (during an upgrade).
-            if exc.errno != errno.ENOSYS:
-                raise
-            reply = {}
+        found = await check_cluster(call, self.cluster, meta=self.addr)
         if self.cluster is None:
-            self.cluster = reply.get("cluster", 0)
+            self.cluster = found or 0
 
     async def _call(self, op: str, timeout: float, fields: dict):
         if self.cluster is None:

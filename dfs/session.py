@@ -15,6 +15,22 @@ from .rpc import Client
 log = logs.get_logger("client")
 
 
+async def check_cluster(call, cluster: int | None, **where) -> int | None:
+    """Send cluster_check with `call` (cluster 0 or None only asks); return the
+    database's cluster id, None from a metaserver older than cluster ids.
+    EREMCHG, logged with `where`, if the database is another cluster's."""
+    try:
+        reply = await call("cluster_check", cluster=cluster or 0)
+    except DfsError as exc:
+        if exc.errno == errno.EREMCHG:
+            log.error("the metaserver serves another cluster now", error=exc.message, **where)
+        # ENOSYS: a metaserver older than cluster ids (during an upgrade).
+        if exc.errno != errno.ENOSYS:
+            raise
+        return None
+    return reply.get("cluster", cluster)
+
+
 class MetaLink:
     def __init__(self, addr: str, secret: bytes, mountpoint: str, retry_for: float = 60.0):
         self.client = Client(addr, secret, META, retry_for=retry_for,
@@ -52,15 +68,7 @@ class MetaLink:
         """Check that the metaserver still serves this mount's cluster, then
         tell it what this mount holds open (it may have restarted)."""
         if self.cluster is not None:
-            try:
-                await call("cluster_check", cluster=self.cluster)
-            except DfsError as exc:
-                if exc.errno == errno.EREMCHG:
-                    log.error("the metaserver serves another cluster now", error=exc.message,
-                              mountpoint=self.mountpoint)
-                # ENOSYS: a metaserver older than cluster ids (during an upgrade).
-                if exc.errno != errno.ENOSYS:
-                    raise
+            await check_cluster(call, self.cluster, mountpoint=self.mountpoint)
         if not self.session:
             return
         for ino, count in list(self.open_inodes.items()):
