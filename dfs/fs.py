@@ -291,20 +291,19 @@ class DfsFS(pyfuse3.Operations):
     # ---- directories -----------------------------------------------------
 
     async def opendir(self, inode, ctx):
-        ino = self._real(inode)
-        async with self._by_inode(ino):
-            attr = await self.meta.call("getattr", ino=ino)
-        if not stat.S_ISDIR(attr["mode"]):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        """Nothing to ask the metaserver: the kernel opens only what it knows
+        to be a directory, and a directory gone since fails at readdir."""
         return inode
 
     async def readdir(self, fh, start_id, token):
         ino = self._real(fh)
         if start_id < DOT_OFFSETS:
-            async with _errno():
-                here = self._entry(await self.meta.call("getattr", ino=ino))
+            # The kernel takes only the name and type of "." and "..", never
+            # their attributes, so none are fetched for them.
+            dots = pyfuse3.EntryAttributes()
+            dots.st_ino, dots.st_mode = fh, stat.S_IFDIR
             for offset, name in ((1, b"."), (2, b"..")):
-                if start_id < offset and not pyfuse3.readdir_reply(token, name, here, offset):
+                if start_id < offset and not pyfuse3.readdir_reply(token, name, dots, offset):
                     return
         offset = max(start_id - DOT_OFFSETS, 0)
         while True:
