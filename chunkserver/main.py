@@ -10,7 +10,8 @@ import trio
 
 from dfs import logs, ops
 from dfs.allocator import keep_large_buffers
-from dfs.config import ConfigError, address_arg, load_secret, write_ready_file
+from dfs.config import (ConfigError, add_log_level_arg, add_secret_file_arg, address_arg,
+                        load_secret, write_ready_file)
 from dfs.errors import DfsError
 from dfs.lockfile import lock_folder
 from dfs.metrics import Registry, process_gauges
@@ -63,9 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
                         help="folder holding the replicas (created if missing; one chunk "
                              "server per folder)")
-    parser.add_argument("--secret-file", metavar="PATH",
-                        help="file holding the cluster secret (default: $DFS_SECRET or "
-                             "$DFS_SECRET_FILE)")
+    add_secret_file_arg(parser)
     parser.add_argument("--advertise", type=address_arg, metavar="HOST:PORT",
                         help="address clients and the metaserver use to reach this server "
                              "(default: the --listen host with the port actually bound; "
@@ -89,9 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ready-file", type=Path, metavar="PATH",
                         help="once listening, write the bound HOST:PORT to this file "
                              "(written whole, via a rename)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="least severe log level to print on stderr (default: info)")
+    add_log_level_arg(parser)
     return parser
 
 

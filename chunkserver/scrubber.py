@@ -58,9 +58,8 @@ class Scrubber:
         """Replicas not verified within `every`, never verified first, then coldest first."""
         service = self.service
         self._bad &= set(service.versions.items())
-        verified = self._verified
-        for chunk in [c for c in verified if c not in service.versions]:
-            del verified[chunk]
+        verified = self._verified = {c: at for c, at in self._verified.items()
+                                     if c in service.versions}
         cutoff = now - self.every
         chunks = [c for c, v in service.versions.items()
                   if verified.get(c, -math.inf) <= cutoff and (c, v) not in self._bad]

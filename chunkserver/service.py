@@ -503,16 +503,16 @@ class ChunkService:
         async with self._locked(chunk, shared=True):
             if chunk not in self.versions:
                 return None
+            # A replica nobody has open is read through a handle of its own,
+            # closed after: the cache of open replicas and their coldness are
+            # the clients', a pass over the store would only push theirs out.
             handle = self._open.get(chunk)
-            if handle is not None:
-                await self._verified_io(handle, handle.read, offset, length)
-                return handle.size
-            # Its own handle, closed after: the cache of open replicas and
-            # their coldness are the clients', a pass over the store would
-            # only push their replicas out.
-            handle = await self._io(chunk, self.store.open, chunk)
+            own = handle is None
+            if own:
+                handle = await self._io(chunk, self.store.open, chunk)
             try:
                 await self._verified_io(handle, handle.read, offset, length)
                 return handle.size
             finally:
-                handle.close()
+                if own:
+                    handle.close()

@@ -13,7 +13,7 @@ from concurrent import futures
 import grpc
 
 from dfs import logs
-from dfs.config import ConfigError, load_secret
+from dfs.config import ConfigError, add_log_level_arg, add_secret_file_arg, load_secret
 
 from . import csi_pb2_grpc
 from .controller import ControllerService
@@ -69,9 +69,7 @@ def parser() -> argparse.ArgumentParser:
                         "(default: $CSI_ENDPOINT)")
     p.add_argument("--meta", required=True, metavar="HOST:PORT",
                    help="address of the dfs metaserver")
-    p.add_argument("--secret-file", metavar="PATH",
-                   help="file holding the cluster secret (default: $DFS_SECRET or "
-                        "$DFS_SECRET_FILE); also handed to the mounts this plugin starts")
+    add_secret_file_arg(p, also="; also handed to the mounts this plugin starts")
     p.add_argument("--node-id", default=os.environ.get("NODE_ID") or socket.gethostname(),
                    help="this node's name as Kubernetes knows it (default: $NODE_ID or the "
                         "host name); needed by --mode node and all")
@@ -87,8 +85,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-volumes-per-node", type=int, default=0, metavar="N",
                    help="node mode: most volumes Kubernetes may publish to this node "
                         "(default: 0, no limit)")
-    p.add_argument("--log-level", default="info",
-                   choices=("debug", "info", "warning", "error"), help="default: info")
+    add_log_level_arg(p)
     return p
 
 

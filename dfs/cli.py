@@ -12,7 +12,7 @@ import trio
 
 from . import backupfetch, fsck, logs, mounts, trash
 from .cluster import LocalCluster
-from .config import ConfigError, add_cluster_args, cluster_from_args
+from .config import ConfigError, add_cluster_args, add_log_level_arg, cluster_from_args
 from .errors import DfsError
 from .mount import (MountOptions, add_mount_options, add_read_cache_option,
                     mount_background, options_from_args, run_foreground)
@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mount_options(p)
     p.add_argument("--foreground", action="store_true", help="serve in this process")
     p.add_argument("--log-file", metavar="PATH", help="log of the background mount process")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_log_level_arg(p)
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_mount)
 

@@ -68,13 +68,25 @@ def address_arg(text: str) -> str:
     return text
 
 
+def add_secret_file_arg(parser, also: str = "") -> None:
+    """--secret-file, as every dfs command that talks to a cluster takes it
+    (`parser` may be an argument group); `also` ends its help."""
+    parser.add_argument("--secret-file", metavar="PATH",
+                        help="file holding the cluster secret (default: $DFS_SECRET, or the "
+                             f"file named by $DFS_SECRET_FILE){also}")
+
+
+def add_log_level_arg(parser) -> None:
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="least severe log level written to stderr (default: info)")
+
+
 def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster (either --meta or --data-dir)")
     group.add_argument("--meta", metavar="HOST:PORT",
                        help="address of the metaserver")
-    group.add_argument("--secret-file", metavar="PATH",
-                       help="file holding the cluster secret (default: $DFS_SECRET or "
-                            "$DFS_SECRET_FILE)")
+    add_secret_file_arg(group)
     group.add_argument("--data-dir", metavar="DIR",
                        help="folder of a local cluster started with 'dfs up'")
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import trio
 
 from dfs import logs
-from dfs.config import ConfigError, address_arg, load_secret, write_ready_file
+from dfs.config import (ConfigError, add_log_level_arg, add_secret_file_arg, address_arg,
+                        load_secret, write_ready_file)
 from dfs.errors import DfsError
 from dfs.metrics import serve as serve_metrics
 from dfs.ops import META, META_CS
@@ -37,9 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
                         help="folder for the metadata database (DIR/meta.lmdb); created if "
                              "missing, reopened with everything intact on restart")
-    parser.add_argument("--secret-file", metavar="PATH",
-                        help="file holding the cluster secret shared by every part (default: "
-                             "$DFS_SECRET, or the file named by $DFS_SECRET_FILE)")
+    add_secret_file_arg(parser)
     parser.add_argument("--chunk-size", type=int, default=64 << 20, metavar="BYTES",
                         help="size of a file chunk, fixed for the life of the cluster "
                              "(default: 64 MiB)")
@@ -85,9 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ready-file", type=Path, metavar="PATH",
                         help="once listening, write the actual HOST:PORT here (atomically), "
                              "for launchers that pass port 0")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="least severe log level written to stderr (default: info)")
+    add_log_level_arg(parser)
     args = parser.parse_args(argv)
     if args.chunk_size < 4096 or args.chunk_size % 4096:
         parser.error("--chunk-size must be a positive multiple of 4096")

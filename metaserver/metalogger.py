@@ -36,7 +36,8 @@ import trio
 
 from dfs import logs
 from dfs.backupfetch import read_whole
-from dfs.config import ConfigError, address_arg, load_secret
+from dfs.config import (ConfigError, add_log_level_arg, add_secret_file_arg, address_arg,
+                        load_secret)
 from dfs.durable import fsync_dir
 from dfs.errors import DfsError
 from dfs.ops import META
@@ -302,15 +303,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the metaserver to follow")
     parser.add_argument("--data-dir", required=True, type=Path, metavar="DIR",
                         help="folder for the copy (DIR/meta.lmdb); created if missing")
-    parser.add_argument("--secret-file", metavar="PATH",
-                        help="file holding the cluster secret (default: $DFS_SECRET, or the "
-                             "file named by $DFS_SECRET_FILE)")
+    add_secret_file_arg(parser)
     parser.add_argument("--name", metavar="NAME",
                         help="how the metaserver lists this metalogger (default: "
                              "HOSTNAME:DIR)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="least severe log level written to stderr (default: info)")
+    add_log_level_arg(parser)
     return parser.parse_args(argv)
 
 
