@@ -34,6 +34,10 @@ log = logs.get_logger("client")
 
 MOUNT_TIMEOUT = 30.0
 READ_AHEAD_KB = 4096
+# pyfuse3 ends a request task whenever more than this many wait for the next
+# request, and starts a new one whenever none does: with its default of one,
+# the requests of a database's threads make it start and end tasks over and over.
+IDLE_REQUEST_TASKS = 16
 MIB = 1024 * 1024
 
 
@@ -164,7 +168,7 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
         nursery.start_soon(trio.to_thread.run_sync, _widen_readahead, mountpoint)
         nursery.start_soon(_stop_on_signal, nursery)
         try:
-            await pyfuse3.main()
+            await pyfuse3.main(min_tasks=IDLE_REQUEST_TASKS)
         finally:
             with trio.CancelScope(shield=True):
                 await fs.page_feed.close()
