@@ -181,7 +181,7 @@ class MooseFS(Target):
         with open(self.work / "mount.log", "ab") as log:
             self.mount = subprocess.Popen(
                 ["mfsmount", "-f", str(self.root), "-H", self.netns.ns_addr,
-                 "-P", str(CLIENT_PORT)],
+                 "-P", str(CLIENT_PORT), *([] if self.xattrs else ["-o", "mfsnoxattrs"])],
                 stdout=log, stderr=subprocess.STDOUT)
         procs.wait_for(lambda: procs.is_mounted(self.root) or self.mount.poll() is not None,
                        30, f"mfsmount at {self.root}")

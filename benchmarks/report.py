@@ -34,7 +34,9 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
              + ("each case ran with the other targets stopped" if meta.get("isolated")
                 else "every target stayed up throughout")
              + (f"; dfs mounted with --read-cache {meta['dfs_read_cache_mib']}"
-                if meta.get("dfs_read_cache_mib") else ""),
+                if meta.get("dfs_read_cache_mib") else "")
+             + ("" if meta.get("xattrs", True)
+                else "; every FUSE target mounted without extended attributes (--no-xattrs)"),
              f"- scale: {meta['scale_name']} ({meta['scale']})", ""]
     lines += [f"- note: {note}" for note in meta["notes"]]
     lines += [f"- **FAILED**: {failure}" for failure in meta.get("failures", [])]

@@ -118,7 +118,7 @@ def _alone(target: Target, targets: list[Target], paused: set[str], peaks: dict,
 
 def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int, scale: Scale,
         scale_name: str, results_dir: Path, work_dir: Path, profile: bool = False,
-        isolate: bool = True, dfs_read_cache: int | None = None) -> Path:
+        isolate: bool = True, dfs_read_cache: int | None = None, xattrs: bool = True) -> Path:
     """Run everything; returns the folder the results were written to."""
     suites = [cls() for cls in pick(suite_names, SUITES, "suite")]
     target_classes = pick([subject, *baselines], TARGETS, "target")
@@ -151,6 +151,7 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
             roots = {}
             targets = [cls(work) for cls in target_classes]
             for target in targets:
+                target.xattrs = xattrs
                 if isinstance(target, Dfs):
                     target.read_cache_mib = dfs_read_cache
             for target in targets:
@@ -194,7 +195,8 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
             "machine": machine(), "subject": subject, "baselines": baselines, "rounds": rounds,
             "suites": suite_names, "scale_name": scale_name, "scale": vars(scale),
             "notes": ctx.notes, "failures": failures, "failed": failed,
-            "isolated": isolate, "dfs_read_cache_mib": dfs_read_cache, "memory": peaks,
+            "isolated": isolate, "dfs_read_cache_mib": dfs_read_cache, "xattrs": xattrs,
+            "memory": peaks,
             "memory_bounds": bounds}
     report.write_json(artifacts / "results.json", meta, rows, extra)
     (artifacts / "results.md").write_text(report.render_markdown(meta, rows, extra))

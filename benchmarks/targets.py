@@ -22,6 +22,9 @@ class Target:
     has_quota = False
     # How this target raises a volume's size online, for the written results.
     expands_with = "nothing (no quota)"
+    # False: mounted without extended attributes (run --no-xattrs), where the
+    # target can be; the local folder cannot.
+    xattrs = True
 
     def __init__(self, work: Path):
         self.work = work / self.name
@@ -103,7 +106,9 @@ class FusePass(Target):
         return self.root
 
     def resume(self) -> None:
-        self.proc = subprocess.Popen(["bindfs", "-f", str(self.work / "source"), str(self.root)],
+        xattrs = [] if self.xattrs else ["--xattr-none"]
+        self.proc = subprocess.Popen(["bindfs", "-f", *xattrs, str(self.work / "source"),
+                                      str(self.root)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.wait_for(lambda: procs.is_mounted(self.root) or self.proc.poll() is not None,
                        15, f"bindfs to mount {self.root}")
@@ -167,9 +172,10 @@ class Dfs(Target):
     def resume(self) -> None:
         """`dfs up` keeps an existing cluster's data, so this also starts one again."""
         cache = [] if self.read_cache_mib is None else ["--read-cache", str(self.read_cache_mib)]
+        xattrs = [] if self.xattrs else ["--no-xattrs"]
         procs.run([dfs_command(), "up", "--data-dir", str(self.data), "--mount", str(self.root),
                    "--chunkservers", str(self.chunkservers), "--replicas", str(self.replicas),
-                   *cache], timeout=60)
+                   *cache, *xattrs], timeout=60)
         if csi.available():
             meta = json.loads((self.data / "cluster.json").read_text())["meta"]
             self.csi = csi.CsiController(meta, self.data / "secret", self.work / "csi")

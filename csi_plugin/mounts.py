@@ -124,10 +124,13 @@ class Mounter:
         self.log_dir = log_dir
 
     def mount_volume(self, subdir: str, path: str, volume_id: str,
-                     read_cache_mib: int | None = None, epoch: int = 0) -> None:
+                     read_cache_mib: int | None = None, epoch: int = 0,
+                     xattrs: bool = True) -> None:
         argv = [*self.dfs_command, "mount", "--meta", self.meta, "--subdir", subdir]
         if read_cache_mib:
             argv += ["--read-cache", str(read_cache_mib)]
+        if not xattrs:
+            argv.append("--no-xattrs")
         if epoch:
             argv += ["--epoch", str(epoch)]
         if self.secret_file:
@@ -137,7 +140,7 @@ class Mounter:
         os.makedirs(path, exist_ok=True)
         _run(argv + [path], MOUNT_TIMEOUT, f"mounting volume {volume_id} at {path}")
         log.info("volume mounted", volume=volume_id, path=path, read_cache_mib=read_cache_mib,
-                 epoch=epoch)
+                 epoch=epoch, xattrs=xattrs)
 
     def unmount_volume(self, path: str, volume_id: str) -> None:
         """Unmount the FUSE mount at `path`; lazily if it is broken or busy."""

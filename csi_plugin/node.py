@@ -73,9 +73,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if entry is not None:
             log.warning("repairing broken mount", volume=volume_id, path=path)
             self.mounter.unmount_volume(path, volume_id)
-        read_cache = self.store.get(volume_id).parameters.get("readCacheMiB")
-        self.mounter.mount_volume(f"{VOLUMES_DIR}/{volume_id}", path, volume_id, read_cache,
-                                  epoch)
+        settings = self.store.get(volume_id).parameters
+        self.mounter.mount_volume(f"{VOLUMES_DIR}/{volume_id}", path, volume_id,
+                                  settings.get("readCacheMiB"), epoch,
+                                  xattrs=settings.get("xattrs") != "false")
 
     def _bind_target(self, staging: str, path: str, target: Target) -> None:
         if mounted_at(path) is not None and not broken(path):

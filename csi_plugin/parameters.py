@@ -28,6 +28,8 @@ def parse(parameters) -> dict:
     - `inodeLimit`: most files and directories the volume may hold (0 = no limit).
     - `readCacheMiB`: the read cache of the volume's mount on each node
       (`dfs mount --read-cache`; 16..1048576, absent = the mount's default).
+    - `xattrs`: "false" mounts the volume without extended attributes
+      (`dfs mount --no-xattrs`); "true" or absent serves them.
     """
     settings = {}
     for key, value in parameters.items():
@@ -39,9 +41,13 @@ def parse(parameters) -> dict:
             settings[key] = _count(key, value, 0, 1 << 62)
         elif key == "readCacheMiB":
             settings[key] = _count(key, value, MIN_READ_CACHE_MIB, MAX_READ_CACHE_MIB)
+        elif key == "xattrs":
+            if value.lower() not in ("true", "false"):
+                raise invalid(f"parameter xattrs={value!r} must be 'true' or 'false'")
+            settings[key] = value.lower()
         else:
-            raise invalid(f"unknown parameter {key!r}; dfs knows 'replicas', 'inodeLimit' "
-                          "and 'readCacheMiB'")
+            raise invalid(f"unknown parameter {key!r}; dfs knows 'replicas', 'inodeLimit', "
+                          "'readCacheMiB' and 'xattrs'")
     return settings
 
 

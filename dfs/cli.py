@@ -15,7 +15,7 @@ from .cluster import LocalCluster
 from .config import ConfigError, add_cluster_args, add_log_level_arg, cluster_from_args
 from .errors import DfsError
 from .mount import (MountOptions, add_mount_options, add_read_cache_option,
-                    mount_background, options_from_args, run_foreground)
+                    add_xattrs_option, mount_background, options_from_args, run_foreground)
 from .ops import META
 from .records import BackupInfo, QuotaInfo
 from .rpc import Client
@@ -78,7 +78,8 @@ def cmd_up(args) -> int:
     cluster = LocalCluster(args.data_dir)
     print(f"dfs: starting a local cluster in {cluster.dir}")
     layout = cluster.up(args.mount, args.chunkservers, args.replicas, args.chunk_size,
-                        mount_options=MountOptions(read_cache_mib=args.read_cache),
+                        mount_options=MountOptions(read_cache_mib=args.read_cache,
+                                                   xattrs=args.xattrs),
                         trash_hours=args.trash_hours)
     print(f"dfs: cluster up: metaserver {layout.meta}, {len(layout.chunkservers)} chunk "
           f"servers, {layout.replicas} replicas")
@@ -358,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for a new cluster: keep removed files in /.trash this long (see "
                         "'dfs trash'; default 0, deleted at once)")
     add_read_cache_option(p)
+    add_xattrs_option(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="unmount and stop a local cluster",

@@ -74,13 +74,15 @@ class DfsFS(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, meta: MetaLink, chunkio: ChunkIO, root: int, nursery: trio.Nursery,
-                 read_only: bool = False, read_cache_bytes: int = READ_CACHE_BYTES):
+                 read_only: bool = False, read_cache_bytes: int = READ_CACHE_BYTES,
+                 xattrs: bool = True):
         super().__init__()
         self.meta = meta
         self.chunkio = chunkio
         self.root = root
         self.nursery = nursery
         self.read_only = read_only
+        self.xattrs = xattrs
         self.writes = MountWrites()
         self.read_cache = ReadCache(read_cache_bytes, READ_AHEAD_CACHE_BYTES)
         self.page_feed = PageFeed()
@@ -338,7 +340,15 @@ class DfsFS(pyfuse3.Operations):
 
     # ---- extended attributes ---------------------------------------------
 
+    def _check_xattrs(self) -> None:
+        """ENOSYS on a mount without extended attributes: the kernel then
+        answers EOPNOTSUPP itself and never asks again, not even for the
+        security.capability it otherwise looks up before every write."""
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+
     async def setxattr(self, inode, name, value, ctx):
+        self._check_xattrs()
         self._check_writable()
         ino = self._real(inode)
         self.no_capability.pop(ino, None)
@@ -346,6 +356,7 @@ class DfsFS(pyfuse3.Operations):
             await self.meta.change("setxattr", ino=ino, name=name, value=value, flags=0)
 
     async def getxattr(self, inode, name, ctx):
+        self._check_xattrs()
         ino = self._real(inode)
         capability = name == CAPABILITY_XATTR
         if capability and trio.current_time() < self.no_capability.get(ino, 0.0):
@@ -359,11 +370,13 @@ class DfsFS(pyfuse3.Operations):
             raise
 
     async def listxattr(self, inode, ctx):
+        self._check_xattrs()
         ino = self._real(inode)
         async with self._by_inode(ino):
             return (await self.meta.call("listxattr", ino=ino))["names"]
 
     async def removexattr(self, inode, name, ctx):
+        self._check_xattrs()
         self._check_writable()
         ino = self._real(inode)
         async with self._changing(inodes=(ino,)), self._by_inode(ino):

@@ -44,8 +44,8 @@ MIB = 1024 * 1024
 @dataclass(frozen=True)
 class MountOptions:
     """What one mount serves and how: the folder, whether it may change
-    anything, the attachment epoch it changes it under, and how much of what
-    it reads it keeps in memory."""
+    anything, the attachment epoch it changes it under, how much of what it
+    reads it keeps in memory, and whether it serves extended attributes."""
 
     subdir: str = "/"
     read_only: bool = False
@@ -53,6 +53,7 @@ class MountOptions:
     epoch: int = 0
     # HOST:PORT to serve Prometheus metrics on ("": none).
     metrics_listen: str = ""
+    xattrs: bool = True
 
     def fuse(self) -> set[str]:
         options = {"default_permissions", "allow_other", "fsname=dfs:" + self.subdir,
@@ -68,6 +69,8 @@ class MountOptions:
             argv += ["--epoch", str(self.epoch)]
         if self.metrics_listen:
             argv += ["--metrics-listen", self.metrics_listen]
+        if not self.xattrs:
+            argv.append("--no-xattrs")
         return argv + ["--read-only"] if self.read_only else argv
 
 
@@ -96,6 +99,19 @@ def add_read_cache_option(parser: argparse.ArgumentParser) -> None:
              "reads off the chunk servers, at that much more memory per mount")
 
 
+def add_xattrs_option(parser: argparse.ArgumentParser) -> None:
+    """--no-xattrs, which `dfs up` takes too."""
+    parser.add_argument(
+        "--no-xattrs", dest="xattrs", action="store_false",
+        help="serve no extended attributes: getfattr, setfattr and the like fail with "
+             "'Operation not supported', and file capabilities (setcap) do not apply. In "
+             "return the kernel stops asking the mount for security.capability before "
+             "every write, one request in two of small random writes (as MooseFS's "
+             "mfsnoxattrs). For volumes of databases and other small-write workloads "
+             "that use no extended attributes. Attributes already set are kept, and "
+             "other mounts still serve them")
+
+
 def add_mount_options(parser: argparse.ArgumentParser) -> None:
     """The options `dfs mount` and the mount process share."""
     parser.add_argument("--subdir", default="/", metavar="PATH",
@@ -112,6 +128,7 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
                              "request from the kernel by operation, with its latency, and "
                              "the bytes read and written (default: not served)")
     add_read_cache_option(parser)
+    add_xattrs_option(parser)
 
 
 def epoch_number(text: str) -> int:
@@ -127,7 +144,7 @@ def epoch_number(text: str) -> int:
 
 def options_from_args(args: argparse.Namespace) -> MountOptions:
     return MountOptions(args.subdir, args.read_only, args.read_cache, args.epoch,
-                        args.metrics_listen or "")
+                        args.metrics_listen or "", args.xattrs)
 
 
 class ReadyPipe:
@@ -153,7 +170,7 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
     await meta.open_session()
     async with trio.open_nursery() as nursery:
         fs = DfsFS(meta, chunkio, root, nursery, options.read_only,
-                   options.read_cache_mib * MIB)
+                   options.read_cache_mib * MIB, options.xattrs)
         if options.metrics_listen:
             bound = await nursery.start(serve_metrics, instrument(fs),
                                         *parse_addr(options.metrics_listen))
@@ -161,7 +178,7 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
         pyfuse3.init(fs, mountpoint, options.fuse())
         log.info("mounted", mountpoint=mountpoint, subdir=options.subdir, meta=cluster.meta,
                  session=meta.session, read_only=options.read_only, epoch=options.epoch,
-                 read_cache_mib=options.read_cache_mib)
+                 read_cache_mib=options.read_cache_mib, xattrs=options.xattrs)
         ready.tell("ok")
         nursery.start_soon(meta.keep_alive)
         nursery.start_soon(fs.record_quiet_syncs)

@@ -354,6 +354,22 @@ def test_read_cache_parameter_sizes_the_mount_on_the_node(plugin):
         vol.teardown()
 
 
+def test_xattrs_parameter_false_mounts_the_volume_without_them(plugin):
+    vol = Volume(plugin, "pvc-no-xattrs", 8 * MiB, parameters={"xattrs": "false"})
+    assert vol.volume.volume_context["xattrs"] == "false"
+    vol.attach()
+    vol.stage()
+    try:
+        target = vol.publish("db")
+        (target / "table").write_bytes(b"rows")
+        with pytest.raises(OSError) as refused:
+            os.setxattr(target / "table", "user.color", b"blue")
+        assert refused.value.errno == errno.EOPNOTSUPP
+        assert (target / "table").read_bytes() == b"rows"
+    finally:
+        vol.teardown()
+
+
 def write_bytes(path: Path, count: int, mode="wb") -> None:
     with open(path, mode) as f:
         for _ in range(count // (256 * 1024)):

@@ -172,10 +172,11 @@ def test_size_for_expand_is_exact_and_never_shrinks():
 
 def test_parameters():
     assert parameters.parse({"replicas": "3", "inodeLimit": "1000", "readCacheMiB": "512",
-                             "csi.storage.k8s.io/pvc/name": "data"}) == \
-        {"replicas": 3, "inodeLimit": 1000, "readCacheMiB": 512}
+                             "xattrs": "False", "csi.storage.k8s.io/pvc/name": "data"}) == \
+        {"replicas": 3, "inodeLimit": 1000, "readCacheMiB": 512, "xattrs": "false"}
     for bad in ({"replicas": "0"}, {"replicas": "x"}, {"replicas": "17"}, {"colour": "red"},
-                {"readCacheMiB": "15"}, {"readCacheMiB": "-1"}, {"readCacheMiB": "2097152"}):
+                {"readCacheMiB": "15"}, {"readCacheMiB": "-1"}, {"readCacheMiB": "2097152"},
+                {"xattrs": "no"}, {"xattrs": ""}):
         assert code_of(parameters.parse, bad) == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from test_metrics import free_port, scrape
+
 libc = ctypes.CDLL(None, use_errno=True)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -200,6 +202,48 @@ def test_xattrs(mnt):
     expect_errno(errno.ENODATA, os.getxattr, path, "user.color")
     expect_errno(errno.ENODATA, os.removexattr, path, "user.color")
 
+
+
+def _getxattr_requests(samples: dict) -> float:
+    return sum(value for name, value in samples.items()
+               if name.startswith('dfs_fuse_requests_total{op="getxattr"'))
+
+
+def _small_writes(path, count: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for i in range(count):
+            os.pwrite(fd, os.urandom(4096), (i * 7 % count) * 4096)
+    finally:
+        os.close(fd)
+
+
+def test_a_mount_without_xattrs_refuses_them_and_is_not_asked_before_writes(
+        shared_cluster, mnt):
+    write_file(mnt / "kept", b"")
+    os.setxattr(mnt / "kept", "user.color", b"blue")
+    plain_port, bare_port = free_port(), free_port()
+    plain = shared_cluster.mount(f"/{mnt.name}", "--metrics-listen", f"127.0.0.1:{plain_port}")
+    bare = shared_cluster.mount(f"/{mnt.name}", "--no-xattrs",
+                                "--metrics-listen", f"127.0.0.1:{bare_port}")
+    try:
+        # Before each write the kernel asks for security.capability, unless
+        # the mount has told it that it serves no extended attributes.
+        _small_writes(plain / "a", 64)
+        _small_writes(bare / "b", 64)
+        plain_samples, bare_samples = scrape(plain_port), scrape(bare_port)
+        assert _getxattr_requests(plain_samples) >= 64
+        assert _getxattr_requests(bare_samples) <= 1
+        assert bare_samples['dfs_fuse_request_seconds_count{op="write"}'] >= 64
+        assert read_file(plain / "b") == read_file(bare / "b")
+        for call, args in ((os.getxattr, ("user.color",)), (os.setxattr, ("user.color", b"red")),
+                           (os.listxattr, ()), (os.removexattr, ("user.color",))):
+            expect_errno(errno.EOPNOTSUPP, call, bare / "kept", *args)
+    finally:
+        shared_cluster.unmount(plain)
+        shared_cluster.unmount(bare)
+    # What the other mounts serve is untouched.
+    assert os.getxattr(mnt / "kept", "user.color") == b"blue"
 
 def test_truncate_and_sparse(mnt):
     path = mnt / "sparse"
