@@ -270,15 +270,18 @@ class OpenFile:
             # Cancelled before it was sent (the mount is stopping): the batch is lost.
             if self._error is None:
                 self._error = DfsError(errno.EIO, "a write was cancelled before it was sent")
-            self._land(flight)
+            self._land(flight, batch)
             raise
         self.nursery.start_soon(self._send, batch, flight, earlier, sync)
 
-    def _land(self, flight: _InFlight) -> None:
+    def _land(self, flight: _InFlight, batch: _Batch) -> None:
         self._inflight.remove(flight)
         # A fetch that began after the write but before it reached the
-        # replicas read what was there before it: drop that too.
-        self._drop_cached(flight.start, flight.end)
+        # replicas read what was there before it: drop that too. Extent by
+        # extent: the span of a database's scattered page writes is most of
+        # a chunk, a thousand cached pieces to look up.
+        for pos, data in batch.extents:
+            self._drop_cached(pos, pos + len(data))
         flight.done.set()
 
     async def _send(self, batch: _Batch, flight: _InFlight, earlier: list[_InFlight],
@@ -309,7 +312,7 @@ class OpenFile:
             if self._error is None:
                 self._error = DfsError(errno.EIO, "internal error in the client")
         finally:
-            self._land(flight)
+            self._land(flight, batch)
             self.writes.in_flight.release_on_behalf_of(batch)
 
     @staticmethod
