@@ -15,6 +15,7 @@ from dfs.errors import DfsError
 from dfs.rpc import parse_addr
 
 from . import chunktable
+from .chunkpool import ChunkPool
 from .context import Context
 from .records import ChunkServerRecord
 from .replicas import Copy, Replicas
@@ -70,9 +71,10 @@ def _check_position(tx: Tx, theirs: list, addr: str) -> None:
 
 
 class Cluster:
-    def __init__(self, ctx: Context, replicas: Replicas):
+    def __init__(self, ctx: Context, replicas: Replicas, pool: ChunkPool):
         self.ctx = ctx
         self.replicas = replicas
+        self.pool = pool
         self.copies = replicas.copies
         self.bad_total = 0
         self.recent_bad: deque[BadReport] = deque(maxlen=RECENT_BAD)
@@ -156,7 +158,10 @@ class Cluster:
             known = csid is not None and tx.chunkserver(csid) is not None
             sid = csid if known else tx.next_id("chunkserver")
             tx.put_chunkserver(sid, ChunkServerRecord(addr))
-            return sid, self._reconcile(tx, sid, reported, self.holding()), ours, ours_now
+            delete = self._reconcile(tx, sid, reported, self.holding(), creating)
+            return sid, delete, ours, ours_now
+
+        creating = frozenset(self.replicas.creating)
 
         try:
             sid, delete, ours, now_at = await self.ctx.store.write(register)
@@ -168,6 +173,7 @@ class Cluster:
         # Garbage among them stays garbage until the next heartbeat, as
         # cs_heartbeat explains.
         self.handed[sid] = delete
+        await self.pool.registered(sid, set(reported))
         self.registered.add(sid)
         self.awaited.discard(sid)
         if not self.awaited:
@@ -178,15 +184,17 @@ class Cluster:
         return {"csid": sid, "delete": delete, "cluster": ours, "position": now_at}
 
     @staticmethod
-    def _reconcile(tx: Tx, csid: int, reported: dict[int, int], hold: bool) -> list[int]:
+    def _reconcile(tx: Tx, csid: int, reported: dict[int, int], hold: bool,
+                   creating: frozenset[int]) -> list[int]:
         """Match what a server holds with the chunk table; return what it must
-        delete (with `hold`, not the chunks the table does not know)."""
+        delete (with `hold`, not the chunks the table does not know; never
+        those in `creating`, not in the table yet)."""
         delete = []
         changed = {}
         for chunk_id, version in reported.items():
             chunk = tx.chunk(chunk_id)
             doomed = tx.has_garbage(csid, chunk_id)
-            if chunk is None and hold and not doomed:
+            if chunk is None and (hold or chunk_id in creating) and not doomed:
                 continue
             if chunk is None or version < chunk.version or doomed:
                 delete.append(chunk_id)

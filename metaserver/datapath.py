@@ -13,6 +13,7 @@ from dfs import logs
 from dfs.errors import DfsError
 
 from . import chunktable, quotas
+from .chunkpool import ChunkPool
 from .context import Context
 from .records import Chunk
 from .replicas import POLL, SERVER_WAIT, KeyedLocks, Replicas, record_version
@@ -25,10 +26,6 @@ log = logs.get_logger("metaserver")
 # asks again only every so often.
 GRANT_AHEAD = 64 << 20
 GRANT_UNLIMITED = 1 << 30
-# Chunk ids are taken from the database this many at a time, so that a new
-# chunk costs no commit of its own before its replicas are made; a restart
-# leaves the rest of a block unused.
-CHUNK_IDS_AT_ONCE = 1024
 # Write leases ended side by side by a snapshot or a fence.
 REVOKES_AT_ONCE = 32
 
@@ -63,25 +60,15 @@ class Gate:
 
 
 class DataPath:
-    def __init__(self, ctx: Context, replicas: Replicas, settled: trio.Event):
+    def __init__(self, ctx: Context, replicas: Replicas, pool: ChunkPool, settled: trio.Event):
         self.ctx = ctx
         self.replicas = replicas
+        self.pool = pool
         # No replica is handed out or cut before this is set (Cluster.settled).
         self.settled = settled
         self.locks = KeyedLocks()
         # Closed while a snapshot is taken: no lease is granted and no chunk cut.
         self.gate = Gate()
-        self._chunk_ids = range(0)
-        self._chunk_ids_lock = trio.Lock()
-
-    async def _new_chunk_id(self) -> int:
-        async with self._chunk_ids_lock:
-            if not self._chunk_ids:
-                first = await self.ctx.store.write(
-                    lambda tx: tx.next_id("chunk", CHUNK_IDS_AT_ONCE))
-                self._chunk_ids = range(first, first + CHUNK_IDS_AT_ONCE)
-            chunk_id, self._chunk_ids = self._chunk_ids[0], self._chunk_ids[1:]
-            return chunk_id
 
     def _reply(self, chunk_id: int, version: int, csids: list[int], until=None) -> dict:
         reply = {"chunk": chunk_id, "version": version,
@@ -167,7 +154,7 @@ class DataPath:
         live = await self.replicas.live_of(chunk_id, chunk)
         if not live:
             raise DfsError(errno.EIO, f"chunk {chunk_id} has no live replica to copy")
-        new_id = await self._new_chunk_id()
+        new_id = await self.pool.new_id()
         self.replicas.creating.add(new_id)
         created = []
         try:
@@ -242,22 +229,27 @@ class DataPath:
 
     async def _allocate(self, ino: int, index: int) -> dict:
         wanted = self.ctx.settings.wanted(self.ctx.store.read(lambda tx: tx.inode(ino).replicas))
-        chosen = await self._place(wanted)
-        if not chosen:
-            raise DfsError(errno.ENOSPC, "no live chunk server has room for a new chunk")
-        chunk_id = await self._new_chunk_id()
-        self.replicas.creating.add(chunk_id)
+        spare = await self.pool.take(wanted)
+        if spare is not None:
+            chunk_id, chosen, created = spare.chunk_id, spare.csids, spare.csids
+        else:
+            chosen = [s.csid for s in await self._place(wanted)]
+            if not chosen:
+                raise DfsError(errno.ENOSPC, "no live chunk server has room for a new chunk")
+            chunk_id = await self.pool.new_id()
+            self.replicas.creating.add(chunk_id)
         try:
-            created = await self.replicas.on_servers(
-                chunk_id, [(s.csid, s.addr) for s in chosen],
-                [("create", {"chunk": chunk_id, "version": 1})])
-            if not created:
-                raise DfsError(errno.ENOSPC, f"no chunk server could create chunk {chunk_id}")
+            if spare is None:
+                created = await self.replicas.on_servers(
+                    chunk_id, [(csid, self.ctx.registry.addr(csid)) for csid in chosen],
+                    [("create", {"chunk": chunk_id, "version": 1})])
+                if not created:
+                    raise DfsError(errno.ENOSPC, f"no chunk server could create chunk {chunk_id}")
 
             def record(tx: Tx) -> bool:
-                for server in chosen:
-                    if server.csid not in created:
-                        tx.add_garbage(server.csid, chunk_id)
+                for csid in chosen:
+                    if csid not in created:
+                        tx.add_garbage(csid, chunk_id)
                 if tx.get_inode(ino) is None:
                     for csid in created:
                         tx.add_garbage(csid, chunk_id)
@@ -270,8 +262,9 @@ class DataPath:
                 raise DfsError(errno.ENOENT, f"inode {ino} was deleted")
         finally:
             self.replicas.creating.discard(chunk_id)
+            self.pool.restock()
         log.info("chunk created", chunk=chunk_id, ino=ino, index=index, csids=created,
-                 wanted=wanted)
+                 wanted=wanted, spare=spare is not None)
         return self._reply(chunk_id, 1, created, self.ctx.leases.grant(chunk_id))
 
     # --- sizes: reservations, commits, truncation -----------------------------

@@ -72,6 +72,14 @@ def registry_for(service: MetaService) -> Registry:
     metrics.gauge("dfs_meta_unavailable_chunks", "Chunks with no live replica: their data "
                   "cannot be read until a server holding one returns.",
                   lambda: cluster.unavailable)
+    metrics.gauge("dfs_meta_spare_chunks", "Empty chunks made ahead for new files to take.",
+                  service.pool.spares)
+    metrics.counted("dfs_meta_spare_chunks_taken_total", "New chunks that were spares made "
+                    "ahead (the others were made while their writer waited).",
+                    lambda: service.pool.taken)
+    metrics.counted("dfs_meta_spare_chunks_dropped_total", "Spare chunks given up because a "
+                    "server of theirs died or came back without them (their replicas "
+                    "are deleted).", lambda: service.pool.dropped)
     metrics.gauge("dfs_meta_replications_in_progress", "Copies being made to restore "
                   "replication factors.", lambda: len(cluster.copies))
     metrics.counted("dfs_meta_bad_replicas_total", "Replicas reported failing their "

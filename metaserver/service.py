@@ -17,6 +17,7 @@ from dfs.records import QuotaInfo
 from . import factors, quotas, restore, snapshots, trash
 from .backups import Backups
 from .changelog import ChangeLog
+from .chunkpool import ChunkPool
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import BLOCK_SIZE, Context
 from .datapath import DataPath
@@ -45,8 +46,9 @@ class MetaService:
         self.changelog = changelog
         self.ns = ctx.namespace
         self.replicas = Replicas(ctx)
-        self.cluster = Cluster(ctx, self.replicas)
-        self.data = DataPath(ctx, self.replicas, self.cluster.settled)
+        self.pool = ChunkPool(ctx, self.replicas)
+        self.cluster = Cluster(ctx, self.replicas, self.pool)
+        self.data = DataPath(ctx, self.replicas, self.pool, self.cluster.settled)
         self.fsck = Fsck(ctx, self.replicas)
         self.fencing = KeyedLocks()
 
@@ -122,6 +124,7 @@ class MetaService:
             nursery.start_soon(self._every, min(300.0, max(0.5, keep / 4)) if keep else 300.0,
                                self._expire_trash, "trash expiry")
             nursery.start_soon(self.cluster.settle)
+            nursery.start_soon(self.pool.run)
 
     @staticmethod
     async def _every(interval: float, duty, name: str) -> None:

@@ -85,11 +85,14 @@ def test_a_restored_cluster_serves_the_backup_with_the_newest_data(cluster, tmp_
         [sys.executable, "-m", "dfs.cli", "fsck", *cluster.cli_args, "--repair", "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     kept = [p for p in json.loads(report.stdout)["problems"] if p["kind"] == "orphan"]
-    assert {p["chunk"] for p in kept} == set(later_chunks)
+    assert set(later_chunks) <= {p["chunk"] for p in kept}
     assert not any(p["repaired"] for p in kept) and "kept until" in kept[0]["detail"]
     for p in kept:
         server = cluster.local.dir / f"cs{p['csid']}" / "data"
-        assert replica_paths(server, p["chunk"])[0].exists()
+        data = replica_paths(server, p["chunk"])[0]
+        # Besides them: the empty chunks made ahead for new files before the
+        # restore (chunkpool.py), unknown to the database as theirs are.
+        assert data.exists() and (p["chunk"] in later_chunks or data.stat().st_size == 0)
     assert "metadata restored from a backup" in cluster.dfs("status", *cluster.cli_args).stdout
 
 
