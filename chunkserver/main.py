@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "4; 0 turns scrubbing off)")
     parser.add_argument("--scrub-every", type=_non_negative, default=24.0, metavar="HOURS",
                         help="verify each replica again once this many hours have passed "
-                             "since it last was; replicas new since are verified at once "
+                             "since it last was (recorded in DIR/scrub.state, so a restart "
+                             "goes on where it was); replicas new since are verified at once "
                              "(default: 24; 0 reads the store over and over at "
                              "--scrub-rate)")
     parser.add_argument("--metrics-listen", type=address_arg, metavar="HOST:PORT",
@@ -127,7 +128,7 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
     log.info("replicas found", data_dir=str(args.data_dir), chunks=len(versions),
              crcs_synced_by_data_flush=store.in_place)
     service = ChunkService(store, versions, secret)
-    scrubber = (Scrubber(service, args.scrub_rate, args.scrub_every * 3600)
+    scrubber = (Scrubber(service, args.scrub_rate, args.scrub_every * 3600, args.data_dir)
                 if args.scrub_rate > 0 else None)
     metrics = _metrics(service, scrubber)
     server = Server("chunkserver", ops.CHUNK, service.handlers, secret,

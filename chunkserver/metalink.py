@@ -16,13 +16,13 @@ having it delete every chunk that database does not know.
 """
 
 import errno
-import os
 import time
 from pathlib import Path
 
 import trio
 
 from dfs import logs, ops
+from dfs.durable import replace_file
 from dfs.errors import DfsError
 from dfs.rpc import Client
 
@@ -83,12 +83,7 @@ def _save_id(path: Path, value: int) -> None:
 
 
 def _save_text(path: Path, text: str) -> None:
-    temp = path.with_suffix(".tmp")
-    with open(temp, "w") as f:
-        f.write(f"{text}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
+    replace_file(path, f"{text}\n".encode())
 
 
 class MetaLink:

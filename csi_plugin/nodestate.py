@@ -10,6 +10,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from dfs.durable import replace_file
+
 
 @dataclass
 class Target:
@@ -62,12 +64,7 @@ class NodeState:
             return
         wire = {"staging": state.staging, "epoch": state.epoch,
                 "targets": {p: t.to_wire() for p, t in sorted(state.targets.items())}}
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(wire, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_file(path, json.dumps(wire).encode())
 
     def volume_ids(self) -> list[str]:
         return sorted(name[:-5] for name in os.listdir(self.directory) if name.endswith(".json"))

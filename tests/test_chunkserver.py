@@ -425,6 +425,51 @@ def test_scrubber_reads_each_replica_once_per_period_at_its_rate(tmp_path):
     trio.run(scenario)
 
 
+@pytest.mark.timeout(90)
+def test_a_restarted_scrubber_goes_on_where_it_was(tmp_path):
+    port = free_port()
+    scrubbed = "dfs_chunkserver_scrubbed_replicas_total"
+
+    async def count() -> float:
+        return (await trio.to_thread.run_sync(scrape, port))[scrubbed]
+
+    async def scrubbed_reaches(n: int) -> None:
+        with trio.fail_after(20):
+            while await count() < n:
+                await trio.sleep(0.1)
+
+    async def scenario():
+        async with cluster(tmp_path, scrub_rate=64,
+                           flags=("--metrics-listen", f"127.0.0.1:{port}")) as c:
+            cs = c.client()
+            for chunk in range(100, 120):
+                await cs.call("create", chunk=chunk, version=1)
+                await cs.call("write", chunk=chunk, version=1, offset=0, data=b"small")
+            await scrubbed_reaches(20)
+            server = c.servers[0]
+            record = server.data_dir / "scrub.state"
+
+            # Verified a moment ago, before a clean stop: not read again.
+            server.stop()
+            assert record.exists()
+            server.start()
+            await server.wait_ready()
+            await c.client().call("create", chunk=120, version=1)
+            await scrubbed_reaches(1)
+            await trio.sleep(2.5)
+            assert await count() == 1
+
+            # A record that cannot be read is set aside: everything is read again.
+            server.stop()
+            record.write_bytes(b"\xc1 not msgpack")
+            server.start()
+            await server.wait_ready()
+            await scrubbed_reaches(21)
+            assert "ignoring an unreadable scrubber record" in server.log()
+
+    trio.run(scenario)
+
+
 # --- replication -----------------------------------------------------------------
 
 @pytest.mark.timeout(90)
