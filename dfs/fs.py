@@ -446,6 +446,8 @@ class DfsFS(pyfuse3.Operations):
         # lookup of one before the first write need not go to the metaserver.
         self.no_capability[reply["ino"]] = trio.current_time() + ATTR_TIMEOUT
         opened, _ = self._open_file(Attr.from_wire(reply))
+        # From a metaserver older than first grants, 0: the first write asks.
+        opened.granted_end = max(opened.granted_end, reply.get("granted", 0))
         fh = self._handle(opened, writing=flags & os.O_ACCMODE != os.O_RDONLY)
         return pyfuse3.FileInfo(fh=fh), self._entry(reply)
 

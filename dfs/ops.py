@@ -129,7 +129,9 @@ META = _ops(
     # it, by inode number (the kernel forgets a folder's attributes after every
     # change in it; these spare asking again).
     # mode carries the file type bits (S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK).
-    # With `session`, the new file is held open by that session (as by `open`). -> Attr
+    # With `session`, the new file is held open by that session (as by `open`),
+    # and a regular file's reply carries "granted" besides, as `reserve` with
+    # end 0 would answer (0: ask with `reserve`). -> Attr
     Op("mknod", {"parent": int, "name": bytes, "mode": int, "rdev": int, "uid": int,
                  "gid": int, "session": Opt(int), "writer": Opt(int), "token": Opt(bytes)}),
     Op("mkdir", {"parent": int, "name": bytes, "mode": int, "uid": int, "gid": int,

@@ -332,7 +332,20 @@ class MetaService:
             # A retry answered from the stored reply, after a restart lost the
             # hold taken above and before the client could re-announce it.
             self.ctx.opens.ensure_held(attr["ino"], session)
+            if stat.S_ISREG(attr["mode"]):
+                attr["granted"] = await self._first_grant(attr["ino"], session)
         return attr
+
+    async def _first_grant(self, ino: int, session: int) -> int:
+        """How far a file just made may be written before its writer asks
+        (`reserve` with nothing held yet): a small file's first write then
+        needs no round trip of its own. 0 if it cannot be said (the file is
+        gone already): the writer asks, as it would have."""
+        try:
+            return (await self.data.reserve(ino, session, 0))["granted"]
+        except DfsError as exc:
+            log.info("no grant for a new file", ino=ino, error=exc.message)
+            return 0
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
                     token: bytes | None) -> dict:

@@ -1,5 +1,6 @@
 """File data: chunk boundaries, large files, random writes, replicas on disk."""
 
+import errno
 import hashlib
 import mmap
 import os
@@ -16,6 +17,7 @@ from conftest import TEST_CHUNK_SIZE
 from dfs.ops import CHUNK, META
 from dfs.rpc import Client
 from faults import chunks_of, processes_mentioning, status, wait_for
+from test_metrics import free_port, scrape
 
 MiB = 1024 * 1024
 
@@ -363,3 +365,32 @@ def test_reads_beside_a_writer_of_the_same_file_see_its_writes_and_never_hang(cl
     assert not hung, "a read or write never returned"
     assert not failures, failures[:5]
     assert reads > 100
+
+
+def test_a_new_small_file_writes_without_asking_for_quota(cluster):
+    """The grant that comes with a new file covers a small file's first write:
+    no `reserve` of its own. A write past it still asks, and a full quota
+    still refuses it."""
+    port = free_port()
+    local = cluster.local
+    layout = local.load()
+    layout.extra_args["metrics_listen"] = f"127.0.0.1:{port}"
+    local.stop(local.dir / "meta")
+    local.start_metaserver(layout)
+    wait_for(lambda: status(cluster.ref)["chunkservers"]
+             and all(cs["alive"] for cs in status(cluster.ref)["chunkservers"]),
+             30, "the chunk servers to register again")
+
+    for i in range(20):
+        (cluster.mnt / f"small{i}").write_bytes(b"x" * 4096)
+    samples = scrape(port)
+    assert samples['dfs_rpc_requests_total{op="mknod",result="ok"}'] >= 20
+    assert not any(name.startswith('dfs_rpc_requests_total{op="reserve"') for name in samples)
+
+    vol = cluster.mnt / "vol"
+    vol.mkdir()
+    cluster.dfs("quota", "set", *cluster.cli_args, "/vol", "--bytes", "1M")
+    with pytest.raises(OSError) as info:
+        (vol / "big").write_bytes(b"y" * (2 << 20))
+    assert info.value.errno == errno.EDQUOT
+    assert scrape(port)['dfs_rpc_requests_total{op="reserve",result="EDQUOT"}'] >= 1

@@ -119,6 +119,35 @@ def test_byte_quota_reserve_commit_truncate(meta):
     meta.run(body)
 
 
+def test_a_new_file_comes_with_a_first_grant(meta):
+    async def body(c):
+        vol = await make_dir(c, ROOT, b"vol")
+        await c.call("quota_set", ino=vol["ino"], bytes=10 * MiB, inodes=0)
+        s = await new_session(c)
+        f = await make_file(c, vol["ino"], b"f", session=s)
+        assert f["granted"] == 10 * MiB, "as far as the quota allows"
+        # What other writers asked for is left out; nothing is held for it.
+        await c.call("reserve", ino=f["ino"], session=s, end=6 * MiB)
+        g = await make_file(c, vol["ino"], b"g", session=s)
+        assert g["granted"] == 4 * MiB
+        assert (await c.call("reserve", ino=f["ino"], session=s,
+                             end=10 * MiB))["granted"] == 10 * MiB
+        # None left: its first write asks, and is refused.
+        h = await make_file(c, vol["ino"], b"h", session=s)
+        assert h["granted"] == 0
+        assert await error_of(c.call("reserve", ino=h["ino"], session=s,
+                                     end=1)) == errno.EDQUOT
+
+        # Without a quota it is generous. Only a file held open gets one.
+        assert (await make_file(c, ROOT, b"free", session=s))["granted"] == 1 << 30
+        assert "granted" not in await make_file(c, ROOT, b"unheld")
+        fifo = await c.call("mknod", parent=ROOT, name=b"fifo", mode=0o010644, rdev=0,
+                            uid=0, gid=0, session=s)
+        assert "granted" not in fifo
+
+    meta.run(body)
+
+
 def test_rename_moves_usage_and_refuses_directories_across_quotas(meta):
     async def body(c):
         a = await make_dir(c, ROOT, b"a")
