@@ -282,7 +282,19 @@ class DataPath:
         self.ctx.sessions.check(session)
         if end < 0:
             raise DfsError(errno.EINVAL, "reserve: end must not be negative")
+        granted, chain = self._grant(ino, session, end)
+        self.ctx.reservations.grant(session, ino, Reservation(end, granted, tuple(chain)))
+        return {"granted": granted}
 
+    def first_grant(self, ino: int, session: int) -> int:
+        """How far a file just made may be written before its writer asks:
+        what `reserve` to end 0 would grant. Such a grant holds nothing, so
+        nothing is recorded."""
+        return self._grant(ino, session, 0)[0]
+
+    def _grant(self, ino: int, session: int, end: int) -> tuple[int, list[int]]:
+        """(how far the file may be written, the quota directories that say
+        so); EDQUOT if not to `end`."""
         def look(tx: Tx):
             inode = self._regular(tx, ino)
             chain = quotas.chain(tx, inode.parent)
@@ -297,9 +309,7 @@ class DataPath:
             if end > size and end > room_end:
                 raise DfsError(errno.EDQUOT, f"byte quota of directory {q} exceeded")
             granted = min(granted, room_end)
-        granted = max(granted, end)
-        self.ctx.reservations.grant(session, ino, Reservation(end, granted, tuple(chain)))
-        return {"granted": granted}
+        return max(granted, end), chain
 
     async def commit(self, ino: int, session: int, size: int, mtime: int,
                      quiet: bool | None) -> dict:

@@ -333,16 +333,15 @@ class MetaService:
             # hold taken above and before the client could re-announce it.
             self.ctx.opens.ensure_held(attr["ino"], session)
             if stat.S_ISREG(attr["mode"]):
-                attr["granted"] = await self._first_grant(attr["ino"], session)
+                attr["granted"] = self._first_grant(attr["ino"], session)
         return attr
 
-    async def _first_grant(self, ino: int, session: int) -> int:
-        """How far a file just made may be written before its writer asks
-        (`reserve` with nothing held yet): a small file's first write then
-        needs no round trip of its own. 0 if it cannot be said (the file is
-        gone already): the writer asks, as it would have."""
+    def _first_grant(self, ino: int, session: int) -> int:
+        """How far a new file may be written before its writer asks: a small
+        file's first write then needs no round trip of its own. 0 if that
+        cannot be said (the file is gone already): the writer asks."""
         try:
-            return (await self.data.reserve(ino, session, 0))["granted"]
+            return self.data.first_grant(ino, session)
         except DfsError as exc:
             log.info("no grant for a new file", ino=ino, error=exc.message)
             return 0

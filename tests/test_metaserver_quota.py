@@ -135,6 +135,11 @@ def test_a_new_file_comes_with_a_first_grant(meta):
         # None left: its first write asks, and is refused.
         h = await make_file(c, vol["ino"], b"h", session=s)
         assert h["granted"] == 0
+        # A first grant holds nothing: each new file may reach the whole room.
+        small = await make_dir(c, ROOT, b"small")
+        await c.call("quota_set", ino=small["ino"], bytes=MiB, inodes=0)
+        for name in (b"a", b"b"):
+            assert (await make_file(c, small["ino"], name, session=s))["granted"] == MiB
         assert await error_of(c.call("reserve", ino=h["ino"], session=s,
                                      end=1)) == errno.EDQUOT
 
