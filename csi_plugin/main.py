@@ -13,7 +13,8 @@ from concurrent import futures
 import grpc
 
 from dfs import logs
-from dfs.config import ConfigError, add_log_level_arg, add_secret_file_arg, load_secret
+from dfs.config import (ConfigError, add_cluster_id_arg, add_log_level_arg,
+                        add_secret_file_arg, load_secret)
 
 from . import csi_pb2_grpc
 from .controller import ControllerService
@@ -70,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", required=True, metavar="HOST:PORT",
                    help="address of the dfs metaserver")
     add_secret_file_arg(p, also="; also handed to the mounts this plugin starts")
+    add_cluster_id_arg(p, "the plugin answers UNAVAILABLE, and the mounts it starts "
+                          "fail, with")
     p.add_argument("--node-id", default=os.environ.get("NODE_ID") or socket.gethostname(),
                    help="this node's name as Kubernetes knows it (default: $NODE_ID or the "
                         "host name); needed by --mode node and all")
@@ -108,13 +111,14 @@ def main(argv=None) -> int:
         print(f"dfs-csi: --node-id: {exc.message}", file=sys.stderr)
         return 2
 
-    meta = MetaClient(args.meta, secret)
+    meta = MetaClient(args.meta, secret, args.cluster_id)
     store = VolumeStore(meta)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
     node = None
     if args.mode != "controller":
         state = NodeState(args.state_dir)
-        mounter = Mounter([args.dfs_command], args.meta, args.secret_file, args.state_dir)
+        mounter = Mounter([args.dfs_command], args.meta, args.secret_file, args.state_dir,
+                          args.cluster_id)
         node = NodeService(node_id, store, state, mounter, args.max_volumes_per_node)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
     if args.mode != "node":

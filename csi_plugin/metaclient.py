@@ -37,13 +37,15 @@ READDIR_BATCH = 512
 
 
 class MetaClient:
-    def __init__(self, addr: str, secret: bytes):
+    def __init__(self, addr: str, secret: bytes, cluster: int = 0):
         self.addr = addr
         self._secret = secret
         self._token = None
         self._client: rpc.Client | None = None
-        # The cluster id learned at the first call (see dfs.ops cluster_check).
-        self.cluster: int | None = None
+        # The cluster id given, or learned at the first call (see dfs.ops
+        # cluster_check); checked on every connection.
+        self.cluster: int | None = cluster or None
+        self._checked = False
         self._stop: trio.Event | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=trio.run, args=(self._main,),
@@ -67,10 +69,11 @@ class MetaClient:
         found = await check_cluster(call, self.cluster, meta=self.addr)
         if self.cluster is None:
             self.cluster = found or 0
+        self._checked = True
 
     async def _call(self, op: str, timeout: float, fields: dict):
-        if self.cluster is None:
-            # The first connection runs no on_reconnect: learn the id on it.
+        if not self._checked:
+            # The first connection runs no on_reconnect: check (or learn) the id on it.
             await self._check_cluster(self._client.call)
         return await self._client.call(op, timeout, **fields)
 

@@ -117,11 +117,12 @@ class Mounter:
     """Runs the mount commands with the plugin's cluster settings."""
 
     def __init__(self, dfs_command: list[str], meta: str, secret_file: str | None,
-                 log_dir: str | None):
+                 log_dir: str | None, cluster: int = 0):
         self.dfs_command = dfs_command
         self.meta = meta
         self.secret_file = secret_file
         self.log_dir = log_dir
+        self.cluster = cluster
 
     def mount_volume(self, subdir: str, path: str, volume_id: str,
                      read_cache_mib: int | None = None, epoch: int = 0,
@@ -135,6 +136,8 @@ class Mounter:
             argv += ["--epoch", str(epoch)]
         if self.secret_file:
             argv += ["--secret-file", self.secret_file]
+        if self.cluster:
+            argv += ["--cluster-id", f"{self.cluster:x}"]
         if self.log_dir:
             argv += ["--log-file", os.path.join(self.log_dir, f"mount-{volume_id}.log")]
         os.makedirs(path, exist_ok=True)

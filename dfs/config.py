@@ -68,6 +68,28 @@ def address_arg(text: str) -> str:
     return text
 
 
+def add_cluster_id_arg(parser, who: str) -> None:
+    """--cluster-id, which pins a client to one cluster's database."""
+    parser.add_argument(
+        "--cluster-id", type=cluster_id_arg, default=0, metavar="HEX",
+        help=f"the cluster id 'dfs status' shows: {who} a metaserver whose database is "
+             "another cluster's, such as a new, empty one started in the old one's "
+             "place. Default: the id is learned at the first connection and checked on "
+             "every later one")
+
+
+def cluster_id_arg(text: str) -> int:
+    """An argparse type: a cluster id, in hexadecimal as `dfs status` shows it."""
+    try:
+        value = int(text, 16)
+    except ValueError:
+        value = 0
+    if not 0 < value < 1 << 64:
+        raise argparse.ArgumentTypeError(
+            f"a cluster id is the hexadecimal number 'dfs status' shows, not {text!r}")
+    return value
+
+
 def add_secret_file_arg(parser, also: str = "") -> None:
     """--secret-file, as every dfs command that talks to a cluster takes it
     (`parser` may be an argument group); `also` ends its help."""

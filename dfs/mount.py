@@ -21,14 +21,14 @@ import trio
 from . import logs
 from .allocator import keep_large_buffers
 from .chunkio import ChunkIO
-from .config import ClusterRef, address_arg, load_secret
+from .config import ClusterRef, add_cluster_id_arg, address_arg, load_secret
 from .errors import DfsError
 from .fs import DfsFS
 from .metrics import serve as serve_metrics
 from .mountmetrics import instrument
 from .openfile import MIN_READ_CACHE_BYTES, READ_CACHE_BYTES
 from .rpc import parse_addr
-from .session import MetaLink
+from .session import MetaLink, check_cluster
 
 log = logs.get_logger("client")
 
@@ -54,6 +54,8 @@ class MountOptions:
     # HOST:PORT to serve Prometheus metrics on ("": none).
     metrics_listen: str = ""
     xattrs: bool = True
+    # The cluster whose database the metaserver must serve (0: learned at start).
+    cluster: int = 0
 
     def fuse(self) -> set[str]:
         options = {"default_permissions", "allow_other", "fsname=dfs:" + self.subdir,
@@ -71,6 +73,8 @@ class MountOptions:
             argv += ["--metrics-listen", self.metrics_listen]
         if not self.xattrs:
             argv.append("--no-xattrs")
+        if self.cluster:
+            argv += ["--cluster-id", f"{self.cluster:x}"]
         return argv + ["--read-only"] if self.read_only else argv
 
 
@@ -129,6 +133,7 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
                              "the bytes read and written (default: not served)")
     add_read_cache_option(parser)
     add_xattrs_option(parser)
+    add_cluster_id_arg(parser, "the mount refuses (EREMCHG)")
 
 
 def epoch_number(text: str) -> int:
@@ -144,7 +149,7 @@ def epoch_number(text: str) -> int:
 
 def options_from_args(args: argparse.Namespace) -> MountOptions:
     return MountOptions(args.subdir, args.read_only, args.read_cache, args.epoch,
-                        args.metrics_listen or "", args.xattrs)
+                        args.metrics_listen or "", args.xattrs, args.cluster_id)
 
 
 class ReadyPipe:
@@ -164,6 +169,9 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
                 ready: ReadyPipe) -> None:
     meta = MetaLink(cluster.meta, cluster.secret, mountpoint)
     chunkio = ChunkIO(cluster.secret)
+    if options.cluster:
+        meta.cluster = options.cluster
+        await check_cluster(meta.call, options.cluster, mountpoint=mountpoint)
     root = (await meta.call("resolve", path=options.subdir.encode()))["ino"]
     if options.epoch:
         meta.fence = [root, options.epoch]

@@ -179,7 +179,8 @@ class MetaService:
             raise DfsError(errno.EREMCHG, (
                 f"this metaserver's database is cluster {ours:x}'s, not {cluster:x}'s: it "
                 "may have started on an empty or another disk; restore its database "
-                "(dfs-metaserver-restore) or mount again"))
+                "(dfs-metaserver-restore), or if this cluster is the one meant, mount "
+                "again (with its id as --cluster-id where one is given)"))
         return {"cluster": ours}
 
     async def session_renew(self, session: int) -> dict:

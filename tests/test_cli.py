@@ -73,6 +73,27 @@ def test_mount_subdir_and_umount(shared_cluster, mnt):
     run("umount", str(sub))
 
 
+def test_a_mount_pinned_to_another_cluster_refuses_to_start(shared_cluster, mnt, tmp_path):
+    (mnt / "f").write_bytes(b"this cluster's")
+    ours = run("status", *shared_cluster.cli_args).stdout.split("cluster: ")[1].split()[0]
+    other = f"{int(ours, 16) ^ 1:x}"
+    target = tmp_path / "m"
+    target.mkdir()
+    refused = run("mount", *shared_cluster.cli_args, "--cluster-id", other, str(target),
+                  check=False)
+    assert refused.returncode != 0 and "EREMCHG" in refused.stderr
+    assert f"is cluster {ours}'s, not {other}'s" in refused.stderr
+    assert not os.path.ismount(target)
+    run("mount", *shared_cluster.cli_args, "--cluster-id", ours, str(target))
+    try:
+        assert (target / mnt.name / "f").read_bytes() == b"this cluster's"
+    finally:
+        shared_cluster.unmount(target)
+    assert "is the hexadecimal number" in run("mount", *shared_cluster.cli_args,
+                                              "--cluster-id", "zz", str(target),
+                                              check=False).stderr
+
+
 def test_mount_read_cache_size_reaches_the_mount_process(shared_cluster, mnt, tmp_path):
     (mnt / "f").write_bytes(b"read through a mount with a larger cache")
     target, log = tmp_path / "m", tmp_path / "mount.log"
