@@ -28,6 +28,9 @@ class Op:
     name: str
     fields: dict = field(default_factory=dict)
     idempotent: bool = False
+    # Answered once something happens or a wait the caller names is over
+    # (a long poll): its time is no latency, and is left out of the histogram.
+    waits: bool = False
 
 
 _TYPE_NAMES = {int: "an integer", bytes: "bytes", str: "a string", bool: "a boolean",
@@ -275,7 +278,7 @@ META = _ops(
     #     or nil (a delete)], in order; a commit is applied whole, once its
     #     last part is in
     Op("log_read", {"follower": str, "history": int, "after": int, "part": int,
-                    "wait": float}, idempotent=True),
+                    "wait": float}, idempotent=True, waits=True),
     # A copy of the database to start from -> LogCopy record {"name", "size",
     # "history", "seq", "restores"}; ENOSPC or EIO if it cannot be written
     Op("log_copy", {"follower": str}, idempotent=True),

@@ -170,7 +170,9 @@ class Server:
             running.release(size)
             self.in_hand[op] -= 1
             if self.stats is not None:
-                self.stats.record(op, outcome, size, time.perf_counter() - started)
+                waits = op in self.schema and self.schema[op].waits
+                self.stats.record(op, outcome, size,
+                                  None if waits else time.perf_counter() - started)
 
     async def _dispatch(self, op_name, args):
         op = self.schema.get(op_name) if isinstance(op_name, str) else None
@@ -195,18 +197,21 @@ class _Stats:
             "dfs_rpc_requests_total", "Requests answered, by operation and outcome (ok or "
             "the errno name).", ("op", "result"))
         self.seconds = metrics.histogram(
-            "dfs_rpc_request_seconds", "Time from reading a request to sending its reply.",
+            "dfs_rpc_request_seconds", "Time from reading a request to sending its reply "
+            "(not of long polls such as log_read, which wait for something to happen).",
             ("op",))
         self.received = metrics.counter(
             "dfs_rpc_received_bytes_total", "Bytes of request frames, by operation.", ("op",))
         metrics.gauge("dfs_rpc_requests_in_flight", "Requests read and not answered yet.",
                       lambda: sum(server.in_hand.values()))
 
-    def record(self, op: str | None, outcome: int, size: int, seconds: float) -> None:
+    def record(self, op: str | None, outcome: int, size: int, seconds: float | None) -> None:
+        """Count a request; `seconds` None for a long poll (Op.waits)."""
         op = op or "unknown"
         result = errno.errorcode.get(outcome, str(outcome)) if outcome else "ok"
         self.requests.inc(op, result)
-        self.seconds.observe(seconds, op)
+        if seconds is not None:
+            self.seconds.observe(seconds, op)
         self.received.inc(op, amount=size)
 
 

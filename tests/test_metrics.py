@@ -111,6 +111,10 @@ def test_the_metaserver_counts_requests_and_reports_its_state(meta_factory):
                if k.startswith('dfs_rpc_request_seconds_bucket{op="mkdir"')]
     assert buckets == sorted(buckets) and buckets[-1] == 4
     assert samples['dfs_rpc_received_bytes_total{op="mkdir"}'] > 0
+    # A long poll is counted, and its wait is no latency.
+    assert samples['dfs_rpc_requests_total{op="log_read",result="ok"}'] == 1
+    assert not any(k.startswith('dfs_rpc_request_seconds_count{op="log_read"')
+                   for k in samples)
     assert samples["dfs_meta_inodes"] == 5
     assert samples['dfs_meta_chunkservers{state="alive"}'] == 1
     assert samples['dfs_quota_inodes_used{path="/volume"}'] == 2   # a and b
