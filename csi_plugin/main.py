@@ -14,9 +14,9 @@ import grpc
 
 from dfs import logs
 from dfs.config import (ConfigError, add_cluster_id_arg, add_log_level_arg,
-                        add_secret_file_arg, load_secret)
+                        add_secret_file_arg, address_arg, load_secret)
 
-from . import csi_pb2_grpc
+from . import csi_pb2_grpc, nodemetrics
 from .controller import ControllerService
 from .errors import CsiError
 from .identity import IdentityService
@@ -85,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dfs-command", default=default_dfs_command(), metavar="PATH",
                    help="node mode: the dfs command used to mount and unmount volumes "
                         "(default: the dfs beside this Python, else the one on $PATH)")
+    p.add_argument("--metrics-listen", type=address_arg, metavar="HOST:PORT",
+                   help="node mode: serve at http://HOST:PORT/metrics the metrics of every "
+                        "volume's mount on this node (FUSE requests by operation with "
+                        "their latency, bytes read and written), each labelled with its "
+                        "volume_id; mounts made before this was given are not among them "
+                        "(default: not served)")
     p.add_argument("--max-volumes-per-node", type=int, default=0, metavar="N",
                    help="node mode: most volumes Kubernetes may publish to this node "
                         "(default: 0, no limit)")
@@ -117,8 +123,12 @@ def main(argv=None) -> int:
     node = None
     if args.mode != "controller":
         state = NodeState(args.state_dir)
+        metrics_dir = os.path.join(args.state_dir, "metrics") if args.metrics_listen else None
         mounter = Mounter([args.dfs_command], args.meta, args.secret_file, args.state_dir,
-                          args.cluster_id)
+                          args.cluster_id, metrics_dir)
+        if metrics_dir:
+            os.makedirs(metrics_dir, mode=0o700, exist_ok=True)
+            nodemetrics.serve(args.metrics_listen, metrics_dir, state.volume_ids)
         node = NodeService(node_id, store, state, mounter, args.max_volumes_per_node)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
     if args.mode != "node":

@@ -19,6 +19,7 @@ import grpc
 
 from dfs import logs
 
+from . import nodemetrics
 from .errors import CsiError, precondition
 
 log = logs.get_logger("csi.mounts")
@@ -117,12 +118,14 @@ class Mounter:
     """Runs the mount commands with the plugin's cluster settings."""
 
     def __init__(self, dfs_command: list[str], meta: str, secret_file: str | None,
-                 log_dir: str | None, cluster: int = 0):
+                 log_dir: str | None, cluster: int = 0, metrics_dir: str | None = None):
         self.dfs_command = dfs_command
         self.meta = meta
         self.secret_file = secret_file
         self.log_dir = log_dir
         self.cluster = cluster
+        # Where each mount serves its metrics for the node plugin (nodemetrics.py).
+        self.metrics_dir = metrics_dir
 
     def mount_volume(self, subdir: str, path: str, volume_id: str,
                      read_cache_mib: int | None = None, epoch: int = 0,
@@ -138,6 +141,8 @@ class Mounter:
             argv += ["--secret-file", self.secret_file]
         if self.cluster:
             argv += ["--cluster-id", f"{self.cluster:x}"]
+        if self.metrics_dir:
+            argv += ["--metrics-socket", nodemetrics.socket_path(self.metrics_dir, volume_id)]
         if self.log_dir:
             argv += ["--log-file", os.path.join(self.log_dir, f"mount-{volume_id}.log")]
         os.makedirs(path, exist_ok=True)

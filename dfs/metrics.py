@@ -220,6 +220,30 @@ async def serve(registry: Registry, host: str, port: int, *,
     await trio.serve_listeners(lambda stream: _connection(registry, stream), listeners)
 
 
+async def serve_unix(registry: Registry, path: str, *,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `registry` the same way on a unix socket at `path` (readable by
+    its owner only), for a local collector; the socket is removed at the end."""
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    try:
+        os.unlink(path)   # one left by a process that died
+    except FileNotFoundError:
+        pass
+    await sock.bind(path)
+    try:
+        os.chmod(path, 0o600)
+        sock.listen()
+        task_status.started(path)
+        await trio.serve_listeners(lambda stream: _connection(registry, stream),
+                                   [trio.SocketListener(sock)])
+    finally:
+        sock.close()
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 def _resident_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

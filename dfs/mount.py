@@ -25,6 +25,7 @@ from .config import ClusterRef, add_cluster_id_arg, address_arg, load_secret
 from .errors import DfsError
 from .fs import DfsFS
 from .metrics import serve as serve_metrics
+from .metrics import serve_unix as serve_metrics_unix
 from .mountmetrics import instrument
 from .openfile import MIN_READ_CACHE_BYTES, READ_CACHE_BYTES
 from .rpc import parse_addr
@@ -53,6 +54,8 @@ class MountOptions:
     epoch: int = 0
     # HOST:PORT to serve Prometheus metrics on ("": none).
     metrics_listen: str = ""
+    # A unix socket to serve the same on, for a local collector ("": none).
+    metrics_socket: str = ""
     xattrs: bool = True
     # The cluster whose database the metaserver must serve (0: learned at start).
     cluster: int = 0
@@ -71,6 +74,8 @@ class MountOptions:
             argv += ["--epoch", str(self.epoch)]
         if self.metrics_listen:
             argv += ["--metrics-listen", self.metrics_listen]
+        if self.metrics_socket:
+            argv += ["--metrics-socket", self.metrics_socket]
         if not self.xattrs:
             argv.append("--no-xattrs")
         if self.cluster:
@@ -131,6 +136,9 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
                         help="serve Prometheus metrics at http://HOST:PORT/metrics: every "
                              "request from the kernel by operation, with its latency, and "
                              "the bytes read and written (default: not served)")
+    parser.add_argument("--metrics-socket", metavar="PATH",
+                        help="serve the same metrics on a unix socket at PATH, readable by "
+                             "root only (the CSI node plugin gathers its volumes' this way)")
     add_read_cache_option(parser)
     add_xattrs_option(parser)
     add_cluster_id_arg(parser, "the mount refuses (EREMCHG)")
@@ -148,8 +156,11 @@ def epoch_number(text: str) -> int:
 
 
 def options_from_args(args: argparse.Namespace) -> MountOptions:
-    return MountOptions(args.subdir, args.read_only, args.read_cache, args.epoch,
-                        args.metrics_listen or "", args.xattrs, args.cluster_id)
+    return MountOptions(subdir=args.subdir, read_only=args.read_only,
+                        read_cache_mib=args.read_cache, epoch=args.epoch,
+                        metrics_listen=args.metrics_listen or "",
+                        metrics_socket=args.metrics_socket or "", xattrs=args.xattrs,
+                        cluster=args.cluster_id)
 
 
 class ReadyPipe:
@@ -179,10 +190,14 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
     async with trio.open_nursery() as nursery:
         fs = DfsFS(meta, chunkio, root, nursery, options.read_only,
                    options.read_cache_mib * MIB, options.xattrs)
+        registry = instrument(fs) if options.metrics_listen or options.metrics_socket else None
         if options.metrics_listen:
-            bound = await nursery.start(serve_metrics, instrument(fs),
+            bound = await nursery.start(serve_metrics, registry,
                                         *parse_addr(options.metrics_listen))
             log.info("serving metrics", addr="%s:%d" % bound, mountpoint=mountpoint)
+        if options.metrics_socket:
+            await nursery.start(serve_metrics_unix, registry, options.metrics_socket)
+            log.info("serving metrics", socket=options.metrics_socket, mountpoint=mountpoint)
         pyfuse3.init(fs, mountpoint, options.fuse())
         log.info("mounted", mountpoint=mountpoint, subdir=options.subdir, meta=cluster.meta,
                  session=meta.session, read_only=options.read_only, epoch=options.epoch,

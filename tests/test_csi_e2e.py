@@ -24,6 +24,7 @@ import pytest
 from csi_plugin import csi_pb2 as csi
 from csi_plugin import csi_pb2_grpc
 from faults import processes_mentioning
+from test_metrics import free_port, scrape
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -98,6 +99,7 @@ class Plugin:
         self.socket = self.dir / "csi.sock"
         self.log = self.dir / "plugin.log"
         self.proc = None
+        self.metrics_port = free_port()
 
     def start(self) -> None:
         with open(self.log, "a") as log:
@@ -106,6 +108,8 @@ class Plugin:
                  "--meta", self.cluster.meta, "--secret-file", str(self.cluster.secret_file),
                  "--node-id", self.node_id, "--mode", self.mode,
                  "--state-dir", str(self.dir / "state"),
+                 *(["--metrics-listen", f"127.0.0.1:{self.metrics_port}"]
+                   if self.mode != "controller" else []),
                  "--log-level", "debug"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.channel = grpc.insecure_channel(f"unix://{self.socket}")
@@ -352,6 +356,24 @@ def test_read_cache_parameter_sizes_the_mount_on_the_node(plugin):
         assert (target / "page").read_bytes() == b"kept by a larger cache"
     finally:
         vol.teardown()
+
+
+def test_the_node_serves_every_volume_s_mount_metrics(plugin):
+    vol = Volume(plugin, "pvc-metrics", 8 * MiB)
+    vol.attach()
+    vol.stage()
+    try:
+        target = vol.publish("watched")
+        (target / "data").write_bytes(b"counted" * 1000)
+        samples = scrape(plugin.metrics_port)
+        mine = 'volume_id="pvc-metrics"'
+        assert samples[f"dfs_csi_mount_up{{{mine}}}"] == 1
+        assert samples[f'dfs_fuse_requests_total{{{mine},op="create",result="ok"}}'] == 1
+        assert samples[f"dfs_fuse_written_bytes_total{{{mine}}}"] == 7000
+        assert samples[f'dfs_fuse_request_seconds_count{{{mine},op="write"}}'] >= 1
+    finally:
+        vol.teardown()
+    assert not any("pvc-metrics" in name for name in scrape(plugin.metrics_port))
 
 
 def test_xattrs_parameter_false_mounts_the_volume_without_them(plugin):

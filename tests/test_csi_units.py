@@ -9,7 +9,7 @@ import pytest
 
 from csi_plugin import capabilities as caps
 from csi_plugin import csi_pb2 as csi
-from csi_plugin import parameters, sources
+from csi_plugin import nodemetrics, parameters, sources
 from csi_plugin.errors import CsiError
 from csi_plugin.ids import check_id, check_node_id, check_snapshot_id, check_volume_id, id_for
 from csi_plugin.locks import SNAPSHOT_KEY, Locks
@@ -256,3 +256,15 @@ def test_command_line_errors_are_clear(tmp_path):
                           "--endpoint", "tcp://x", "--secret-file", str(tmp_path / "none")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "endpoint" in bad.stderr
+
+
+def test_mount_metrics_are_labelled_with_their_volume(tmp_path):
+    assert nodemetrics._labelled('dfs_fuse_requests_total{op="read",result="ok"} 3',
+                                 'volume_id="v"') \
+        == 'dfs_fuse_requests_total{volume_id="v",op="read",result="ok"} 3'
+    assert nodemetrics._labelled("process_cpu_seconds_total 1.5", 'volume_id="v"') \
+        == 'process_cpu_seconds_total{volume_id="v"} 1.5'
+    # A volume whose mount does not answer is reported down, and nothing else of it.
+    page = nodemetrics.gather(str(tmp_path), ["pvc-gone"])
+    assert 'dfs_csi_mount_up{volume_id="pvc-gone"} 0' in page.splitlines()
+    assert len(nodemetrics.socket_path("/var/lib/dfs-csi/metrics", "x" * 300)) < 108
