@@ -9,7 +9,7 @@ import trio
 
 from faults import replica_paths
 from metaserver.chunkpool import SPARES
-from test_metaserver_chunks import Replicas, count_alive, wait_until
+from test_metaserver_chunks import Replicas, count_alive, run_with_replicas, wait_until
 from test_metaserver_support import ROOT, make_file, meta_factory, new_session
 from test_metrics import free_port, scrape
 
@@ -36,6 +36,15 @@ class Pooled:
     async def _spares_are(self, count: int) -> bool:
         return await trio.to_thread.run_sync(self.metric, "dfs_meta_spare_chunks") == count
 
+    async def started(self, c, replicas: Replicas) -> int:
+        """Once every server is up: a session, whose first new chunk has the
+        pool stocked."""
+        await wait_until(lambda: count_alive(c, len(self.addrs)))
+        session = await new_session(c)
+        await self.new_chunk(c, session, replicas, b"first")
+        await self.stocked()
+        return session
+
     async def new_chunk(self, c, session: int, replicas: Replicas, data: bytes) -> dict:
         """A new file's first chunk, written and synced on every replica."""
         self.files += 1
@@ -48,18 +57,6 @@ class Pooled:
 async def held(replicas: Replicas, addr: str) -> set[int]:
     reply = await replicas.pool.get(addr).call("list_chunks")
     return {chunk for chunk, _ in reply["chunks"]}
-
-
-def run(meta, body) -> None:
-    async def main():
-        client, replicas = meta.client(), Replicas(meta)
-        try:
-            await body(client, replicas)
-        finally:
-            await replicas.pool.aclose()
-            await client.aclose()
-
-    trio.run(main)
 
 
 def test_new_files_take_chunks_made_ahead(meta_factory):
@@ -105,7 +102,7 @@ def test_new_files_take_chunks_made_ahead(meta_factory):
         assert await held(replicas, pooled.addrs[2]) == before
         assert pooled.metric("dfs_meta_spare_chunks_dropped_total") == 0
 
-    run(pooled.meta, body)
+    run_with_replicas(pooled.meta, body)
 
 
 def test_a_spare_that_lost_a_replica_is_dropped_not_handed_out(meta_factory):
@@ -113,10 +110,7 @@ def test_a_spare_that_lost_a_replica_is_dropped_not_handed_out(meta_factory):
     meta = pooled.meta
 
     async def body(c, replicas: Replicas):
-        await wait_until(lambda: count_alive(c, 3))
-        s = await new_session(c)
-        await pooled.new_chunk(c, s, replicas, b"first")
-        await pooled.stocked()
+        s = await pooled.started(c, replicas)
         ino = (await c.call("lookup", parent=ROOT, name=b"f1"))["ino"]
         mapped = (await c.call("chunk_read", ino=ino, index=0))["chunk"]
         cs0, cs1 = meta.chunkservers[:2]
@@ -162,7 +156,7 @@ def test_a_spare_that_lost_a_replica_is_dropped_not_handed_out(meta_factory):
 
         await wait_until(only_the_table_and_spares)
 
-    run(meta, body)
+    run_with_replicas(meta, body)
 
 
 def test_a_restarted_metaserver_deletes_the_spares_it_forgot(meta_factory):
@@ -170,13 +164,10 @@ def test_a_restarted_metaserver_deletes_the_spares_it_forgot(meta_factory):
     meta = pooled.meta
 
     async def body(c, replicas: Replicas):
-        await wait_until(lambda: count_alive(c, 2))
-        s = await new_session(c)
-        await pooled.new_chunk(c, s, replicas, b"first")
-        await pooled.stocked()
+        await pooled.started(c, replicas)
         assert len(await held(replicas, pooled.addrs[0])) == SPARES + 1
 
-    run(meta, body)
+    run_with_replicas(meta, body)
     meta.restart()
 
     async def after(c, replicas: Replicas):
@@ -188,7 +179,7 @@ def test_a_restarted_metaserver_deletes_the_spares_it_forgot(meta_factory):
             assert await replicas.read(addr, chunk, 1, 5) == b"first"
         assert pooled.metric("dfs_meta_spare_chunks") == 0
 
-    run(meta, after)
+    run_with_replicas(meta, after)
 
 
 async def _only(replicas: Replicas, addr: str, chunk: int) -> bool:

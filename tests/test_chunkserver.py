@@ -385,41 +385,47 @@ def test_scrubber_finds_corruption_nobody_reads(tmp_path):
     trio.run(scenario)
 
 
+async def small_replicas(cs, chunks) -> None:
+    for chunk in chunks:
+        await cs.call("create", chunk=chunk, version=1)
+        await cs.call("write", chunk=chunk, version=1, offset=0, data=b"small")
+
+
+async def scrubbed(port: int) -> float:
+    """Replicas the chunk server with metrics on `port` has scrubbed."""
+    samples = await trio.to_thread.run_sync(scrape, port)
+    return samples["dfs_chunkserver_scrubbed_replicas_total"]
+
+
 @pytest.mark.timeout(60)
 def test_scrubber_reads_each_replica_once_per_period_at_its_rate(tmp_path):
     port = free_port()
-    scrubbed = "dfs_chunkserver_scrubbed_replicas_total"
-
-    async def count() -> float:
-        return (await trio.to_thread.run_sync(scrape, port))[scrubbed]
 
     async def scenario():
         # 4 MiB/s with each small replica counted as 256 KiB: 16 replicas a second.
         async with cluster(tmp_path, scrub_rate=4,
                            flags=("--metrics-listen", f"127.0.0.1:{port}")) as c:
             cs = c.client()
-            for chunk in range(100, 140):
-                await cs.call("create", chunk=chunk, version=1)
-                await cs.call("write", chunk=chunk, version=1, offset=0, data=b"small")
+            await small_replicas(cs, range(100, 140))
             with trio.fail_after(20):
-                while await count() == 0:
+                while await scrubbed(port) == 0:
                     await trio.sleep(0.05)
             await trio.sleep(1)
-            assert await count() <= 16 + 2
+            assert await scrubbed(port) <= 16 + 2
             with trio.fail_after(20):
-                while await count() < 40:
+                while await scrubbed(port) < 40:
                     await trio.sleep(0.2)
             # Each read once: the next pass is a day away.
             await trio.sleep(2.5)
-            assert await count() == 40
+            assert await scrubbed(port) == 40
             # A replica made since is read at its first look.
             await cs.call("create", chunk=140, version=1)
             await cs.call("write", chunk=140, version=1, offset=0, data=b"late")
             with trio.fail_after(10):
-                while await count() < 41:
+                while await scrubbed(port) < 41:
                     await trio.sleep(0.2)
             await trio.sleep(2.5)
-            assert await count() == 41
+            assert await scrubbed(port) == 41
             assert c.meta.bad == []
 
     trio.run(scenario)
@@ -428,23 +434,16 @@ def test_scrubber_reads_each_replica_once_per_period_at_its_rate(tmp_path):
 @pytest.mark.timeout(90)
 def test_a_restarted_scrubber_goes_on_where_it_was(tmp_path):
     port = free_port()
-    scrubbed = "dfs_chunkserver_scrubbed_replicas_total"
-
-    async def count() -> float:
-        return (await trio.to_thread.run_sync(scrape, port))[scrubbed]
 
     async def scrubbed_reaches(n: int) -> None:
         with trio.fail_after(20):
-            while await count() < n:
+            while await scrubbed(port) < n:
                 await trio.sleep(0.1)
 
     async def scenario():
         async with cluster(tmp_path, scrub_rate=64,
                            flags=("--metrics-listen", f"127.0.0.1:{port}")) as c:
-            cs = c.client()
-            for chunk in range(100, 120):
-                await cs.call("create", chunk=chunk, version=1)
-                await cs.call("write", chunk=chunk, version=1, offset=0, data=b"small")
+            await small_replicas(c.client(), range(100, 120))
             await scrubbed_reaches(20)
             server = c.servers[0]
             record = server.data_dir / "scrub.state"
@@ -457,7 +456,7 @@ def test_a_restarted_scrubber_goes_on_where_it_was(tmp_path):
             await c.client().call("create", chunk=120, version=1)
             await scrubbed_reaches(1)
             await trio.sleep(2.5)
-            assert await count() == 1
+            assert await scrubbed(port) == 1
 
             # A record that cannot be read is set aside: everything is read again.
             server.stop()

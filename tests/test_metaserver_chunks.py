@@ -177,6 +177,11 @@ def test_data_path_with_real_chunk_servers(meta_factory):
             await wait_until(lambda a=addr: replicas.gone(a, read["chunk"]))
         assert (await c.call("status"))["chunks"] == 0
 
+    run_with_replicas(meta, body)
+
+
+def run_with_replicas(meta, body) -> None:
+    """Run `async body(client, Replicas)` against `meta`, closing both after."""
     async def main():
         client, replicas = meta.client(), Replicas(meta)
         try:
