@@ -88,7 +88,7 @@ def gather(folder: str, volume_ids: list[str]) -> str:
     return head + "".join(up) + "".join("".join(lines) for lines in families.values())
 
 
-def serve(addr: str, folder: str, volume_ids: Callable[[], list[str]]) -> ThreadingHTTPServer:
+def serve(addr: str, folder: str, volume_ids: Callable[[], list[str]]) -> None:
     """Serve `gather` at http://ADDR/metrics from a thread of its own."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -110,4 +110,3 @@ def serve(addr: str, folder: str, volume_ids: Callable[[], list[str]]) -> Thread
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="dfs-csi-metrics", daemon=True).start()
     log.info("serving the mounts' metrics", addr=addr, folder=folder)
-    return server

@@ -45,7 +45,8 @@ RETRY_SECONDS = 5.0
 
 
 @dataclass
-class Spare:
+class EmptyChunk:
+    """A chunk with a durable empty replica on each of `csids`, in no file yet."""
     chunk_id: int
     csids: list[int]
 
@@ -58,7 +59,7 @@ class ChunkPool:
         self._ids_lock = trio.Lock()
         # Replica count -> spares, oldest first. A count is stocked from the
         # first time a writer asks for it.
-        self._spares: dict[int, deque[Spare]] = {}
+        self._spares: dict[int, deque[EmptyChunk]] = {}
         self._short = trio.Event()
         self.taken = 0
         self.dropped = 0
@@ -75,10 +76,10 @@ class ChunkPool:
     def spares(self) -> int:
         return sum(len(spares) for spares in self._spares.values())
 
-    async def take(self, count: int) -> Spare | None:
+    async def take(self, count: int) -> EmptyChunk | None:
         """A spare on `count` servers, all alive, or None. Its id stays in
         `Replicas.creating`: the caller records the chunk, discards it, and
-        then calls `restock`."""
+        then calls `restock` (as after `make`)."""
         spares = self._spares.setdefault(count, deque())
         while spares:
             spare = spares.popleft()
@@ -113,7 +114,7 @@ class ChunkPool:
             for count, spares in list(self._spares.items()):
                 while len(spares) < SPARES:
                     try:
-                        spare = await self._make(count)
+                        spare = await self._spare(count)
                     except DfsError as exc:
                         log.error("making a spare chunk failed", replicas=count, error=str(exc))
                         spare = None
@@ -123,35 +124,53 @@ class ChunkPool:
                         break
                     spares.append(spare)
 
-    async def _make(self, count: int) -> Spare | None:
+    async def make(self, chosen: list) -> EmptyChunk:
+        """A chunk made now, on those of the `chosen` servers that make its
+        empty replica; its id in `Replicas.creating`, as a taken spare's is.
+        A server that refused may have made one all the same: that is
+        garbage. ENOSPC if none made it."""
+        chunk_id = await self.new_id()
+        self.replicas.creating.add(chunk_id)
+        try:
+            created = await self.replicas.on_servers(
+                chunk_id, [(s.csid, s.addr) for s in chosen],
+                [("create", {"chunk": chunk_id, "version": 1})])
+            refused = [(s.csid, chunk_id) for s in chosen if s.csid not in created]
+            if refused:
+                await self._doom(refused)
+            if not created:
+                raise DfsError(errno.ENOSPC, f"no chunk server could create chunk {chunk_id}")
+        except BaseException:
+            self.replicas.creating.discard(chunk_id)
+            raise
+        return EmptyChunk(chunk_id, created)
+
+    async def _spare(self, count: int) -> EmptyChunk | None:
         room = self.ctx.settings.chunk_size
         if len(self.ctx.registry.candidates(room)) < count:
             return None
-        chosen = self.ctx.registry.place(count, room)
-        chunk_id = await self.new_id()
-        self.replicas.creating.add(chunk_id)
-        created = await self.replicas.on_servers(
-            chunk_id, [(s.csid, s.addr) for s in chosen],
-            [("create", {"chunk": chunk_id, "version": 1})])
-        spare = Spare(chunk_id, [s.csid for s in chosen])
-        if len(created) < count:
-            # A server that refused may still have made it.
+        spare = await self.make(self.ctx.registry.place(count, room))
+        if len(spare.csids) < count:
             await self._drop([spare], "not every server made it")
             return None
         return spare
 
-    async def _drop(self, dropped: list[Spare], why: str) -> None:
+    async def _drop(self, dropped: list[EmptyChunk], why: str) -> None:
+        await self._doom([(csid, s.chunk_id) for s in dropped for csid in s.csids])
+        for spare in dropped:
+            self.replicas.creating.discard(spare.chunk_id)
+        self.dropped += len(dropped)
+        log.info("spare chunks dropped", chunks=[s.chunk_id for s in dropped], reason=why)
+
+    async def _doom(self, replicas: list[tuple[int, int]]) -> None:
+        """Make garbage of (server, chunk) replicas, unless the metaserver is
+        stopping: then the next start deletes them as replicas it does not know."""
         def doom(tx: Tx) -> None:
-            for spare in dropped:
-                for csid in spare.csids:
-                    tx.add_garbage(csid, spare.chunk_id)
+            for csid, chunk_id in replicas:
+                tx.add_garbage(csid, chunk_id)
 
         try:
             await self.ctx.store.write(doom)
         except DfsError as exc:
             if exc.errno != errno.ESHUTDOWN:
                 raise
-        for spare in dropped:
-            self.replicas.creating.discard(spare.chunk_id)
-        self.dropped += len(dropped)
-        log.info("spare chunks dropped", chunks=[s.chunk_id for s in dropped], reason=why)

@@ -229,43 +229,32 @@ class DataPath:
 
     async def _allocate(self, ino: int, index: int) -> dict:
         wanted = self.ctx.settings.wanted(self.ctx.store.read(lambda tx: tx.inode(ino).replicas))
-        spare = await self.pool.take(wanted)
-        if spare is not None:
-            chunk_id, chosen, created = spare.chunk_id, spare.csids, spare.csids
-        else:
-            chosen = [s.csid for s in await self._place(wanted)]
+        chunk = await self.pool.take(wanted)
+        ahead = chunk is not None
+        if chunk is None:
+            chosen = await self._place(wanted)
             if not chosen:
                 raise DfsError(errno.ENOSPC, "no live chunk server has room for a new chunk")
-            chunk_id = await self.pool.new_id()
-            self.replicas.creating.add(chunk_id)
+            chunk = await self.pool.make(chosen)
         try:
-            if spare is None:
-                created = await self.replicas.on_servers(
-                    chunk_id, [(csid, self.ctx.registry.addr(csid)) for csid in chosen],
-                    [("create", {"chunk": chunk_id, "version": 1})])
-                if not created:
-                    raise DfsError(errno.ENOSPC, f"no chunk server could create chunk {chunk_id}")
-
             def record(tx: Tx) -> bool:
-                for csid in chosen:
-                    if csid not in created:
-                        tx.add_garbage(csid, chunk_id)
                 if tx.get_inode(ino) is None:
-                    for csid in created:
-                        tx.add_garbage(csid, chunk_id)
+                    for csid in chunk.csids:
+                        tx.add_garbage(csid, chunk.chunk_id)
                     return False
-                tx.map_chunk(ino, index, chunk_id)
-                tx.put_chunk(chunk_id, Chunk(1, created, replicas=tx.inode(ino).replicas))
+                tx.map_chunk(ino, index, chunk.chunk_id)
+                tx.put_chunk(chunk.chunk_id,
+                             Chunk(1, chunk.csids, replicas=tx.inode(ino).replicas))
                 return True
 
             if not await self.ctx.store.write(record):
                 raise DfsError(errno.ENOENT, f"inode {ino} was deleted")
         finally:
-            self.replicas.creating.discard(chunk_id)
+            self.replicas.creating.discard(chunk.chunk_id)
             self.pool.restock()
-        log.info("chunk created", chunk=chunk_id, ino=ino, index=index, csids=created,
-                 wanted=wanted, spare=spare is not None)
-        return self._reply(chunk_id, 1, created, self.ctx.leases.grant(chunk_id))
+        log.info("chunk created", chunk=chunk.chunk_id, ino=ino, index=index, csids=chunk.csids,
+                 wanted=wanted, made_ahead=ahead)
+        return self._reply(chunk.chunk_id, 1, chunk.csids, self.ctx.leases.grant(chunk.chunk_id))
 
     # --- sizes: reservations, commits, truncation -----------------------------
     def reserved(self, skip) -> dict[int, int]:
@@ -288,9 +277,15 @@ class DataPath:
 
     def first_grant(self, ino: int, session: int) -> int:
         """How far a file just made may be written before its writer asks:
-        what `reserve` to end 0 would grant. Such a grant holds nothing, so
-        nothing is recorded."""
-        return self._grant(ino, session, 0)[0]
+        what `reserve` to end 0 would grant, so that a small file's first
+        write needs no round trip of its own. Such a grant holds nothing, so
+        nothing is recorded. 0 if that cannot be said (the file is gone
+        already): the writer asks."""
+        try:
+            return self._grant(ino, session, 0)[0]
+        except DfsError as exc:
+            log.info("no grant for a new file", ino=ino, error=exc.message)
+            return 0
 
     def _grant(self, ino: int, session: int, end: int) -> tuple[int, list[int]]:
         """(how far the file may be written, the quota directories that say

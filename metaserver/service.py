@@ -334,18 +334,8 @@ class MetaService:
             # hold taken above and before the client could re-announce it.
             self.ctx.opens.ensure_held(attr["ino"], session)
             if stat.S_ISREG(attr["mode"]):
-                attr["granted"] = self._first_grant(attr["ino"], session)
+                attr["granted"] = self.data.first_grant(attr["ino"], session)
         return attr
-
-    def _first_grant(self, ino: int, session: int) -> int:
-        """How far a new file may be written before its writer asks: a small
-        file's first write then needs no round trip of its own. 0 if that
-        cannot be said (the file is gone already): the writer asks."""
-        try:
-            return self.data.first_grant(ino, session)
-        except DfsError as exc:
-            log.info("no grant for a new file", ino=ino, error=exc.message)
-            return 0
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
                     token: bytes | None) -> dict:

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,6 +223,17 @@ class Volume:
             volume_id=self.id, staging_target_path=str(self.staging)), timeout=60)
         assert str(self.staging) not in mounts_under(self.plugin.dir)
 
+    @contextmanager
+    def published(self, pod: str):
+        """Attached, staged and published to `pod` (its path) for a `with`
+        block, then taken down and deleted."""
+        self.attach()
+        self.stage()
+        try:
+            yield self.publish(pod)
+        finally:
+            self.teardown()
+
     def teardown(self) -> None:
         self.unmount()
         self.plugin.controller.ControllerUnpublishVolume(csi.ControllerUnpublishVolumeRequest(
@@ -344,26 +356,18 @@ def test_lifecycle_with_online_expansion_while_writing(plugin):
 def test_read_cache_parameter_sizes_the_mount_on_the_node(plugin):
     vol = Volume(plugin, "pvc-read-cache", 8 * MiB, parameters={"readCacheMiB": "128"})
     assert vol.volume.volume_context["readCacheMiB"] == "128"
-    vol.attach()
-    vol.stage()
-    try:
-        target = vol.publish("reader")
+    with vol.published("reader") as target:
         (target / "page").write_bytes(b"kept by a larger cache")
         [mount_pid] = [pid for pid in processes_mentioning(str(vol.staging))
                        if "dfs.mount" in Path(f"/proc/{pid}/cmdline").read_text()]
         argv = Path(f"/proc/{mount_pid}/cmdline").read_text().split("\0")
         assert argv[argv.index("--read-cache") + 1] == "128"
         assert (target / "page").read_bytes() == b"kept by a larger cache"
-    finally:
-        vol.teardown()
 
 
 def test_the_node_serves_every_volume_s_mount_metrics(plugin):
     vol = Volume(plugin, "pvc-metrics", 8 * MiB)
-    vol.attach()
-    vol.stage()
-    try:
-        target = vol.publish("watched")
+    with vol.published("watched") as target:
         (target / "data").write_bytes(b"counted" * 1000)
         samples = scrape(plugin.metrics_port)
         mine = 'volume_id="pvc-metrics"'
@@ -371,25 +375,18 @@ def test_the_node_serves_every_volume_s_mount_metrics(plugin):
         assert samples[f'dfs_fuse_requests_total{{{mine},op="create",result="ok"}}'] == 1
         assert samples[f"dfs_fuse_written_bytes_total{{{mine}}}"] == 7000
         assert samples[f'dfs_fuse_request_seconds_count{{{mine},op="write"}}'] >= 1
-    finally:
-        vol.teardown()
     assert not any("pvc-metrics" in name for name in scrape(plugin.metrics_port))
 
 
 def test_xattrs_parameter_false_mounts_the_volume_without_them(plugin):
     vol = Volume(plugin, "pvc-no-xattrs", 8 * MiB, parameters={"xattrs": "false"})
     assert vol.volume.volume_context["xattrs"] == "false"
-    vol.attach()
-    vol.stage()
-    try:
-        target = vol.publish("db")
+    with vol.published("db") as target:
         (target / "table").write_bytes(b"rows")
         with pytest.raises(OSError) as refused:
             os.setxattr(target / "table", "user.color", b"blue")
         assert refused.value.errno == errno.EOPNOTSUPP
         assert (target / "table").read_bytes() == b"rows"
-    finally:
-        vol.teardown()
 
 
 def write_bytes(path: Path, count: int, mode="wb") -> None:
