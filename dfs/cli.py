@@ -10,7 +10,7 @@ from pathlib import Path
 
 import trio
 
-from . import backupfetch, fsck, logs, mounts, trash
+from . import backupfetch, fsck, logs, mounts, reports, trash
 from .cluster import LocalCluster
 from .config import ConfigError, add_cluster_args, add_log_level_arg, cluster_from_args
 from .errors import DfsError
@@ -18,6 +18,7 @@ from .mount import (MountOptions, add_mount_options, add_read_cache_option,
                     add_xattrs_option, mount_background, options_from_args, run_foreground)
 from .ops import META
 from .records import BackupInfo, QuotaInfo
+from .reports import human_size
 from .rpc import Client
 
 DESCRIPTION = """\
@@ -43,13 +44,6 @@ def _size(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("a size cannot be negative")
     return value
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def _call(args, op: str, **fields):
@@ -137,14 +131,30 @@ def cmd_status(args) -> int:
     for cs in servers:
         state = "alive" if cs["alive"] else "DEAD"
         print(f"  #{cs['csid']:<3} {cs['addr']:<22} {state:<6} "
-              f"used {_human(cs['used'])} of {_human(cs['capacity'])}, {cs['chunks']} chunks")
-    print(f"capacity: {_human(sum(cs['capacity'] for cs in alive))}, "
-          f"used {_human(sum(cs['used'] for cs in alive))}")
+              f"used {human_size(cs['used'])} of {human_size(cs['capacity'])}, "
+              f"{cs['chunks']} chunks")
+    print(f"capacity: {human_size(sum(cs['capacity'] for cs in alive))}, "
+          f"used {human_size(sum(cs['used'] for cs in alive))}")
     print(f"files: {status['files']}, directories: {status['directories']}, "
-          f"data: {_human(status['bytes'])}")
+          f"data: {human_size(status['bytes'])}")
     print(f"chunks: {status['chunks']}, under-replicated: {status['under_replicated']}")
     _print_metadata(status)
     _print_health(status, len(servers) - len(alive))
+    return 0
+
+
+def cmd_sessions(args) -> int:
+    listed = reports.sessions(cluster_from_args(args))
+    print(json.dumps(listed, indent=2) if args.json else reports.format_sessions(listed))
+    return 0
+
+
+def cmd_info(args) -> int:
+    if not args.path.startswith("/"):
+        raise DfsError(22, f"{args.path!r}: give a path inside dfs starting with '/', "
+                           "e.g. /volumes/pvc-1/data.db")
+    found = reports.info(cluster_from_args(args), args.path)
+    print(json.dumps(found.to_wire(), indent=2) if args.json else reports.format_info(found))
     return 0
 
 
@@ -204,9 +214,9 @@ def cmd_fsck(args) -> int:
 
 
 def _print_quota(q: QuotaInfo) -> None:
-    limit = _human(q.bytes_limit) if q.bytes_limit else "unlimited"
+    limit = human_size(q.bytes_limit) if q.bytes_limit else "unlimited"
     inodes = str(q.inodes_limit) if q.inodes_limit else "unlimited"
-    print(f"{q.path or q.ino}: bytes {_human(q.bytes_used)} of {limit}, "
+    print(f"{q.path or q.ino}: bytes {human_size(q.bytes_used)} of {limit}, "
           f"inodes {q.inodes_used} of {inodes}")
 
 
@@ -281,7 +291,7 @@ def cmd_fence(args) -> int:
 
 def _print_backup(backup: BackupInfo) -> None:
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(backup.at))
-    print(f"{backup.name}  {when}  {_human(backup.size)}")
+    print(f"{backup.name}  {when}  {human_size(backup.size)}")
 
 
 def cmd_backup_now(args) -> int:
@@ -304,7 +314,7 @@ def cmd_backup_ls(args) -> int:
 
 def cmd_backup_get(args) -> int:
     backup, path = backupfetch.fetch(cluster_from_args(args), args.name, Path(args.target))
-    print(f"{path}: backup {backup.name}, {_human(backup.size)}, checksum verified")
+    print(f"{path}: backup {backup.name}, {human_size(backup.size)}, checksum verified")
     return 0
 
 
@@ -315,9 +325,9 @@ def cmd_trash_ls(args) -> int:
         return 0
     for entry in found:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry.removed))
-        print(f"{entry.ref}  {_human(entry.size)}  removed {when}  from {entry.path}")
+        print(f"{entry.ref}  {human_size(entry.size)}  removed {when}  from {entry.path}")
     total = sum(entry.size for entry in found)
-    print(f"{len(found)} file(s), {_human(total)} in the trash")
+    print(f"{len(found)} file(s), {human_size(total)} in the trash")
     return 0
 
 
@@ -393,6 +403,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("sessions", help="the mounts and other clients connected, and what "
+                                        "they hold",
+                       description="List every session the metaserver keeps: the host, "
+                                   "mount point and process of each mount (or CSI plugin, or "
+                                   "dfs command), when it was opened, how many files it holds "
+                                   "open and is writing, the folder it is fenced to, and when "
+                                   "it lapses if its client stops renewing it. A session that "
+                                   "lapses releases its files: removed files it kept open are "
+                                   "deleted then.")
+    add_cluster_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("info", help="where a file's chunks are; what a folder holds",
+                       description="Show PATH's attributes and replication factor. For a "
+                                   "file, list each of its chunks with its version and the "
+                                   "chunk servers holding it, marking dead servers and "
+                                   "under-replicated chunks. For a folder, count what lies "
+                                   "beneath it: files, folders, bytes, chunks, and chunks "
+                                   "under-replicated or unavailable (no live copy). PATH is a "
+                                   "path inside dfs (e.g. /volumes/pvc-1), not a local path.",
+                       epilog="example: dfs info --data-dir /var/lib/dfs /volumes/pvc-1")
+    add_cluster_args(p)
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("fsck", help="check chunks against the chunk servers; --repair",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

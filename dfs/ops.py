@@ -251,6 +251,26 @@ META = _ops(
     #     "seen" (seconds ago), "silent" (not heard from for a minute)}], ...}
     Op("status", {}, idempotent=True),
 
+    # What an administrator asks about (metaserver/reports.py), read-only.
+    # The sessions of mounts and other clients -> {"sessions": [{"session",
+    # "host", "mountpoint", "pid", "opened" (unix seconds, 0 if unknown),
+    # "expires" (seconds until it lapses unless renewed), "open" (inodes it
+    # holds open), "reserving" (files under a byte quota it holds room for),
+    # "reserved" (that room beyond their sizes, counted as used), "fence":
+    # [directory ino, epoch] or None, "restored" (from before the
+    # metaserver's restart and silent since)}]}
+    Op("session_list", {}, idempotent=True),
+    # A file's chunks from index `start` on, at most `limit` (1..4096)
+    # -> {"chunks": [{"index", "chunk", "version", "wanted" (copies),
+    #     "servers": [[csid, "host:port", alive], ...]}], "next": the index
+    #     to pass as `start`, or None after the last, "chunk_size"}
+    Op("chunk_list", {"ino": int, "start": int, "limit": int}, idempotent=True),
+    # What lies beneath a directory, itself included (or a file alone)
+    # -> {"files", "directories", "symlinks", "others", "bytes" (file sizes),
+    #     "chunks" (each counted once, however many files share it),
+    #     "under_replicated", "unavailable" (no live replica)}
+    Op("summary", {"ino": int}, idempotent=True),
+
     # Backups of the metadata (metaserver/backups.py): consistent copies of
     # the whole database, made while serving and kept in the metaserver's
     # backup folder (the newest --backup-keep of them). BackupInfo records:

@@ -94,6 +94,8 @@ class SessionRecord:
     # (0: none) and that epoch (see fences.py).
     fence_ino: int = 0
     fence_epoch: int = 0
+    # When it was opened (unix seconds; 0 for sessions recorded before this was).
+    opened: int = 0
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from .fences import Binding
 from .fsck import Fsck
 from .records import Inode, Quota, SessionRecord
 from .replicas import POLL, KeyedLocks, Replicas
+from .reports import Reports
 from .store import CLUSTER_ID, REPLY_TTL, Tx, begin_history, random_id
 
 log = logs.get_logger("metaserver")
@@ -50,6 +51,7 @@ class MetaService:
         self.cluster = Cluster(ctx, self.replicas, self.pool)
         self.data = DataPath(ctx, self.replicas, self.pool, self.cluster.settled)
         self.fsck = Fsck(ctx, self.replicas)
+        self.reports = Reports(ctx)
         self.fencing = KeyedLocks()
 
     def start(self) -> None:
@@ -102,6 +104,8 @@ class MetaService:
             table[name] = getattr(self.cluster, name)
         for name in ("fsck_chunks", "fsck_servers"):
             table[name] = getattr(self.fsck, name)
+        for name in ("session_list", "chunk_list", "summary"):
+            table[name] = getattr(self.reports, name)
         for name, op in META.items():
             if "session" in op.fields:
                 table[name] = self._speaking(table[name])
@@ -159,7 +163,8 @@ class MetaService:
 
         def open_session(tx: Tx) -> int:
             sid = tx.next_id("session")
-            tx.put_session(sid, SessionRecord(host, mountpoint, pid, *(fence or (0, 0))))
+            tx.put_session(sid, SessionRecord(host, mountpoint, pid, *(fence or (0, 0)),
+                                              int(time.time())))
             return sid
 
         sid = await self._write(open_session)
