@@ -132,7 +132,7 @@ def cmd_status(args) -> int:
         state = "alive" if cs["alive"] else "DEAD"
         print(f"  #{cs['csid']:<3} {cs['addr']:<22} {state:<6} "
               f"used {human_size(cs['used'])} of {human_size(cs['capacity'])}, "
-              f"{cs['chunks']} chunks")
+              f"{cs['chunks']} chunks{_draining(cs)}")
     print(f"capacity: {human_size(sum(cs['capacity'] for cs in alive))}, "
           f"used {human_size(sum(cs['used'] for cs in alive))}")
     print(f"files: {status['files']}, directories: {status['directories']}, "
@@ -155,6 +155,49 @@ def cmd_info(args) -> int:
                            "e.g. /volumes/pvc-1/data.db")
     found = reports.info(cluster_from_args(args), args.path)
     print(json.dumps(found.to_wire(), indent=2) if args.json else reports.format_info(found))
+    return 0
+
+
+def _draining(server: dict) -> str:
+    if not server["draining"]:
+        return ""
+    if server["chunks"]:
+        return ", DRAINING (its chunks are being copied to the others)"
+    return (f", drained: stop it, then 'dfs chunkserver remove {server['csid']}'")
+
+
+def _server_id(args) -> int:
+    """The csid of a chunk server named by its number (as `dfs status` shows
+    it, with or without '#') or its address."""
+    name = args.server.removeprefix("#")
+    if name.isdigit():
+        return int(name)
+    found = [cs["csid"] for cs in _call(args, "status")["chunkservers"] if cs["addr"] == name]
+    if not found:
+        raise DfsError(2, f"no chunk server at {name} (see 'dfs status')")
+    return found[0]
+
+
+def cmd_chunkserver_drain(args) -> int:
+    server = _call(args, "chunkserver_drain", csid=_server_id(args), drain=True)
+    print(f"chunk server #{server['csid']} {server['addr']} is draining: it takes no new "
+          f"chunk, and its {server['chunks']} chunk(s) are copied to the others, then deleted "
+          "from it. 'dfs status' shows how many are left.")
+    return 0
+
+
+def cmd_chunkserver_resume(args) -> int:
+    server = _call(args, "chunkserver_drain", csid=_server_id(args), drain=False)
+    print(f"chunk server #{server['csid']} {server['addr']} takes new chunks again "
+          f"({server['chunks']} held)")
+    return 0
+
+
+def cmd_chunkserver_remove(args) -> int:
+    csid = _server_id(args)
+    removed = _call(args, "chunkserver_remove", csid=csid, force=args.force)
+    print(f"chunk server #{csid} removed: {removed['dropped']} replica(s) forgotten"
+          + (f", {removed['lost']} chunk(s) LOST" if removed["lost"] else ""))
     return 0
 
 
@@ -449,6 +492,41 @@ def build_parser() -> argparse.ArgumentParser:
                         "(re-replication then restores R) and delete orphan replicas")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_fsck)
+
+    p = sub.add_parser("chunkserver", help="take a chunk server out of the cluster: drain, "
+                                           "remove",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Take a chunk server out without a chunk ever having fewer\n"
+                                   "copies than its replication factor:\n"
+                                   "  1. dfs chunkserver drain SERVER   (it takes no new chunk;\n"
+                                   "     each of its chunks is copied to another server, then\n"
+                                   "     deleted from it; 'dfs status' counts what is left)\n"
+                                   "  2. once 'dfs status' says drained, stop the server\n"
+                                   "  3. dfs chunkserver remove SERVER  (forgets it)\n"
+                                   "A server that died for good can be removed at once:\n"
+                                   "its chunks are copied from their other replicas as soon\n"
+                                   "as it is seen dead.\n"
+                                   "SERVER is the number 'dfs status' shows (#2 or 2) or the\n"
+                                   "server's address (host:port).")
+    csub = p.add_subparsers(dest="chunkserver_command", required=True, metavar="ACTION")
+    c = csub.add_parser("drain", help="copy everything off a server and give it no new chunk")
+    add_cluster_args(c)
+    c.add_argument("server", metavar="SERVER", help="#N, N or host:port")
+    c.set_defaults(func=cmd_chunkserver_drain)
+    c = csub.add_parser("resume", help="stop draining a server: it takes new chunks again")
+    add_cluster_args(c)
+    c.add_argument("server", metavar="SERVER", help="#N, N or host:port")
+    c.set_defaults(func=cmd_chunkserver_resume)
+    c = csub.add_parser("remove", help="forget a stopped server",
+                        description="Forget a stopped chunk server: its entry in 'dfs status' "
+                                    "and its replicas in the chunk table. Refused while it "
+                                    "is alive, and while it holds the only copy of a chunk "
+                                    "(unless --force).")
+    add_cluster_args(c)
+    c.add_argument("server", metavar="SERVER", help="#N, N or host:port")
+    c.add_argument("--force", action="store_true",
+                   help="remove it even though chunks whose only copy it holds are lost")
+    c.set_defaults(func=cmd_chunkserver_remove)
 
     p = sub.add_parser("quota", help="directory quotas",
                        description="Byte and inode limits on directories. PATH is a path "

@@ -242,7 +242,8 @@ META = _ops(
     Op("replicas_set", {"ino": int, "replicas": int}, idempotent=True),
     Op("replicas_get", {"ino": int}, idempotent=True),
 
-    # -> {chunkservers: [...], files, directories, chunks, under_replicated,
+    # -> {chunkservers: [{csid, addr, alive, draining, capacity, used, chunks}],
+    #     files, directories, chunks, under_replicated,
     #     replicating (copies in progress), bad_replicas (reports since start),
     #     recent_bad: [{chunk, csid, version, at}], backup: the newest
     #     BackupInfo or None, backup_error: why the last backup failed or None,
@@ -250,6 +251,18 @@ META = _ops(
     #     backup, else None, metaloggers: [{"name", "seq", "behind" (commits),
     #     "seen" (seconds ago), "silent" (not heard from for a minute)}], ...}
     Op("status", {}, idempotent=True),
+
+    # Chunk servers leaving the cluster (metaserver/cluster.py).
+    # `drain` true: the server takes no new chunk, each chunk it holds is
+    # copied to a server that stays and its replica there is then deleted;
+    # false: it takes chunks again. Kept across restarts.
+    # -> the server's entry as `status` lists it, its chunks counted
+    Op("chunkserver_drain", {"csid": int, "drain": bool}, idempotent=True),
+    # Forget a stopped chunk server: its record, its replicas in the chunk
+    # table, the garbage it was to delete. EBUSY while it is alive, or while
+    # it holds the only replica of some chunk (unless `force`: those chunks
+    # are lost). -> {"dropped": replicas forgotten, "lost": chunks left with none}
+    Op("chunkserver_remove", {"csid": int, "force": bool}, idempotent=True),
 
     # What an administrator asks about (metaserver/reports.py), read-only.
     # The sessions of mounts and other clients -> {"sessions": [{"session",

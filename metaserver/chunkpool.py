@@ -77,16 +77,17 @@ class ChunkPool:
         return sum(len(spares) for spares in self._spares.values())
 
     async def take(self, count: int) -> EmptyChunk | None:
-        """A spare on `count` servers, all alive, or None. Its id stays in
+        """A spare on `count` servers, all alive and none draining, or None. Its id stays in
         `Replicas.creating`: the caller records the chunk, discards it, and
         then calls `restock` (as after `make`)."""
         spares = self._spares.setdefault(count, deque())
         while spares:
             spare = spares.popleft()
-            if all(self.ctx.registry.alive(csid) for csid in spare.csids):
+            registry = self.ctx.registry
+            if all(registry.alive(c) and not registry.draining(c) for c in spare.csids):
                 self.taken += 1
                 return spare
-            await self._drop([spare], "a server of it is not alive")
+            await self._drop([spare], "a server of it is not alive or is draining")
         return None
 
     def restock(self) -> None:
@@ -98,12 +99,20 @@ class ChunkPool:
     async def registered(self, csid: int, held: set[int]) -> None:
         """Server `csid` (re)registered holding `held`: drop the spares it
         should hold and does not."""
+        await self._drop_where(lambda s: csid in s.csids and s.chunk_id not in held,
+                               "its server came back without it")
+
+    async def leaving(self, csid: int) -> None:
+        """Server `csid` is draining or removed: drop the spares on it."""
+        await self._drop_where(lambda s: csid in s.csids, "a server of it is leaving")
+
+    async def _drop_where(self, doomed, why: str) -> None:
         for spares in self._spares.values():
-            lost = [s for s in spares if csid in s.csids and s.chunk_id not in held]
+            lost = [s for s in spares if doomed(s)]
             for spare in lost:
                 spares.remove(spare)
             if lost:
-                await self._drop(lost, "its server came back without it")
+                await self._drop(lost, why)
                 self.restock()
 
     async def run(self) -> None:

@@ -32,6 +32,9 @@ REPLICATIONS_PER_SERVER = 4
 # A copy not confirmed within this long is abandoned and planned again.
 REPLICATION_DEADLINE = 30.0
 REPLICATION_INTERVAL = 1.0
+# Chunks whose replicas on draining servers are deleted per round, once their
+# copies elsewhere are made.
+DRAIN_DROPS_PER_ROUND = 64
 # Bad-replica reports kept for `status`.
 RECENT_BAD = 20
 
@@ -102,7 +105,7 @@ class Cluster:
     def load(self) -> None:
         known = self.ctx.store.read(lambda tx: list(tx.all_chunkservers()))
         for csid, record in known:
-            self.ctx.registry.known(csid, record.addr)
+            self.ctx.registry.known(csid, record.addr, record.draining)
         self.hold_until = self.ctx.store.read(lambda tx: tx.counter(HOLD_UNTIL))
         if self.ctx.store.read(lambda tx: tx.counter(SETTLING)):
             self.awaited = {csid for csid, _ in known}
@@ -155,16 +158,17 @@ class Cluster:
             if position is not None:
                 _check_position(tx, position, addr)
             ours_now = _position(tx)
-            known = csid is not None and tx.chunkserver(csid) is not None
-            sid = csid if known else tx.next_id("chunkserver")
-            tx.put_chunkserver(sid, ChunkServerRecord(addr))
+            record = tx.chunkserver(csid) if csid is not None else None
+            sid = csid if record is not None else tx.next_id("chunkserver")
+            draining = record is not None and record.draining
+            tx.put_chunkserver(sid, ChunkServerRecord(addr, draining))
             delete = self._reconcile(tx, sid, reported, self.holding(), creating)
-            return sid, delete, ours, ours_now
+            return sid, delete, ours, ours_now, draining
 
         creating = frozenset(self.replicas.creating)
 
         try:
-            sid, delete, ours, now_at = await self.ctx.store.write(register)
+            sid, delete, ours, now_at, draining = await self.ctx.store.write(register)
         except DfsError as exc:
             if exc.errno == errno.EREMCHG:
                 log.error("chunk server refused: the database is not one it can trust",
@@ -178,9 +182,10 @@ class Cluster:
         self.awaited.discard(sid)
         if not self.awaited:
             await self._settle()
+        self.ctx.registry.known(sid, addr, draining)
         self.ctx.registry.heard(sid, addr, capacity, used)
         log.info("chunk server registered", csid=sid, addr=addr, chunks=len(reported),
-                 stale=len(delete))
+                 stale=len(delete), draining=draining)
         return {"csid": sid, "delete": delete, "cluster": ours, "position": now_at}
 
     @staticmethod
@@ -263,7 +268,7 @@ class Cluster:
 
     def servers_status(self, chunks_per_server: dict[int, int]) -> list[dict]:
         return [{"csid": s.csid, "addr": s.addr, "alive": self.ctx.registry.alive(s.csid),
-                 "capacity": s.capacity, "used": s.used,
+                 "draining": s.draining, "capacity": s.capacity, "used": s.used,
                  "chunks": chunks_per_server.get(s.csid, 0)}
                 for s in sorted(self.ctx.registry.servers.values(), key=lambda s: s.csid)]
 
@@ -284,17 +289,26 @@ class Cluster:
         registry, settings = self.ctx.registry, self.ctx.settings
 
         def under(tx: Tx):
-            found, unavailable = [], 0
+            found, leaving, short, unavailable = [], [], 0, 0
             for chunk_id, chunk in tx.all_chunks():
                 live = [c for c in chunk.locations if registry.alive(c)]
                 wanted = settings.wanted(chunk.replicas)
                 unavailable += not live
-                if live and len(live) < wanted and chunk_id not in self.copies:
+                short += bool(live) and len(live) < wanted
+                if not live or chunk_id in self.copies:
+                    continue
+                # Replicas on draining servers are not counted: they are to go.
+                kept = sum(1 for c in live if not registry.draining(c))
+                if kept < wanted:
                     found.append(chunk_id)
-            return found, unavailable
+                elif any(registry.draining(c) for c in chunk.locations):
+                    leaving.append(chunk_id)
+            return found, leaving, short, unavailable
 
-        found, self.unavailable = await self.ctx.store.read_in_thread(under)
-        self.under_replicated = len(found) + len(self.copies)
+        found, leaving, self.under_replicated, self.unavailable = \
+            await self.ctx.store.read_in_thread(under)
+        for chunk_id in leaving[:DRAIN_DROPS_PER_ROUND]:
+            await self._drop_draining(chunk_id)
         for chunk_id in found:
             load = Counter(c.target for c in self.copies.values())
             if all(load[s.csid] >= REPLICATIONS_PER_SERVER for s in registry.live()):
@@ -312,7 +326,8 @@ class Cluster:
         if chunk is None:
             return
         live = [c for c in chunk.locations if registry.alive(c)]
-        if not live or len(live) >= settings.wanted(chunk.replicas):
+        kept = [c for c in live if not registry.draining(c)]
+        if not live or len(kept) >= settings.wanted(chunk.replicas):
             return
         pending_gc = self.ctx.store.read(
             lambda tx: {csid for csid in registry.servers if tx.has_garbage(csid, chunk_id)})
@@ -334,6 +349,97 @@ class Cluster:
             log.info("replication planned", chunk=chunk_id, version=version,
                      target=targets[0].csid, source=holders[0])
 
+    async def _drop_draining(self, chunk_id: int) -> None:
+        """A chunk has its copies on servers that stay: its replicas on
+        draining servers go. A write lease on it is ended by moving the
+        version on the servers that stay (the writer asks again)."""
+        registry, settings = self.ctx.registry, self.ctx.settings
+        async with self.replicas.locks.hold(chunk_id):
+            chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
+            if chunk is None or chunk_id in self.copies:
+                return
+            going = [c for c in chunk.locations if registry.draining(c)]
+            staying = [c for c in chunk.locations if c not in going and registry.alive(c)]
+            if not going or len(staying) < settings.wanted(chunk.replicas):
+                return
+            if self.ctx.leases.active(chunk_id) is not None:
+                try:
+                    await self.replicas.move_version(chunk_id, chunk, exclude=frozenset(going))
+                except DfsError as exc:
+                    log.warning("cannot fence a chunk to take it off a draining server",
+                                chunk=chunk_id, error=str(exc))
+                    return
+            else:
+                def drop(tx: Tx) -> None:
+                    now = tx.chunk(chunk_id)
+                    for csid in going:
+                        chunktable.drop_location(tx, chunk_id, now, csid)
+                    tx.put_chunk(chunk_id, now)
+
+                await self.ctx.store.write(drop)
+        log.info("replicas left draining servers", chunk=chunk_id, csids=going)
+
+    # --- servers leaving ------------------------------------------------------
+    async def chunkserver_drain(self, csid: int, drain: bool) -> dict:
+        def mark(tx: Tx) -> None:
+            record = tx.chunkserver(csid)
+            if record is None:
+                raise DfsError(errno.ENOENT, f"no chunk server {csid}")
+            record.draining = drain
+            tx.put_chunkserver(csid, record)
+
+        await self.ctx.store.write(mark)
+        self.ctx.registry.servers[csid].draining = drain
+        if drain:
+            await self.pool.leaving(csid)
+        log.info("chunk server draining" if drain else "chunk server no longer draining",
+                 csid=csid, addr=self.ctx.registry.addr(csid))
+        held = await self.ctx.store.read_in_thread(
+            lambda tx: sum(1 for _, chunk in tx.all_chunks() if csid in chunk.locations))
+        return next(s for s in self.servers_status({csid: held}) if s["csid"] == csid)
+
+    async def chunkserver_remove(self, csid: int, force: bool) -> dict:
+        """Forget a stopped server: its record, its replicas in the chunk
+        table and the garbage it was to delete."""
+        registry = self.ctx.registry
+        if csid not in registry.servers:
+            raise DfsError(errno.ENOENT, f"no chunk server {csid}")
+        if registry.alive(csid):
+            raise DfsError(errno.EBUSY, (
+                f"chunk server {csid} ({registry.addr(csid)}) is alive: stop it first (drain "
+                "it before, so that no chunk loses a copy)"))
+
+        def forget(tx: Tx) -> dict:
+            held = [(chunk_id, chunk) for chunk_id, chunk in tx.all_chunks()
+                    if csid in chunk.locations]
+            lost = [chunk_id for chunk_id, chunk in held if chunk.locations == [csid]]
+            if lost and not force:
+                raise DfsError(errno.EBUSY, (
+                    f"chunk server {csid} holds the only copy of {len(lost)} chunk(s) (first: "
+                    f"{lost[:5]}); start it again and drain it, or remove it with --force "
+                    "and lose them"))
+            for chunk_id, chunk in held:
+                chunk.locations.remove(csid)
+                tx.put_chunk(chunk_id, chunk)
+            for chunk_id in tx.garbage_of(csid):
+                tx.clear_garbage(csid, chunk_id)
+            tx.delete_chunkserver(csid)
+            return {"dropped": len(held), "lost": len(lost)}
+
+        for copy in [c for c in self.copies.values() if c.target == csid]:
+            await self.replicas.abandon(copy, "its target is being removed")
+        await self.pool.leaving(csid)
+        # Each change to a chunk's record reads it inside its own transaction,
+        # so none can put this server back once the transaction is done.
+        removed = await self.ctx.store.write(forget)
+        registry.forget(csid)
+        self.registered.discard(csid)
+        self.handed.pop(csid, None)
+        self.awaited.discard(csid)
+        log.warning("chunk server removed", csid=csid, replicas_forgotten=removed["dropped"],
+                    chunks_lost=removed["lost"])
+        return removed
+
     def _hand_out(self, csid: int) -> list[list]:
         now = time.monotonic()
         tasks = []
@@ -346,6 +452,8 @@ class Cluster:
     async def _confirm(self) -> None:
         now = time.monotonic()
         for copy in list(self.copies.values()):
+            if copy.done.is_set():
+                continue
             if not copy.handed_at:
                 if not self.ctx.registry.alive(copy.target):
                     await self.replicas.abandon(copy, "target is dead")

@@ -23,7 +23,9 @@ def _entries(service: MetaService, table: str) -> int:
 def _servers(service: MetaService) -> dict:
     registry = service.ctx.registry
     alive = sum(1 for s in registry.servers.values() if registry.alive(s.csid))
-    return {("alive",): alive, ("dead",): len(registry.servers) - alive}
+    draining = sum(1 for s in registry.servers.values() if s.draining)
+    return {("alive",): alive, ("dead",): len(registry.servers) - alive,
+            ("draining",): draining}
 
 
 def _capacity(service: MetaService, field: str) -> int:
@@ -61,7 +63,8 @@ def registry_for(service: MetaService) -> Registry:
                   lambda: len(ctx.sessions.deadlines))
     metrics.gauge("dfs_meta_open_orphans", "Unlinked files kept because they are still open.",
                   lambda: len(ctx.opens.orphans))
-    metrics.gauge("dfs_meta_chunkservers", "Chunk servers known, by state.",
+    metrics.gauge("dfs_meta_chunkservers", "Chunk servers known, by state (alive and dead "
+                  "add up to all; draining: being emptied to leave, alive or not).",
                   lambda: _servers(service), ("state",))
     metrics.gauge("dfs_meta_capacity_bytes", "Capacity of the live chunk servers' disks.",
                   lambda: _capacity(service, "capacity"))

@@ -101,6 +101,8 @@ class SessionRecord:
 @dataclass(slots=True)
 class ChunkServerRecord:
     addr: str
+    # Being emptied before it leaves (dfs chunkserver drain).
+    draining: bool = False
 
 
 @dataclass(slots=True)

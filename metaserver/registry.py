@@ -15,6 +15,9 @@ class ServerState:
     capacity: int = 0
     used: int = 0
     last_seen: float = 0.0
+    # Being emptied (dfs chunkserver drain): it takes no new chunk, and what
+    # it holds is copied elsewhere and then deleted from it.
+    draining: bool = False
 
     @property
     def free(self) -> int:
@@ -26,9 +29,12 @@ class Registry:
         self.heartbeat_timeout = heartbeat_timeout
         self.servers: dict[int, ServerState] = {}
 
-    def known(self, csid: int, addr: str) -> None:
-        """A server recorded on disk, not yet heard from since this start."""
-        self.servers.setdefault(csid, ServerState(csid, addr))
+    def known(self, csid: int, addr: str, draining: bool) -> None:
+        """A server recorded on disk (not heard from yet, if this is the start)."""
+        self.servers.setdefault(csid, ServerState(csid, addr)).draining = draining
+
+    def forget(self, csid: int) -> None:
+        self.servers.pop(csid, None)
 
     def heard(self, csid: int, addr: str, capacity: int, used: int) -> None:
         server = self.servers.setdefault(csid, ServerState(csid, addr))
@@ -43,6 +49,14 @@ class Registry:
     def live(self) -> list[ServerState]:
         return [s for s in self.servers.values() if self.alive(s.csid)]
 
+    def usable(self) -> list[ServerState]:
+        """Live servers that take new chunks: not draining."""
+        return [s for s in self.live() if not s.draining]
+
+    def draining(self, csid: int) -> bool:
+        server = self.servers.get(csid)
+        return server is not None and server.draining
+
     def addr(self, csid: int) -> str:
         return self.servers[csid].addr
 
@@ -50,13 +64,13 @@ class Registry:
         return [[csid, self.servers[csid].addr] for csid in locations if self.alive(csid)]
 
     def candidates(self, room: int, exclude=()) -> list[ServerState]:
-        """Live servers with `room` bytes free, most free first."""
-        found = [s for s in self.live() if s.free >= room and s.csid not in exclude]
+        """Usable servers with `room` bytes free, most free first."""
+        found = [s for s in self.usable() if s.free >= room and s.csid not in exclude]
         found.sort(key=lambda s: s.free, reverse=True)
         return found
 
     def place(self, count: int, room: int, exclude=()) -> list[ServerState]:
-        """Up to `count` live servers with `room` bytes free, most free first.
+        """Up to `count` usable servers with `room` bytes free, most free first.
 
         The chosen servers are charged `room` at once, so placements between two
         heartbeats spread instead of piling onto the same server.

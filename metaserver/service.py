@@ -100,7 +100,8 @@ class MetaService:
         table = {name: getattr(self, name) for name in names}
         for name in ("chunk_read", "chunk_write", "reserve", "commit"):
             table[name] = getattr(self.data, name)
-        for name in ("cs_register", "cs_heartbeat", "cs_bad_chunk"):
+        for name in ("cs_register", "cs_heartbeat", "cs_bad_chunk", "chunkserver_drain",
+                     "chunkserver_remove"):
             table[name] = getattr(self.cluster, name)
         for name in ("fsck_chunks", "fsck_servers"):
             table[name] = getattr(self.fsck, name)
@@ -424,7 +425,7 @@ class MetaService:
 
         quota, factor = self._read(look)
         replicas = self.ctx.settings.wanted(factor)
-        live = self.ctx.registry.live()
+        live = self.ctx.registry.usable()
         total = sum(s.capacity for s in live) // replicas
         free = sum(s.free for s in live) // replicas
         files, ffree = MANY_FILES, MANY_FILES

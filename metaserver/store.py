@@ -274,11 +274,11 @@ class Tx:
     def add_garbage(self, csid: int, chunk_id: int) -> None:
         self._put("gc", u64x2(csid, chunk_id), b"")
 
-    def garbage_of(self, csid: int, limit: int) -> list[int]:
+    def garbage_of(self, csid: int, limit: int | None = None) -> list[int]:
         found = []
         for key, _ in self.scan("gc", u64(csid)):
             found.append(read_u64(key, 8))
-            if len(found) >= limit:
+            if limit is not None and len(found) >= limit:
                 break
         return found
 
@@ -371,6 +371,9 @@ class Tx:
 
     def put_chunkserver(self, csid: int, record: ChunkServerRecord) -> None:
         self._put("chunkservers", u64(csid), pack(record))
+
+    def delete_chunkserver(self, csid: int) -> None:
+        self._delete("chunkservers", u64(csid))
 
     def all_chunkservers(self):
         for key, value in self.scan("chunkservers"):

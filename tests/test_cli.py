@@ -21,7 +21,9 @@ def run(*args, check=True):
 
 @pytest.mark.parametrize("command", [[], ["up"], ["down"], ["mount"], ["umount"], ["status"],
                                      ["quota"], ["quota", "set"], ["quota", "get"],
-                                     ["quota", "ls"], ["sessions"], ["info"]])
+                                     ["quota", "ls"], ["sessions"], ["info"],
+                                     ["chunkserver"], ["chunkserver", "drain"],
+                                     ["chunkserver", "remove"]])
 def test_every_command_has_help(command):
     result = run(*command, "--help")
     assert "usage: dfs" in result.stdout
