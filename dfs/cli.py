@@ -554,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "directory the factor applies to files and directories "
                                    "created in it afterwards; on a file it applies at once "
                                    "(raising it makes the metaserver copy the file's chunks; "
-                                   "lowering it keeps the copies already made).")
+                                   "lowering it deletes the extra copies, from the servers "
+                                   "with least room, within seconds).")
     rsub = p.add_subparsers(dest="replicas_command", required=True, metavar="ACTION")
     r = rsub.add_parser("set", help="set the factor of a directory or file (1..16)")
     add_cluster_args(r)

@@ -237,7 +237,8 @@ META = _ops(
     # Replication factor (copies of each chunk, 1..16, else EINVAL). On a
     # directory: what files and directories created inside it from now on
     # inherit. On a regular file: its own chunks' count; raising it makes
-    # re-replication add copies, lowering it keeps the copies already made.
+    # re-replication add copies, lowering it makes the metaserver delete
+    # the extra ones.
     # -> {"replicas": the stored factor (0 = none), "effective": what applies}
     Op("replicas_set", {"ino": int, "replicas": int}, idempotent=True),
     Op("replicas_get", {"ino": int}, idempotent=True),

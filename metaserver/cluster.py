@@ -32,9 +32,8 @@ REPLICATIONS_PER_SERVER = 4
 # A copy not confirmed within this long is abandoned and planned again.
 REPLICATION_DEADLINE = 30.0
 REPLICATION_INTERVAL = 1.0
-# Chunks whose replicas on draining servers are deleted per round, once their
-# copies elsewhere are made.
-DRAIN_DROPS_PER_ROUND = 64
+# Chunks whose replicas no longer needed are deleted per round (see _trim).
+TRIMS_PER_ROUND = 256
 # Bad-replica reports kept for `status`.
 RECENT_BAD = 20
 
@@ -289,7 +288,7 @@ class Cluster:
         registry, settings = self.ctx.registry, self.ctx.settings
 
         def under(tx: Tx):
-            found, leaving, short, unavailable = [], [], 0, 0
+            found, surplus, short, unavailable = [], [], 0, 0
             for chunk_id, chunk in tx.all_chunks():
                 live = [c for c in chunk.locations if registry.alive(c)]
                 wanted = settings.wanted(chunk.replicas)
@@ -301,14 +300,14 @@ class Cluster:
                 kept = sum(1 for c in live if not registry.draining(c))
                 if kept < wanted:
                     found.append(chunk_id)
-                elif any(registry.draining(c) for c in chunk.locations):
-                    leaving.append(chunk_id)
-            return found, leaving, short, unavailable
+                elif kept > wanted or any(registry.draining(c) for c in chunk.locations):
+                    surplus.append(chunk_id)
+            return found, surplus, short, unavailable
 
-        found, leaving, self.under_replicated, self.unavailable = \
+        found, surplus, self.under_replicated, self.unavailable = \
             await self.ctx.store.read_in_thread(under)
-        for chunk_id in leaving[:DRAIN_DROPS_PER_ROUND]:
-            await self._drop_draining(chunk_id)
+        for chunk_id in surplus[:TRIMS_PER_ROUND]:
+            await self._trim(chunk_id)
         for chunk_id in found:
             load = Counter(c.target for c in self.copies.values())
             if all(load[s.csid] >= REPLICATIONS_PER_SERVER for s in registry.live()):
@@ -349,24 +348,34 @@ class Cluster:
             log.info("replication planned", chunk=chunk_id, version=version,
                      target=targets[0].csid, source=holders[0])
 
-    async def _drop_draining(self, chunk_id: int) -> None:
-        """A chunk has its copies on servers that stay: its replicas on
-        draining servers go. A write lease on it is ended by moving the
-        version on the servers that stay (the writer asks again)."""
+    async def _trim(self, chunk_id: int) -> None:
+        """Delete the replicas a chunk no longer needs, once it has its
+        factor on live servers that stay: those on draining servers, and
+        live ones beyond its factor (a server back after its chunks were
+        copied again, a factor lowered), from the servers with least room.
+        Under a write lease the version moves on the replicas kept instead,
+        which ends the lease (the writer asks again)."""
         registry, settings = self.ctx.registry, self.ctx.settings
         async with self.replicas.locks.hold(chunk_id):
             chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
             if chunk is None or chunk_id in self.copies:
                 return
-            going = [c for c in chunk.locations if registry.draining(c)]
-            staying = [c for c in chunk.locations if c not in going and registry.alive(c)]
-            if not going or len(staying) < settings.wanted(chunk.replicas):
+            wanted = settings.wanted(chunk.replicas)
+            staying = sorted((c for c in chunk.locations
+                              if registry.alive(c) and not registry.draining(c)),
+                             key=lambda c: registry.servers[c].free, reverse=True)
+            if len(staying) < wanted:
+                return
+            kept = staying[:wanted]
+            going = [c for c in chunk.locations if registry.draining(c)] + staying[wanted:]
+            if not going:
                 return
             if self.ctx.leases.active(chunk_id) is not None:
                 try:
-                    await self.replicas.move_version(chunk_id, chunk, exclude=frozenset(going))
+                    await self.replicas.move_version(chunk_id, chunk,
+                                                     exclude=frozenset(going))
                 except DfsError as exc:
-                    log.warning("cannot fence a chunk to take it off a draining server",
+                    log.warning("cannot fence a chunk to delete its extra replicas",
                                 chunk=chunk_id, error=str(exc))
                     return
             else:
@@ -377,7 +386,8 @@ class Cluster:
                     tx.put_chunk(chunk_id, now)
 
                 await self.ctx.store.write(drop)
-        log.info("replicas left draining servers", chunk=chunk_id, csids=going)
+        log.info("extra replicas deleted", chunk=chunk_id, csids=going, kept=kept,
+                 wanted=wanted)
 
     # --- servers leaving ------------------------------------------------------
     async def chunkserver_drain(self, csid: int, drain: bool) -> dict:

@@ -1,16 +1,17 @@
-"""Taking a chunk server out of the cluster: `dfs chunkserver drain`, `resume`
-and `remove`, on real clusters."""
+"""Chunk servers leaving the cluster (`dfs chunkserver drain`, `resume` and
+`remove`) and coming back, on real clusters."""
 
 import hashlib
 import os
 import threading
+import time
 
 import pytest
 
 from chunkserver.chunkstore import ChunkStore
 from conftest import TEST_CHUNK_SIZE, start_cluster
-from faults import (addr_of, alive, chunks_of, kill_server, meta_call, restart_server,
-                    status, wait_for)
+from faults import (addr_of, alive, chunks_of, healthy, kill_server, meta_call,
+                    restart_server, status, wait_for)
 
 MiB = 1 << 20
 
@@ -174,3 +175,35 @@ def test_remove_keeps_a_servers_only_copies_unless_forced(leaving):
     assert "UNAVAILABLE" in leaving.dfs("info", *leaving.cli_args, "/single/f").stdout
     with pytest.raises(OSError):
         (leaving.mnt / "single" / "f").read_bytes()
+
+
+def test_a_server_back_after_its_chunks_were_copied_again_loses_the_extra_replicas(leaving):
+    # Short leases, so that the chunks are cold when cs1 dies: copied without a
+    # version move, its replicas are still good when it returns.
+    layout = leaving.local.load()
+    layout.extra_args["lease_seconds"] = 1
+    leaving.local.save(layout)
+    kill_server(leaving.local, "meta")
+    restart_server(leaving.local, "meta")
+    wait_for(lambda: healthy(leaving.ref, 3), 30, "every server to register again")
+    digests = write_files(leaving.mnt, 3)
+    cs1 = addr_of(leaving.local, "cs1")
+    time.sleep(1.5)
+    before = [h for h in chunk_holders(leaving, digests) if cs1 in h]
+    assert before
+    kill_server(leaving.local, "cs1")
+    wait_for(lambda: all(len(h - {cs1}) == 2 for h in chunk_holders(leaving, digests)), 60,
+             "cs1's chunks to be copied again")
+    restart_server(leaving.local, "cs1")
+    wait_for(lambda: alive(leaving.ref, cs1), 30, "cs1 to return")
+    ids = [reply["chunk"] for name in digests
+           for reply in chunks_of(leaving.ref, "/" + name, TEST_CHUNK_SIZE)]
+
+    def on_disk() -> list[int]:
+        held = [held_on_disk(leaving, f"cs{n}") for n in (1, 2, 3)]
+        return [sum(chunk in disk for disk in held) for chunk in ids]
+
+    # Every chunk goes back to two replicas, on disk as in the table.
+    wait_for(lambda: all(len(h) == 2 for h in chunk_holders(leaving, digests))
+             and on_disk() == [2] * len(ids), 60, "the extra replicas to be deleted")
+    assert_intact(leaving.mnt, digests)

@@ -87,7 +87,7 @@ def test_directory_factor_places_chunks_and_is_inherited(rf):
 
 
 @pytest.mark.timeout(60)
-def test_raising_a_files_factor_adds_copies_lowering_keeps_them(rf):
+def test_raising_a_files_factor_adds_copies_lowering_deletes_them(rf):
     data = os.urandom(MiB + 3)
     (rf.mnt / "grow").write_bytes(data)
     assert copies(rf, "/grow") == [2, 2]
@@ -100,7 +100,9 @@ def test_raising_a_files_factor_adds_copies_lowering_keeps_them(rf):
 
     rf.dfs("replicas", "set", *rf.cli_args, "/grow", "1")
     assert factor(rf, "/grow") == {"replicas": 1, "effective": 1}
-    assert copies(rf, "/grow") == [3, 3], "lowering keeps the copies already made"
+    wait_for(lambda: copies(rf, "/grow") == [1, 1], 20, "the extra copies to be deleted")
+    wait_for(lambda: copies_on_disk(rf, "/grow") == [1, 1], 20, "the extra replicas to go")
+    assert (rf.mount() / "grow").read_bytes() == data
     with open(rf.mnt / "grow", "r+b") as f:
         f.write(b"changed")
     assert (rf.mount() / "grow").read_bytes() == b"changed" + data[7:]
