@@ -289,18 +289,23 @@ class Cluster:
 
         def under(tx: Tx):
             found, surplus, short, unavailable = [], [], 0, 0
+            # Taken once per round: set operations per chunk, no calls.
+            alive = {csid for csid in registry.servers if registry.alive(csid)}
+            draining = {csid for csid, s in registry.servers.items() if s.draining}
+            staying = alive - draining
             for chunk_id, chunk in tx.all_chunks():
-                live = [c for c in chunk.locations if registry.alive(c)]
+                locations = chunk.locations
+                live = len(alive.intersection(locations))
                 wanted = settings.wanted(chunk.replicas)
                 unavailable += not live
-                short += bool(live) and len(live) < wanted
+                short += 0 < live < wanted
                 if not live or chunk_id in self.copies:
                     continue
                 # Replicas on draining servers are not counted: they are to go.
-                kept = sum(1 for c in live if not registry.draining(c))
+                kept = len(staying.intersection(locations))
                 if kept < wanted:
                     found.append(chunk_id)
-                elif kept > wanted or any(registry.draining(c) for c in chunk.locations):
+                elif kept > wanted or not draining.isdisjoint(locations):
                     surplus.append(chunk_id)
             return found, surplus, short, unavailable
 
