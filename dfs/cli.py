@@ -138,6 +138,8 @@ def cmd_status(args) -> int:
     print(f"files: {status['files']}, directories: {status['directories']}, "
           f"data: {human_size(status['bytes'])}")
     print(f"chunks: {status['chunks']}, under-replicated: {status['under_replicated']}")
+    if status.get("balancing"):
+        print(f"balancing: {status['balancing']} chunk(s) being moved to the emptiest disk")
     _print_metadata(status)
     _print_health(status, len(servers) - len(alive))
     return 0
@@ -555,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "created in it afterwards; on a file it applies at once "
                                    "(raising it makes the metaserver copy the file's chunks; "
                                    "lowering it deletes the extra copies, from the servers "
-                                   "with least room, within seconds).")
+                                   "with the fullest disks, within seconds).")
     rsub = p.add_subparsers(dest="replicas_command", required=True, metavar="ACTION")
     r = rsub.add_parser("set", help="set the factor of a directory or file (1..16)")
     add_cluster_args(r)

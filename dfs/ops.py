@@ -245,7 +245,9 @@ META = _ops(
 
     # -> {chunkservers: [{csid, addr, alive, draining, capacity, used, chunks}],
     #     files, directories, chunks, under_replicated,
-    #     replicating (copies in progress), bad_replicas (reports since start),
+    #     replicating (copies of chunks short of replicas in progress),
+    #     balancing (copies evening out the disks in progress),
+    #     bad_replicas (reports since start),
     #     recent_bad: [{chunk, csid, version, at}], backup: the newest
     #     BackupInfo or None, backup_error: why the last backup failed or None,
     #     restore: {"at", "hold_until"} if the metadata was restored from a

@@ -18,6 +18,7 @@ from . import chunktable
 from .chunkpool import ChunkPool
 from .context import Context
 from .records import ChunkServerRecord
+from .registry import ServerState
 from .replicas import Copy, Replicas
 from .restore import HOLD_UNTIL, RESTORED_AT, SETTLING
 from .store import CLUSTER_ID, LOG_HISTORY, LOG_SEQ, Tx
@@ -34,6 +35,10 @@ REPLICATION_DEADLINE = 30.0
 REPLICATION_INTERVAL = 1.0
 # Chunks whose replicas no longer needed are deleted per round (see _trim).
 TRIMS_PER_ROUND = 256
+# Balancing starts when the fullest server's disk is this much fuller (as a
+# share of its size) than the emptiest's: chunks are copied from the one to
+# the other, and _trim deletes the replica on the fullest.
+BALANCE_SPREAD = 0.05
 # Bad-replica reports kept for `status`.
 RECENT_BAD = 20
 
@@ -272,7 +277,9 @@ class Cluster:
                 for s in sorted(self.ctx.registry.servers.values(), key=lambda s: s.csid)]
 
     def health(self) -> dict:
-        return {"replicating": len(self.copies), "bad_replicas": self.bad_total,
+        balancing = sum(1 for copy in self.copies.values() if copy.balancing)
+        return {"replicating": len(self.copies) - balancing, "balancing": balancing,
+                "bad_replicas": self.bad_total,
                 "recent_bad": [{"chunk": b.chunk, "csid": b.csid, "version": b.version,
                                 "at": b.at} for b in self.recent_bad]}
 
@@ -288,11 +295,12 @@ class Cluster:
         registry, settings = self.ctx.registry, self.ctx.settings
 
         def under(tx: Tx):
-            found, surplus, short, unavailable = [], [], 0, 0
+            found, surplus, movable, short, unavailable = [], [], [], 0, 0
             # Taken once per round: set operations per chunk, no calls.
             alive = {csid for csid in registry.servers if registry.alive(csid)}
             draining = {csid for csid, s in registry.servers.items() if s.draining}
             staying = alive - draining
+            fullest, emptiest = balance
             for chunk_id, chunk in tx.all_chunks():
                 locations = chunk.locations
                 live = len(alive.intersection(locations))
@@ -307,9 +315,13 @@ class Cluster:
                     found.append(chunk_id)
                 elif kept > wanted or not draining.isdisjoint(locations):
                     surplus.append(chunk_id)
-            return found, surplus, short, unavailable
+                elif (fullest in locations and emptiest not in locations
+                      and len(movable) < REPLICATIONS_PER_SERVER):
+                    movable.append(chunk_id)
+            return found, surplus, movable, short, unavailable
 
-        found, surplus, self.under_replicated, self.unavailable = \
+        balance = self._balance_pair()
+        found, surplus, movable, self.under_replicated, self.unavailable = \
             await self.ctx.store.read_in_thread(under)
         for chunk_id in surplus[:TRIMS_PER_ROUND]:
             await self._trim(chunk_id)
@@ -321,21 +333,46 @@ class Cluster:
                 if chunk_id not in self.copies:
                     await self._plan_one(chunk_id, {c for c, n in load.items()
                                                     if n >= REPLICATIONS_PER_SERVER})
+        # Balancing waits for every copy in flight, repairs first.
+        onto = registry.servers.get(balance[1])
+        if self.copies or not movable or onto is None:
+            return
+        for chunk_id in movable:
+            async with self.replicas.locks.hold(chunk_id):
+                if chunk_id not in self.copies:
+                    await self._plan_one(chunk_id, set(), onto)
+        log.info("balancing disks", fullest=balance[0], emptiest=balance[1],
+                 copies=len(self.copies))
 
-    async def _plan_one(self, chunk_id: int, busy: set[int]) -> None:
-        """Hand a copy to a server with room, fencing out a write lease first
-        (see replicas.py)."""
+    def _balance_pair(self) -> tuple[int, int]:
+        """(fullest, emptiest) of the servers taking chunks, if their disks'
+        fullness is more than BALANCE_SPREAD apart; else (0, 0)."""
+        servers = sorted((s for s in self.ctx.registry.usable() if s.capacity),
+                         key=lambda s: s.fullness)
+        if len(servers) < 2 or servers[-1].fullness - servers[0].fullness <= BALANCE_SPREAD:
+            return 0, 0
+        return servers[-1].csid, servers[0].csid
+
+    async def _plan_one(self, chunk_id: int, busy: set[int],
+                        onto: ServerState | None = None) -> None:
+        """Hand a copy of a chunk short of copies to a server with room; or
+        with `onto`, of a chunk that has its copies, to that server
+        (balancing: _trim then deletes the replica on the fullest). A write
+        lease is fenced out first (see replicas.py)."""
         registry, settings = self.ctx.registry, self.ctx.settings
         chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
         if chunk is None:
             return
         live = [c for c in chunk.locations if registry.alive(c)]
         kept = [c for c in live if not registry.draining(c)]
-        if not live or len(kept) >= settings.wanted(chunk.replicas):
+        short = len(kept) < settings.wanted(chunk.replicas)
+        if not live or short == (onto is not None):
             return
         pending_gc = self.ctx.store.read(
             lambda tx: {csid for csid in registry.servers if tx.has_garbage(csid, chunk_id)})
         exclude = set(chunk.locations) | busy | pending_gc
+        if onto is not None:
+            exclude |= set(registry.servers) - {onto.csid}
         if not registry.candidates(settings.chunk_size, exclude):
             return
         version, holders = chunk.version, live
@@ -349,15 +386,16 @@ class Cluster:
         targets = registry.place(1, settings.chunk_size, exclude)
         if targets:
             self.copies[chunk_id] = Copy(chunk_id, version, targets[0].csid,
-                                         registry.addr(holders[0]))
+                                         registry.addr(holders[0]), onto is not None)
             log.info("replication planned", chunk=chunk_id, version=version,
-                     target=targets[0].csid, source=holders[0])
+                     target=targets[0].csid, source=holders[0], balancing=onto is not None)
 
     async def _trim(self, chunk_id: int) -> None:
         """Delete the replicas a chunk no longer needs, once it has its
         factor on live servers that stay: those on draining servers, and
         live ones beyond its factor (a server back after its chunks were
-        copied again, a factor lowered), from the servers with least room.
+        copied again, a factor lowered, a copy made to balance disks), from
+        the fullest servers.
         Under a write lease the version moves on the replicas kept instead,
         which ends the lease (the writer asks again)."""
         registry, settings = self.ctx.registry, self.ctx.settings
@@ -368,7 +406,7 @@ class Cluster:
             wanted = settings.wanted(chunk.replicas)
             staying = sorted((c for c in chunk.locations
                               if registry.alive(c) and not registry.draining(c)),
-                             key=lambda c: registry.servers[c].free, reverse=True)
+                             key=lambda c: registry.servers[c].fullness)
             if len(staying) < wanted:
                 return
             kept = staying[:wanted]

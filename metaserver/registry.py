@@ -23,6 +23,11 @@ class ServerState:
     def free(self) -> int:
         return max(0, self.capacity - self.used)
 
+    @property
+    def fullness(self) -> float:
+        """The share of its disk in use (1 while its size is not known)."""
+        return self.used / self.capacity if self.capacity else 1.0
+
 
 class Registry:
     def __init__(self, heartbeat_timeout: float):

@@ -64,6 +64,8 @@ class Copy:
     version: int
     target: int
     source: str
+    # Made to even out the servers' disks, not because the chunk is short.
+    balancing: bool = False
     handed_at: float = 0.0
     done: trio.Event = field(default_factory=trio.Event)
 
