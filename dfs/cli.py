@@ -392,6 +392,17 @@ def cmd_trash_purge(args) -> int:
 
 # ---- argument parsing ------------------------------------------------------
 
+def _report_command(sub, name: str, func, *positionals: str, **texts) -> None:
+    """A command that asks a cluster and prints a report, or with --json its
+    figures."""
+    command = sub.add_parser(name, **texts)
+    add_cluster_args(command)
+    for positional in positionals:
+        command.add_argument(positional)
+    command.add_argument("--json", action="store_true", help="machine-readable output")
+    command.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfs", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -442,39 +453,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint")
     p.set_defaults(func=cmd_umount)
 
-    p = sub.add_parser("status", help="chunk servers, capacity, files and chunk health",
-                       description="Show the cluster's chunk servers, capacity, files, "
-                                   "chunks and under-replicated chunks.")
-    add_cluster_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_status)
+    _report_command(sub, "status", cmd_status,
+                    help="chunk servers, capacity, files and chunk health",
+                    description="Show the cluster's chunk servers, capacity, files, chunks "
+                                "and under-replicated chunks.")
 
-    p = sub.add_parser("sessions", help="the mounts and other clients connected, and what "
-                                        "they hold",
-                       description="List every session the metaserver keeps: the host, "
-                                   "mount point and process of each mount (or CSI plugin, or "
-                                   "dfs command), when it was opened, how many files it holds "
-                                   "open and is writing, the folder it is fenced to, and when "
-                                   "it lapses if its client stops renewing it. A session that "
-                                   "lapses releases its files: removed files it kept open are "
-                                   "deleted then.")
-    add_cluster_args(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_sessions)
+    _report_command(sub, "sessions", cmd_sessions,
+                    help="the mounts and other clients connected, and what they hold",
+                    description="List every session the metaserver keeps: the host, mount "
+                                "point and process of each mount (or CSI plugin, or dfs "
+                                "command), when it was opened, how many files it holds open, "
+                                "the room it holds under quotas for files being written, the "
+                                "folder it is fenced to, and when it lapses if its client "
+                                "stops renewing it. A session that lapses releases its "
+                                "files: removed files it kept open are deleted then.")
 
-    p = sub.add_parser("info", help="where a file's chunks are; what a folder holds",
-                       description="Show PATH's attributes and replication factor. For a "
-                                   "file, list each of its chunks with its version and the "
-                                   "chunk servers holding it, marking dead servers and "
-                                   "under-replicated chunks. For a folder, count what lies "
-                                   "beneath it: files, folders, bytes, chunks, and chunks "
-                                   "under-replicated or unavailable (no live copy). PATH is a "
-                                   "path inside dfs (e.g. /volumes/pvc-1), not a local path.",
-                       epilog="example: dfs info --data-dir /var/lib/dfs /volumes/pvc-1")
-    add_cluster_args(p)
-    p.add_argument("path")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_info)
+    _report_command(sub, "info", cmd_info, "path",
+                    help="where a file's chunks are; what a folder holds",
+                    description="Show PATH's attributes and replication factor. For a file, "
+                                "list each of its chunks with its version and the chunk "
+                                "servers holding it, marking dead servers and under-replicated "
+                                "chunks. For a folder, count what lies beneath it: files, "
+                                "folders, bytes, chunks, and chunks under-replicated or "
+                                "unavailable (no live copy). PATH is a path inside dfs (e.g. "
+                                "/volumes/pvc-1), not a local path.",
+                    epilog="example: dfs info --data-dir /var/lib/dfs /volumes/pvc-1")
 
     p = sub.add_parser("fsck", help="check chunks against the chunk servers; --repair",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -511,24 +514,25 @@ def build_parser() -> argparse.ArgumentParser:
                                    "SERVER is the number 'dfs status' shows (#2 or 2) or the\n"
                                    "server's address (host:port).")
     csub = p.add_subparsers(dest="chunkserver_command", required=True, metavar="ACTION")
-    c = csub.add_parser("drain", help="copy everything off a server and give it no new chunk")
-    add_cluster_args(c)
-    c.add_argument("server", metavar="SERVER", help="#N, N or host:port")
-    c.set_defaults(func=cmd_chunkserver_drain)
-    c = csub.add_parser("resume", help="stop draining a server: it takes new chunks again")
-    add_cluster_args(c)
-    c.add_argument("server", metavar="SERVER", help="#N, N or host:port")
-    c.set_defaults(func=cmd_chunkserver_resume)
-    c = csub.add_parser("remove", help="forget a stopped server",
-                        description="Forget a stopped chunk server: its entry in 'dfs status' "
-                                    "and its replicas in the chunk table. Refused while it "
-                                    "is alive, and while it holds the only copy of a chunk "
-                                    "(unless --force).")
-    add_cluster_args(c)
-    c.add_argument("server", metavar="SERVER", help="#N, N or host:port")
+
+    def server_action(name: str, func, **texts) -> argparse.ArgumentParser:
+        action = csub.add_parser(name, **texts)
+        add_cluster_args(action)
+        action.add_argument("server", metavar="SERVER", help="#N, N or host:port")
+        action.set_defaults(func=func)
+        return action
+
+    server_action("drain", cmd_chunkserver_drain,
+                  help="copy everything off a server and give it no new chunk")
+    server_action("resume", cmd_chunkserver_resume,
+                  help="stop draining a server: it takes new chunks again")
+    c = server_action("remove", cmd_chunkserver_remove, help="forget a stopped server",
+                      description="Forget a stopped chunk server: its entry in 'dfs status' "
+                                  "and its replicas in the chunk table. Refused while it is "
+                                  "alive, and while it holds the only copy of a chunk (unless "
+                                  "--force).")
     c.add_argument("--force", action="store_true",
                    help="remove it even though chunks whose only copy it holds are lost")
-    c.set_defaults(func=cmd_chunkserver_remove)
 
     p = sub.add_parser("quota", help="directory quotas",
                        description="Byte and inode limits on directories. PATH is a path "
@@ -540,15 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bytes", type=_size, required=True, help="byte limit, e.g. 10G")
     q.add_argument("--inodes", type=int, default=0, help="inode limit (default unlimited)")
     q.set_defaults(func=cmd_quota_set)
-    q = qsub.add_parser("get", help="show a directory's limits and usage")
-    add_cluster_args(q)
-    q.add_argument("path")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_quota_get)
-    q = qsub.add_parser("ls", help="list every quota with its usage")
-    add_cluster_args(q)
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_quota_ls)
+    _report_command(qsub, "get", cmd_quota_get, "path",
+                    help="show a directory's limits and usage")
+    _report_command(qsub, "ls", cmd_quota_ls, help="list every quota with its usage")
 
     p = sub.add_parser("replicas", help="replication factor of a directory or file",
                        description="How many chunk servers hold each chunk. PATH is a path "
@@ -623,10 +621,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("now", help="take a backup now and print its name")
     add_cluster_args(b)
     b.set_defaults(func=cmd_backup_now)
-    b = bsub.add_parser("ls", help="list the backups the metaserver keeps, oldest first")
-    add_cluster_args(b)
-    b.add_argument("--json", action="store_true")
-    b.set_defaults(func=cmd_backup_ls)
+    _report_command(bsub, "ls", cmd_backup_ls,
+                    help="list the backups the metaserver keeps, oldest first")
     b = bsub.add_parser("get", help="copy a backup to a file here, checking its sha256",
                         description="Copy backup NAME ('latest' for the newest) from the "
                                     "metaserver to TARGET, a file or a folder to put it in "
@@ -649,10 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "         dfs trash restore --data-dir /var/lib/dfs "
                               "2026-11-27-10/1-57-report.txt")
     tsub = p.add_subparsers(dest="trash_command", required=True, metavar="ACTION")
-    t = tsub.add_parser("ls", help="list what the trash holds, with where it was removed from")
-    add_cluster_args(t)
-    t.add_argument("--json", action="store_true")
-    t.set_defaults(func=cmd_trash_ls)
+    _report_command(tsub, "ls", cmd_trash_ls,
+                    help="list what the trash holds, with where it was removed from")
     t = tsub.add_parser("restore", help="move entries back to where they were removed from")
     add_cluster_args(t)
     t.add_argument("entries", nargs="+", metavar="ENTRY", help="HOUR/NAME, as 'ls' shows it")
