@@ -257,15 +257,20 @@ class DataPath:
         return self._reply(chunk.chunk_id, 1, chunk.csids, self.ctx.leases.grant(chunk.chunk_id))
 
     # --- sizes: reservations, commits, truncation -----------------------------
-    def reserved(self, skip) -> dict[int, int]:
-        """Bytes promised to other writers, per quota directory."""
-        reservations = self.ctx.reservations
-        inodes = reservations.inodes()
-        if not inodes:
-            return {}
-        sizes = self.ctx.store.read(
-            lambda tx: {ino: i.size for ino in inodes if (i := tx.get_inode(ino))})
-        return reservations.outstanding(sizes, skip)
+    def reserved(self, quota_dirs, ino: int, session: int | None = None) -> dict[int, int]:
+        """Bytes promised to writers, per quota directory of `quota_dirs`,
+        but for the grants on `ino` (only `session`'s, if given)."""
+        def sizes_of(inodes):
+            return self.ctx.store.read(
+                lambda tx: {i: inode.size for i in inodes if (inode := tx.get_inode(i))})
+
+        return self.ctx.reservations.outstanding(quota_dirs, sizes_of, ino, session)
+
+    def _held_by_others(self, ino: int) -> dict[int, int]:
+        """What writers of other files hold under the quotas `ino` counts in."""
+        chain = self.ctx.store.read(
+            lambda tx: quotas.chain(tx, tx.inode(ino).parent) if tx.get_inode(ino) else [])
+        return self.reserved(chain, ino)
 
     async def reserve(self, ino: int, session: int, end: int) -> dict:
         self.ctx.sessions.check(session)
@@ -296,8 +301,8 @@ class DataPath:
             return inode.size, chain, [(q, tx.quota(q)) for q in chain]
 
         size, chain, limits = self.ctx.store.read(look)
-        held = self.reserved(lambda s, i: (s, i) == (session, ino))
         limited = [(q, quota) for q, quota in limits if quota.bytes_limit]
+        held = self.reserved([q for q, _ in limited], ino, session)
         granted = end + (GRANT_AHEAD if limited else GRANT_UNLIMITED)
         for q, quota in limited:
             room_end = size + quota.bytes_limit - quota.bytes_used - held.get(q, 0)
@@ -313,7 +318,7 @@ class DataPath:
         # Before the commit: an open elsewhere that sees its result must also
         # see that quiet writes may follow it.
         self.ctx.opens.set_quiet(ino, session, bool(quiet))
-        held = self.reserved(lambda s, i: i == ino)
+        held = self._held_by_others(ino)
         return await self.ctx.store.write(
             lambda tx: self.ctx.namespace.grow(tx, time.time_ns(), ino, size, mtime, held))
 
@@ -349,7 +354,7 @@ class DataPath:
 
     async def _apply_size(self, ino: int, changes: dict, token, cut) -> dict:
         """Apply the change of size, after `cut(tx)` (the cut chunk's new state)."""
-        held = self.reserved(lambda s, i: i == ino)
+        held = self._held_by_others(ino)
 
         def apply(tx: Tx) -> dict:
             if cut is not None:

@@ -22,9 +22,8 @@ class Reports:
         self.ctx = ctx
 
     async def session_list(self) -> dict:
-        # A copy first: commits in the writer thread may change the grants.
         grants = [(sid, ino, grant.end, bool(grant.quotas))
-                  for (sid, ino), grant in list(self.ctx.reservations.grants.items())]
+                  for (sid, ino), grant in self.ctx.reservations.grants.items()]
 
         def read(tx: Tx):
             sizes = {ino: inode.size for _, ino, _, _ in grants

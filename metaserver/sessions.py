@@ -48,35 +48,56 @@ class Reservation:
 
 
 class Reservations:
-    """Quota promised to writers: (session, ino) -> how far the file may grow."""
+    """Quota promised to writers: (session, ino) -> how far the file may grow.
+
+    Indexed by quota directory, so that a check under one quota reads the
+    grants under it alone, not every file being written in the cluster."""
 
     def __init__(self):
         self.grants: dict[tuple[int, int], Reservation] = {}
+        self.by_quota: dict[int, set[tuple[int, int]]] = {}
 
-    def outstanding(self, sizes: dict[int, int], skip) -> dict[int, int]:
-        """Bytes promised beyond current file sizes, per quota directory.
-
-        `sizes` maps an inode to its size; `skip(session, ino)` excludes grants.
-        """
-        held: dict[int, int] = {}
-        for (sid, ino), grant in self.grants.items():
-            if skip(sid, ino):
-                continue
-            extra = grant.end - sizes.get(ino, grant.end)
+    def outstanding(self, quotas, sizes_of, ino: int, session: int | None = None
+                    ) -> dict[int, int]:
+        """Bytes promised beyond current file sizes, per quota directory of
+        `quotas`, leaving out the grants on `ino` (only `session`'s, if
+        given). `sizes_of(inodes)` maps inodes to their sizes."""
+        keys: set[tuple[int, int]] = set()
+        for quota in quotas:
+            keys.update(self.by_quota.get(quota, ()))
+        keys = {key for key in keys
+                if key[1] != ino or (session is not None and key[0] != session)}
+        if not keys:
+            return {}
+        sizes = sizes_of({key[1] for key in keys})
+        extras = {}
+        for key in keys:
+            end = self.grants[key].end
+            extra = end - sizes.get(key[1], end)
             if extra > 0:
-                for quota in grant.quotas:
-                    held[quota] = held.get(quota, 0) + extra
+                extras[key] = extra
+        held = {}
+        for quota in quotas:
+            total = sum(extras.get(key, 0) for key in self.by_quota.get(quota, ()))
+            if total:
+                held[quota] = total
         return held
 
-    def inodes(self) -> set[int]:
-        return {ino for _, ino in self.grants}
-
     def grant(self, sid: int, ino: int, reservation: Reservation) -> None:
+        self.drop(sid, ino)
         self.grants[(sid, ino)] = reservation
+        for quota in reservation.quotas:
+            self.by_quota.setdefault(quota, set()).add((sid, ino))
 
     def drop(self, sid: int, ino: int | None = None) -> None:
-        for key in [k for k in self.grants if k[0] == sid and (ino is None or k[1] == ino)]:
-            del self.grants[key]
+        keys = [(sid, ino)] if ino is not None else [k for k in self.grants if k[0] == sid]
+        for key in keys:
+            grant = self.grants.pop(key, None)
+            for quota in grant.quotas if grant is not None else ():
+                under = self.by_quota[quota]
+                under.discard(key)
+                if not under:
+                    del self.by_quota[quota]
 
 
 class Leases:

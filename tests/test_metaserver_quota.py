@@ -119,6 +119,42 @@ def test_byte_quota_reserve_commit_truncate(meta):
     meta.run(body)
 
 
+def test_reservations_hold_room_only_under_their_own_quotas(meta):
+    async def body(c):
+        outer = await make_dir(c, ROOT, b"outer")
+        inner = await make_dir(c, outer["ino"], b"inner")
+        other = await make_dir(c, ROOT, b"other")
+        for folder in (outer, inner, other):
+            await c.call("quota_set", ino=folder["ino"], bytes=10 * MiB, inodes=0)
+        s1, s2 = await new_session(c), await new_session(c)
+        a = (await make_file(c, inner["ino"], b"a", session=s1))["ino"]
+        b = (await make_file(c, outer["ino"], b"b", session=s2))["ino"]
+        x = (await make_file(c, other["ino"], b"x", session=s2))["ino"]
+
+        await c.call("reserve", ino=a, session=s1, end=8 * MiB)
+        # Held against inner and outer, not against another volume.
+        assert (await c.call("reserve", ino=x, session=s2, end=10 * MiB))["granted"] \
+            == 10 * MiB
+        assert await error_of(c.call("reserve", ino=b, session=s2, end=3 * MiB)) \
+            == errno.EDQUOT
+        assert (await c.call("reserve", ino=b, session=s2, end=2 * MiB))["granted"] \
+            == 2 * MiB
+        assert await error_of(c.call("commit", ino=b, session=s2, size=3 * MiB,
+                                     mtime=1)) == errno.EDQUOT
+        # A grant asked again replaces the first; a release drops it.
+        await c.call("reserve", ino=a, session=s1, end=MiB)
+        assert (await c.call("reserve", ino=b, session=s2, end=9 * MiB))["granted"] \
+            == 9 * MiB
+        await c.call("release", ino=b, session=s2)
+        await c.call("reserve", ino=a, session=s1, end=10 * MiB)
+        # A session's end drops every grant it held.
+        await c.call("session_close", session=s1)
+        assert (await c.call("reserve", ino=b, session=s2, end=10 * MiB))["granted"] \
+            == 10 * MiB
+
+    meta.run(body)
+
+
 def test_a_new_file_comes_with_a_first_grant(meta):
     async def body(c):
         vol = await make_dir(c, ROOT, b"vol")
