@@ -1,6 +1,7 @@
 """The `dfs` command: run a local cluster, mount, and inspect a cluster."""
 
 import argparse
+import errno
 import json
 from dataclasses import asdict
 import os
@@ -59,11 +60,47 @@ def _call(args, op: str, **fields):
     return trio.run(run)
 
 
+class DfsPath(str):
+    """A path inside dfs. `local` is (the local path, its mount point) when it
+    was given as a path on a dfs mount of this host."""
+    local: tuple[str, str] | None = None
+
+
+def _dfs_path(text: str) -> DfsPath:
+    """A command-line path: inside dfs, or on a dfs mount here (translated)."""
+    on_mount = mounts.inside_dfs(text)
+    if on_mount is not None:
+        path = DfsPath(on_mount[0])
+        path.local = (text, on_mount[1])
+        return path
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a path inside dfs starting with '/' (e.g. /volumes/pvc-1), or a "
+            "path on a dfs mount of this host")
+    return DfsPath(text)
+
+
+def _check_local(path: str, ino: int) -> None:
+    """A path given on a local mount must be the same file in the cluster the
+    command talks to; else that mount is another cluster's."""
+    local = getattr(path, "local", None)
+    if local is None or os.path.realpath(local[0]) == local[1]:
+        return  # a mount's root shows as inode 1 whatever it is
+    try:
+        here = os.stat(local[0]).st_ino
+    except FileNotFoundError:
+        return
+    if here != ino:
+        raise DfsError(errno.EXDEV, (
+            f"{local[0]} is on the dfs mount at {local[1]}, which is not of the cluster asked: "
+            f"there {path} is inode {here}, here inode {ino}. Give that mount's cluster "
+            "(--meta or --data-dir)"))
+
+
 def _resolve(args, path: str) -> int:
-    if not path.startswith("/"):
-        raise DfsError(22, f"{path!r}: give a path inside dfs starting with '/', "
-                           "e.g. /volumes/pvc-1")
-    return _call(args, "resolve", path=path.encode())["ino"]
+    ino = _call(args, "resolve", path=path.encode())["ino"]
+    _check_local(path, ino)
+    return ino
 
 
 # ---- commands --------------------------------------------------------------
@@ -152,10 +189,8 @@ def cmd_sessions(args) -> int:
 
 
 def cmd_info(args) -> int:
-    if not args.path.startswith("/"):
-        raise DfsError(22, f"{args.path!r}: give a path inside dfs starting with '/', "
-                           "e.g. /volumes/pvc-1/data.db")
     found = reports.info(cluster_from_args(args), args.path)
+    _check_local(args.path, found.attr["ino"])
     print(json.dumps(found.to_wire(), indent=2) if args.json else reports.format_info(found))
     return 0
 
@@ -392,13 +427,16 @@ def cmd_trash_purge(args) -> int:
 
 # ---- argument parsing ------------------------------------------------------
 
+DFS_PATH_HELP = ("a path inside dfs (e.g. /volumes/pvc-1), or a path on a dfs mount of "
+                 "this host")
+
 def _report_command(sub, name: str, func, *positionals: str, **texts) -> None:
     """A command that asks a cluster and prints a report, or with --json its
     figures."""
     command = sub.add_parser(name, **texts)
     add_cluster_args(command)
     for positional in positionals:
-        command.add_argument(positional)
+        command.add_argument(positional, type=_dfs_path, help=DFS_PATH_HELP)
     command.add_argument("--json", action="store_true", help="machine-readable output")
     command.set_defaults(func=func)
 
@@ -476,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "chunks. For a folder, count what lies beneath it: files, "
                                 "folders, bytes, chunks, and chunks under-replicated or "
                                 "unavailable (no live copy). PATH is a path inside dfs (e.g. "
-                                "/volumes/pvc-1), not a local path.",
+                                "/volumes/pvc-1) or a path on a dfs mount of this host.",
                     epilog="example: dfs info --data-dir /var/lib/dfs /volumes/pvc-1")
 
     p = sub.add_parser("fsck", help="check chunks against the chunk servers; --repair",
@@ -536,11 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quota", help="directory quotas",
                        description="Byte and inode limits on directories. PATH is a path "
-                                   "inside dfs (e.g. /volumes/pvc-1), not a local path.")
+                                   "inside dfs (e.g. /volumes/pvc-1) or a path on a dfs "
+                                   "mount of this host.")
     qsub = p.add_subparsers(dest="quota_command", required=True, metavar="ACTION")
     q = qsub.add_parser("set", help="set a directory's limits (0 = unlimited)")
     add_cluster_args(q)
-    q.add_argument("path")
+    q.add_argument("path", type=_dfs_path, help=DFS_PATH_HELP)
     q.add_argument("--bytes", type=_size, required=True, help="byte limit, e.g. 10G")
     q.add_argument("--inodes", type=int, default=0, help="inode limit (default unlimited)")
     q.set_defaults(func=cmd_quota_set)
@@ -550,7 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replicas", help="replication factor of a directory or file",
                        description="How many chunk servers hold each chunk. PATH is a path "
-                                   "inside dfs (e.g. /volumes/pvc-1), not a local path. On a "
+                                   "inside dfs (e.g. /volumes/pvc-1) or on a dfs mount of "
+                                   "this host. On a "
                                    "directory the factor applies to files and directories "
                                    "created in it afterwards; on a file it applies at once "
                                    "(raising it makes the metaserver copy the file's chunks; "
@@ -559,12 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = p.add_subparsers(dest="replicas_command", required=True, metavar="ACTION")
     r = rsub.add_parser("set", help="set the factor of a directory or file (1..16)")
     add_cluster_args(r)
-    r.add_argument("path")
+    r.add_argument("path", type=_dfs_path, help=DFS_PATH_HELP)
     r.add_argument("replicas", type=int, metavar="N", help="copies of each chunk, 1..16")
     r.set_defaults(func=cmd_replicas_set)
     r = rsub.add_parser("get", help="show the factor of a directory or file")
     add_cluster_args(r)
-    r.add_argument("path")
+    r.add_argument("path", type=_dfs_path, help=DFS_PATH_HELP)
     r.add_argument("--json", action="store_true",
                    help='print {"replicas": stored factor (0 = none), "effective": N}')
     r.set_defaults(func=cmd_replicas_get)
@@ -583,8 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "TARGET. Remove a snapshot with rm -r on a mount.",
                        epilog="example: dfs snapshot --data-dir /var/lib/dfs /db /snapshots/db-monday")
     add_cluster_args(p)
-    p.add_argument("source", help="the folder to copy, a path inside dfs")
-    p.add_argument("target", help="the copy to make, a path inside dfs")
+    p.add_argument("source", type=_dfs_path,
+                   help="the folder to copy: a path inside dfs, or on a dfs mount here")
+    p.add_argument("target", type=_dfs_path,
+                   help="the copy to make: a path inside dfs, or on a dfs mount here")
     p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("fence", help="hand a folder to one new mount, fencing out the others",
@@ -602,7 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "         dfs mount --data-dir /var/lib/dfs --subdir /db "
                               "--epoch 2 /mnt/db")
     add_cluster_args(p)
-    p.add_argument("path", help="the folder, a path inside dfs")
+    p.add_argument("path", type=_dfs_path,
+                   help="the folder: a path inside dfs, or on a dfs mount here")
     p.add_argument("--quiet", action="store_true", help="print the epoch alone")
     p.set_defaults(func=cmd_fence)
 

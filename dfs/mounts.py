@@ -2,6 +2,7 @@
 
 import errno
 import os
+import posixpath
 import subprocess
 
 FUSE_TYPE = "fuse.dfs"
@@ -11,10 +12,30 @@ def _unescape(field: str) -> str:
     return field.encode().decode("unicode_escape")
 
 
-def dfs_mountpoints() -> list[str]:
+def _dfs_mounts() -> list[tuple[str, str]]:
+    """(mount point, the folder inside dfs it shows) of every dfs mount here;
+    a mount names its folder as its source, dfs:FOLDER."""
     with open("/proc/self/mounts") as f:
         rows = [line.split() for line in f]
-    return [_unescape(row[1]) for row in rows if len(row) > 2 and row[2] == FUSE_TYPE]
+    return [(_unescape(row[1]), _unescape(row[0]).removeprefix("dfs:") or "/")
+            for row in rows if len(row) > 2 and row[2] == FUSE_TYPE]
+
+
+def dfs_mountpoints() -> list[str]:
+    return [mountpoint for mountpoint, _ in _dfs_mounts()]
+
+
+def inside_dfs(path: str) -> tuple[str, str] | None:
+    """(the path inside dfs, the mount point) of a local path on a dfs mount
+    here, or None if it is on none."""
+    local = os.path.realpath(path)
+    found = [(mountpoint, folder) for mountpoint, folder in _dfs_mounts()
+             if local == mountpoint or local.startswith(mountpoint.rstrip("/") + "/")]
+    if not found:
+        return None
+    mountpoint, folder = max(found, key=lambda m: len(m[0]))
+    return posixpath.normpath(posixpath.join(folder, os.path.relpath(local, mountpoint))), \
+        mountpoint
 
 
 def is_mounted(path: str) -> bool:

@@ -152,3 +152,35 @@ def test_foreground_mount_stops_on_sigterm(shared_cluster, tmp_path):
             proc.kill()
         if os.path.ismount(target):
             subprocess.run(["umount", "-l", str(target)])
+
+
+def test_paths_on_a_local_mount_name_the_same_files(shared_cluster, mnt):
+    (mnt / "sub").mkdir()
+    (mnt / "sub" / "f").write_bytes(b"x" * 100)
+    inside = f"/{mnt.name}/sub/f"
+    by_dfs = json.loads(run("info", *shared_cluster.cli_args, "--json", inside).stdout)
+    by_local = json.loads(run("info", *shared_cluster.cli_args, "--json",
+                              str(mnt / "sub" / "f")).stdout)
+    assert by_local["path"] == inside and by_local["attr"]["ino"] == by_dfs["attr"]["ino"]
+    relative = subprocess.run(DFS + ["info", *shared_cluster.cli_args, "--json", "sub/f"],
+                              cwd=mnt, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(relative.stdout)["path"] == inside
+    # A mount of one folder: its paths are that folder's.
+    sub = shared_cluster.mount("/" + mnt.name)
+    run("quota", "set", *shared_cluster.cli_args, str(sub / "sub"), "--bytes", "1M")
+    got = json.loads(run("quota", "get", *shared_cluster.cli_args, f"/{mnt.name}/sub",
+                         "--json").stdout)
+    assert got["bytes_limit"] == 1 << 20
+    refused = run("info", *shared_cluster.cli_args, "not/on/a/mount", check=False)
+    assert refused.returncode != 0 and "a path on a dfs mount" in refused.stderr
+
+
+def test_a_local_path_on_another_clusters_mount_is_refused(shared_cluster, cluster, mnt):
+    theirs = cluster.mnt / mnt.name
+    theirs.mkdir()
+    (theirs / "f").touch()
+    (mnt / "f").touch()
+    assert os.stat(theirs / "f").st_ino != os.stat(mnt / "f").st_ino
+    refused = run("info", *shared_cluster.cli_args, str(theirs / "f"), check=False)
+    assert refused.returncode != 0 and "not of the cluster asked" in refused.stderr
+    assert run("info", *cluster.cli_args, str(theirs / "f")).returncode == 0
