@@ -183,7 +183,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_sessions(args) -> int:
-    listed = reports.sessions(cluster_from_args(args))
+    listed = _call(args, "session_list")["sessions"]
     print(json.dumps(listed, indent=2) if args.json else reports.format_sessions(listed))
     return 0
 

@@ -1,5 +1,5 @@
 """`dfs info` and `dfs sessions`: what the metaserver reports about a path
-and about its clients, gathered and formatted for people.
+(gathered page by page) and about its clients, formatted for people.
 """
 
 import stat
@@ -105,17 +105,6 @@ def _chunk_line(row: dict) -> str:
              f"UNDER-REPLICATED ({live} of {row['wanted']})" if live < row["wanted"] else "ok")
     return (f"  chunk {row['index']}: id {row['chunk']} version {row['version']}, "
             f"{state}: {servers}")
-
-
-def sessions(cluster: ClusterRef) -> list[dict]:
-    async def run() -> list[dict]:
-        client = Client(cluster.meta, cluster.secret, META, retry_for=5.0)
-        try:
-            return (await client.call("session_list"))["sessions"]
-        finally:
-            await client.aclose()
-
-    return trio.run(run)
 
 
 def format_sessions(listed: list[dict]) -> str:

@@ -260,11 +260,9 @@ class DataPath:
     def reserved(self, quota_dirs, ino: int, session: int | None = None) -> dict[int, int]:
         """Bytes promised to writers, per quota directory of `quota_dirs`,
         but for the grants on `ino` (only `session`'s, if given)."""
-        def sizes_of(inodes):
-            return self.ctx.store.read(
-                lambda tx: {i: inode.size for i in inodes if (inode := tx.get_inode(i))})
-
-        return self.ctx.reservations.outstanding(quota_dirs, sizes_of, ino, session)
+        return self.ctx.reservations.outstanding(
+            quota_dirs, lambda inodes: self.ctx.store.read(lambda tx: tx.sizes(inodes)),
+            ino, session)
 
     def _held_by_others(self, ino: int) -> dict[int, int]:
         """What writers of other files hold under the quotas `ino` counts in."""

@@ -22,21 +22,10 @@ class Reports:
         self.ctx = ctx
 
     async def session_list(self) -> dict:
-        grants = [(sid, ino, grant.end, bool(grant.quotas))
-                  for (sid, ino), grant in self.ctx.reservations.grants.items()]
-
-        def read(tx: Tx):
-            sizes = {ino: inode.size for _, ino, _, _ in grants
-                     if (inode := tx.get_inode(ino)) is not None}
-            return list(tx.all_sessions()), sizes
-
-        sessions, sizes = self.ctx.store.read(read)
-        reserved: dict[int, list[int]] = {}
-        for sid, ino, end, limited in grants:
-            if limited:
-                files_bytes = reserved.setdefault(sid, [0, 0])
-                files_bytes[0] += 1
-                files_bytes[1] += max(0, end - sizes.get(ino, end))
+        store = self.ctx.store
+        sessions = store.read(lambda tx: list(tx.all_sessions()))
+        reserved = self.ctx.reservations.per_session(
+            lambda inodes: store.read(lambda tx: tx.sizes(inodes)))
         open_files: dict[int, int] = {}
         with self.ctx.opens.lock:
             for holders in self.ctx.opens.counts.values():

@@ -69,6 +69,27 @@ class Reservations:
                 if key[1] != ino or (session is not None and key[0] != session)}
         if not keys:
             return {}
+        extras = self._beyond(keys, sizes_of)
+        held = {}
+        for quota in quotas:
+            total = sum(extras.get(key, 0) for key in self.by_quota.get(quota, ()))
+            if total:
+                held[quota] = total
+        return held
+
+    def per_session(self, sizes_of) -> dict[int, tuple[int, int]]:
+        """Session -> (files it holds room for under a quota, bytes of that
+        room beyond their sizes)."""
+        keys = {key for key, grant in self.grants.items() if grant.quotas}
+        extras = self._beyond(keys, sizes_of) if keys else {}
+        found: dict[int, tuple[int, int]] = {}
+        for sid, ino in keys:
+            files, nbytes = found.get(sid, (0, 0))
+            found[sid] = (files + 1, nbytes + extras.get((sid, ino), 0))
+        return found
+
+    def _beyond(self, keys, sizes_of) -> dict[tuple[int, int], int]:
+        """How far each grant of `keys` reaches past its file's size, where it does."""
         sizes = sizes_of({key[1] for key in keys})
         extras = {}
         for key in keys:
@@ -76,12 +97,7 @@ class Reservations:
             extra = end - sizes.get(key[1], end)
             if extra > 0:
                 extras[key] = extra
-        held = {}
-        for quota in quotas:
-            total = sum(extras.get(key, 0) for key in self.by_quota.get(quota, ()))
-            if total:
-                held[quota] = total
-        return held
+        return extras
 
     def grant(self, sid: int, ino: int, reservation: Reservation) -> None:
         self.drop(sid, ino)

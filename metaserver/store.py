@@ -157,6 +157,10 @@ class Tx:
         self._put("counters", name.encode(), u64(value))
 
     # --- inodes -------------------------------------------------------------
+    def sizes(self, inodes) -> dict[int, int]:
+        """The size of each of `inodes` that exists."""
+        return {ino: inode.size for ino in inodes if (inode := self.get_inode(ino))}
+
     def get_inode(self, ino: int) -> Inode | None:
         inode = self._inodes.get(ino)
         if inode is None:
