@@ -52,6 +52,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _zone(text: str) -> str | None:
+    if not text:
+        return None
+    try:
+        ops.check_zone(text)
+    except DfsError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfs-chunkserver", description=DESCRIPTION,
@@ -69,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address clients and the metaserver use to reach this server "
                              "(default: the --listen host with the port actually bound; "
                              "the host name if listening on all interfaces)")
+    parser.add_argument("--zone", type=_zone, metavar="NAME",
+                        help="failure domain this server is in: the copies of a chunk go "
+                             "to as many zones as there are before two share one. Give "
+                             "every server of one rack (or room) the same name (default, "
+                             "or empty: the host of --advertise, so that two servers of one "
+                             "host never hold a chunk's only copies while another host has "
+                             "room)")
     parser.add_argument("--heartbeat-interval", type=_positive, default=1.0,
                         metavar="SECONDS",
                         help="seconds between heartbeats to the metaserver (default: 1)")
@@ -147,7 +164,7 @@ async def serve(args: argparse.Namespace, secret: bytes) -> None:
         if args.ready_file:
             write_ready_file(args.ready_file, listen)
         link = MetaLink(service, args.meta, secret, advertise, args.data_dir,
-                        args.heartbeat_interval)
+                        args.heartbeat_interval, args.zone)
         nursery.start_soon(link.run)
         if scrubber is not None:
             nursery.start_soon(scrubber.run)

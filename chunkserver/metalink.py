@@ -88,10 +88,11 @@ def _save_text(path: Path, text: str) -> None:
 
 class MetaLink:
     def __init__(self, service: ChunkService, meta: str, secret: bytes, advertise: str,
-                 data_dir: Path, interval: float):
+                 data_dir: Path, interval: float, zone: str | None = None):
         self.service = service
         self.meta = meta
         self.advertise = advertise
+        self.zone = zone
         self.interval = interval
         self.client = Client(meta, secret, ops.META_CS)
         self.csid_path = Path(data_dir) / CSID_FILE
@@ -148,10 +149,11 @@ class MetaLink:
 
     async def _register(self) -> None:
         chunks = [[chunk, version] for chunk, version in self.service.versions.items()]
+        named = {"zone": self.zone} if self.zone else {}
         reply = await self.client.call("cs_register", timeout=CALL_TIMEOUT, csid=self.csid,
                                        addr=self.advertise, chunks=chunks,
                                        cluster=self.cluster, position=self.position,
-                                       **await self._usage())
+                                       **named, **await self._usage())
         csid = reply.get("csid") if isinstance(reply, dict) else None
         if not _is_int(csid):
             raise DfsError(errno.EPROTO, f"metaserver answered cs_register without a csid: "

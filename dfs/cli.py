@@ -167,7 +167,7 @@ def cmd_status(args) -> int:
     print(f"chunk servers: {len(alive)} alive of {len(servers)}")
     for cs in servers:
         state = "alive" if cs["alive"] else "DEAD"
-        print(f"  #{cs['csid']:<3} {cs['addr']:<22} {state:<6} "
+        print(f"  #{cs['csid']:<3} {cs['addr']:<22} {state:<6} zone {cs.get('zone', '?')}, "
               f"used {human_size(cs['used'])} of {human_size(cs['capacity'])}, "
               f"{cs['chunks']} chunks{_draining(cs)}")
     print(f"capacity: {human_size(sum(cs['capacity'] for cs in alive))}, "
@@ -175,8 +175,16 @@ def cmd_status(args) -> int:
     print(f"files: {status['files']}, directories: {status['directories']}, "
           f"data: {human_size(status['bytes'])}")
     print(f"chunks: {status['chunks']}, under-replicated: {status['under_replicated']}")
+    zones = {cs.get("zone") for cs in alive if not cs["draining"]}
+    print(f"zones: {len(zones)}" + ("" if len(zones) > 1 else
+          ": every chunk's copies are in it (give chunk servers --zone, or put them on "
+          "more hosts)"))
+    if status.get("misplaced"):
+        print(f"misplaced: {status['misplaced']} chunk(s) with copies sharing a zone; "
+              "copied to another zone as its servers have room")
     if status.get("balancing"):
-        print(f"balancing: {status['balancing']} chunk(s) being moved to the emptiest disk")
+        print(f"balancing: {status['balancing']} chunk(s) being moved to the emptiest disk "
+              "or to another zone")
     _print_metadata(status)
     _print_health(status, len(servers) - len(alive))
     return 0

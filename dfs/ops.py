@@ -243,10 +243,12 @@ META = _ops(
     Op("replicas_set", {"ino": int, "replicas": int}, idempotent=True),
     Op("replicas_get", {"ino": int}, idempotent=True),
 
-    # -> {chunkservers: [{csid, addr, alive, draining, capacity, used, chunks}],
+    # -> {chunkservers: [{csid, addr, zone, alive, draining, capacity, used, chunks}],
     #     files, directories, chunks, under_replicated,
     #     replicating (copies of chunks short of replicas in progress),
-    #     balancing (copies evening out the disks in progress),
+    #     balancing (copies beyond the factor in progress: evening out the
+    #     disks, spreading a chunk over zones), misplaced (chunks whose
+    #     copies are in fewer zones than they could be),
     #     bad_replicas (reports since start),
     #     recent_bad: [{chunk, csid, version, at}], backup: the newest
     #     BackupInfo or None, backup_error: why the last backup failed or None,
@@ -348,6 +350,17 @@ RENAME_EXCHANGE = 2
 TRASH_NAME = b".trash"
 TRASH_PATH_XATTR = b"trusted.dfs.trash.path"
 
+# Longest zone name a chunk server may give (cs_register).
+ZONE_MAX = 64
+
+
+def check_zone(zone: str) -> None:
+    if not (0 < len(zone) <= ZONE_MAX and zone.isprintable()
+            and not any(c.isspace() for c in zone)):
+        raise DfsError(errno.EINVAL, f"a zone is 1 to {ZONE_MAX} printable characters "
+                                     f"without spaces, got {zone!r}")
+
+
 # Metaserver, as seen by chunk servers.
 META_CS = _ops(
     # chunks: [[chunk_id, version], ...] held on disk. `cluster`: the id of
@@ -360,11 +373,15 @@ META_CS = _ops(
     # history, an older commit; or another history not restored since that
     # time) is refused with EREMCHG too: reconciling with it would delete the
     # chunks written since.
+    # `zone`: the failure domain the server is in (metaserver/registry.py);
+    # absent, its host. Sent only when set, so that older metaservers, which
+    # refuse fields they do not know, still take a server that names none.
     # -> {"csid": id (kept across restarts), "delete": [chunk ids to drop],
     #     "cluster": the cluster's id, for the server to keep, "position":
     #     the database's [history, seq, the metaserver's time]}
     Op("cs_register", {"csid": Opt(int), "addr": str, "capacity": int, "used": int,
-                       "chunks": list, "cluster": Opt(int), "position": Opt(list)}),
+                       "chunks": list, "cluster": Opt(int), "position": Opt(list),
+                       "zone": Opt(str)}),
     # -> {"delete": [chunk ids], "replicate": [[chunk, version, "host:port"], ...],
     #     "position": as cs_register's}
     Op("cs_heartbeat", {"csid": int, "capacity": int, "used": int}),

@@ -12,6 +12,7 @@ import trio
 
 from dfs import logs
 from dfs.errors import DfsError
+from dfs.ops import check_zone
 from dfs.rpc import parse_addr
 
 from . import chunktable
@@ -35,6 +36,8 @@ REPLICATION_DEADLINE = 30.0
 REPLICATION_INTERVAL = 1.0
 # Chunks whose replicas no longer needed are deleted per round (see _trim).
 TRIMS_PER_ROUND = 256
+# Chunks whose copies share a zone that one round tries to copy to another.
+SPREADS_PER_ROUND = 256
 # Balancing starts when the fullest server's disk is this much fuller (as a
 # share of its size) than the emptiest's: chunks are copied from the one to
 # the other, and _trim deletes the replica on the fullest.
@@ -105,6 +108,8 @@ class Cluster:
         # (those being copied included), and chunks with no live replica.
         self.under_replicated = 0
         self.unavailable = 0
+        # Chunks with their copies in fewer zones than they could be in.
+        self.misplaced = 0
 
     def load(self) -> None:
         known = self.ctx.store.read(lambda tx: list(tx.all_chunkservers()))
@@ -138,11 +143,14 @@ class Cluster:
 
     # --- handlers -------------------------------------------------------------
     async def cs_register(self, csid, addr: str, capacity: int, used: int,
-                          chunks: list, cluster: int | None, position: list | None) -> dict:
+                          chunks: list, cluster: int | None, position: list | None,
+                          zone: str | None = None) -> dict:
         try:
             parse_addr(addr)
         except ValueError as exc:
             raise DfsError(errno.EINVAL, str(exc)) from None
+        if zone is not None:
+            check_zone(zone)
         reported = {}
         for item in chunks:
             if (not isinstance(item, list) or len(item) != 2
@@ -186,9 +194,10 @@ class Cluster:
         self.awaited.discard(sid)
         if not self.awaited:
             await self._settle()
-        self.ctx.registry.known(sid, addr, draining)
+        self.ctx.registry.known(sid, addr, draining, zone)
         self.ctx.registry.heard(sid, addr, capacity, used)
-        log.info("chunk server registered", csid=sid, addr=addr, chunks=len(reported),
+        log.info("chunk server registered", csid=sid, addr=addr,
+                 zone=self.ctx.registry.servers[sid].zone, chunks=len(reported),
                  stale=len(delete), draining=draining)
         return {"csid": sid, "delete": delete, "cluster": ours, "position": now_at}
 
@@ -271,15 +280,16 @@ class Cluster:
         return sum(1 for csid in locations if self.ctx.registry.alive(csid))
 
     def servers_status(self, chunks_per_server: dict[int, int]) -> list[dict]:
-        return [{"csid": s.csid, "addr": s.addr, "alive": self.ctx.registry.alive(s.csid),
+        return [{"csid": s.csid, "addr": s.addr, "zone": s.zone,
+                 "alive": self.ctx.registry.alive(s.csid),
                  "draining": s.draining, "capacity": s.capacity, "used": s.used,
                  "chunks": chunks_per_server.get(s.csid, 0)}
                 for s in sorted(self.ctx.registry.servers.values(), key=lambda s: s.csid)]
 
     def health(self) -> dict:
-        balancing = sum(1 for copy in self.copies.values() if copy.balancing)
-        return {"replicating": len(self.copies) - balancing, "balancing": balancing,
-                "bad_replicas": self.bad_total,
+        extra = sum(1 for copy in self.copies.values() if copy.extra)
+        return {"replicating": len(self.copies) - extra, "balancing": extra,
+                "misplaced": self.misplaced, "bad_replicas": self.bad_total,
                 "recent_bad": [{"chunk": b.chunk, "csid": b.csid, "version": b.version,
                                 "at": b.at} for b in self.recent_bad]}
 
@@ -295,37 +305,59 @@ class Cluster:
         registry, settings = self.ctx.registry, self.ctx.settings
 
         def under(tx: Tx):
-            found, surplus, movable, short, unavailable = [], [], [], 0, 0
+            found, surplus, spread, movable, short, unavailable = [], [], [], [], 0, 0
+            misplaced = 0
             # Taken once per round: set operations per chunk, no calls.
             alive = {csid for csid in registry.servers if registry.alive(csid)}
             draining = {csid for csid, s in registry.servers.items() if s.draining}
             staying = alive - draining
+            zone_of = {csid: registry.servers[csid].zone for csid in staying}
+            zones = Counter(zone_of.values())
+            # Only copies on servers that share a zone can share it.
+            sharing = {csid for csid, zone in zone_of.items() if zones[zone] > 1}
             fullest, emptiest = balance
+            # A copy moved from the fullest server to the emptiest must not
+            # leave the chunk in fewer zones: not beside a copy in the
+            # emptiest's zone unless another copy stays in the fullest's.
+            beside = mates = set()
+            if zone_of.get(fullest) != zone_of.get(emptiest):
+                beside = {c for c in staying if zone_of[c] == zone_of[emptiest]}
+                mates = {c for c in staying if zone_of[c] == zone_of[fullest]} - {fullest}
             for chunk_id, chunk in tx.all_chunks():
                 locations = chunk.locations
                 live = len(alive.intersection(locations))
                 wanted = settings.wanted(chunk.replicas)
                 unavailable += not live
                 short += 0 < live < wanted
-                if not live or chunk_id in self.copies:
+                if not live:
                     continue
                 # Replicas on draining servers are not counted: they are to go.
-                kept = len(staying.intersection(locations))
-                if kept < wanted:
+                kept = staying.intersection(locations)
+                if (len(zones) > 1 and len(sharing.intersection(kept)) > 1
+                        and len({zone_of[c] for c in kept}) < min(wanted, len(zones))):
+                    misplaced += 1
+                    if (len(spread) < SPREADS_PER_ROUND and len(kept) == wanted
+                            and chunk_id not in self.copies):
+                        spread.append(chunk_id)
+                if chunk_id in self.copies:
+                    continue
+                if len(kept) < wanted:
                     found.append(chunk_id)
-                elif kept > wanted or not draining.isdisjoint(locations):
+                elif len(kept) > wanted or not draining.isdisjoint(locations):
                     surplus.append(chunk_id)
                 elif (fullest in locations and emptiest not in locations
+                      and (beside.isdisjoint(locations) or not mates.isdisjoint(locations))
                       and len(movable) < REPLICATIONS_PER_SERVER):
                     movable.append(chunk_id)
-            return found, surplus, movable, short, unavailable
+            return found, surplus, spread, movable, short, unavailable, misplaced
 
         balance = self._balance_pair()
-        found, surplus, movable, self.under_replicated, self.unavailable = \
-            await self.ctx.store.read_in_thread(under)
+        (found, surplus, spread, movable, self.under_replicated, self.unavailable,
+         self.misplaced) = await self.ctx.store.read_in_thread(under)
         for chunk_id in surplus[:TRIMS_PER_ROUND]:
             await self._trim(chunk_id)
-        for chunk_id in found:
+        # Repairs first, then copies to spread chunks over zones.
+        for chunk_id in found + spread:
             load = Counter(c.target for c in self.copies.values())
             if all(load[s.csid] >= REPLICATIONS_PER_SERVER for s in registry.live()):
                 return
@@ -355,10 +387,12 @@ class Cluster:
 
     async def _plan_one(self, chunk_id: int, busy: set[int],
                         onto: ServerState | None = None) -> None:
-        """Hand a copy of a chunk short of copies to a server with room; or
-        with `onto`, of a chunk that has its copies, to that server
-        (balancing: _trim then deletes the replica on the fullest). A write
-        lease is fenced out first (see replicas.py)."""
+        """Hand a copy of a chunk to a server with room: of a chunk short of
+        copies, to one in a zone none of them is in if there is one; of a
+        chunk that has its copies but in fewer zones than the cluster has, to
+        one in another zone; or with `onto`, to that server (balancing). The
+        copy beyond the factor is then deleted by _trim, which keeps one in
+        each zone first. A write lease is fenced out first (see replicas.py)."""
         registry, settings = self.ctx.registry, self.ctx.settings
         chunk = self.ctx.store.read(lambda tx: tx.chunk(chunk_id))
         if chunk is None:
@@ -366,13 +400,20 @@ class Cluster:
         live = [c for c in chunk.locations if registry.alive(c)]
         kept = [c for c in live if not registry.draining(c)]
         short = len(kept) < settings.wanted(chunk.replicas)
-        if not live or short == (onto is not None):
+        if not live or (onto is not None and short):
             return
         pending_gc = self.ctx.store.read(
             lambda tx: {csid for csid in registry.servers if tx.has_garbage(csid, chunk_id)})
         exclude = set(chunk.locations) | busy | pending_gc
         if onto is not None:
             exclude |= set(registry.servers) - {onto.csid}
+        elif not short:
+            held = registry.zones(kept)
+            usable = registry.zones(s.csid for s in registry.usable())
+            if len(kept) > settings.wanted(chunk.replicas) or len(held) >= min(len(kept),
+                                                                                len(usable)):
+                return
+            exclude |= {s.csid for s in registry.servers.values() if s.zone in held}
         if not registry.candidates(settings.chunk_size, exclude):
             return
         version, holders = chunk.version, live
@@ -383,19 +424,21 @@ class Cluster:
                 log.warning("cannot fence a chunk for replication", chunk=chunk_id,
                             error=str(exc))
                 return
-        targets = registry.place(1, settings.chunk_size, exclude)
+        targets = registry.place(1, settings.chunk_size, exclude, kept)
         if targets:
             self.copies[chunk_id] = Copy(chunk_id, version, targets[0].csid,
-                                         registry.addr(holders[0]), onto is not None)
+                                         registry.addr(holders[0]), not short)
             log.info("replication planned", chunk=chunk_id, version=version,
-                     target=targets[0].csid, source=holders[0], balancing=onto is not None)
+                     target=targets[0].csid, zone=targets[0].zone, source=holders[0],
+                     why="short" if short else "balance" if onto else "spread")
 
     async def _trim(self, chunk_id: int) -> None:
         """Delete the replicas a chunk no longer needs, once it has its
         factor on live servers that stay: those on draining servers, and
         live ones beyond its factor (a server back after its chunks were
-        copied again, a factor lowered, a copy made to balance disks), from
-        the fullest servers.
+        copied again, a factor lowered, a copy made to balance disks or to
+        spread zones). One replica in each zone is kept first, then the
+        emptiest disks' (Registry.keep).
         Under a write lease the version moves on the replicas kept instead,
         which ends the lease (the writer asks again)."""
         registry, settings = self.ctx.registry, self.ctx.settings
@@ -404,13 +447,13 @@ class Cluster:
             if chunk is None or chunk_id in self.copies:
                 return
             wanted = settings.wanted(chunk.replicas)
-            staying = sorted((c for c in chunk.locations
-                              if registry.alive(c) and not registry.draining(c)),
-                             key=lambda c: registry.servers[c].fullness)
+            staying = [c for c in chunk.locations
+                       if registry.alive(c) and not registry.draining(c)]
             if len(staying) < wanted:
                 return
-            kept = staying[:wanted]
-            going = [c for c in chunk.locations if registry.draining(c)] + staying[wanted:]
+            kept = registry.keep(staying, wanted)
+            going = [c for c in chunk.locations
+                     if registry.draining(c) or (c in staying and c not in kept)]
             if not going:
                 return
             if self.ctx.leases.active(chunk_id) is not None:

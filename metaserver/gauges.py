@@ -72,6 +72,9 @@ def registry_for(service: MetaService) -> Registry:
                   lambda: _capacity(service, "used"))
     metrics.gauge("dfs_meta_under_replicated_chunks", "Chunks with fewer live replicas than "
                   "their replication factor.", lambda: cluster.under_replicated)
+    metrics.gauge("dfs_meta_misplaced_chunks", "Chunks with their copies in fewer zones "
+                  "than their factor and the live zones allow (being copied to another).",
+                  lambda: cluster.misplaced)
     metrics.gauge("dfs_meta_unavailable_chunks", "Chunks with no live replica: their data "
                   "cannot be read until a server holding one returns.",
                   lambda: cluster.unavailable)

@@ -1,17 +1,32 @@
-"""Chunk servers as the metaserver sees them: address, space, last heartbeat.
+"""Chunk servers as the metaserver sees them: address, zone, space, last
+heartbeat.
 
-The csid and address are persistent (LMDB); space and liveness are in memory,
-so after a restart every server counts as dead until it is heard from again.
+The csid and address are persistent (LMDB); zone, space and liveness are in
+memory, so after a restart every server counts as dead until it is heard
+from again.
+
+A zone is a failure domain: the servers that one fault can take together (a
+host by default, a rack or a room if the servers say so). The copies of a
+chunk go to as many zones as the cluster has, before two go to one zone.
 """
 
 import time
 from dataclasses import dataclass
+
+from dfs.rpc import parse_addr
+
+
+def default_zone(addr: str) -> str:
+    """The zone of a server that names none: its host, so that the copies of
+    a chunk go to different hosts before two go to one host's disks."""
+    return parse_addr(addr)[0]
 
 
 @dataclass
 class ServerState:
     csid: int
     addr: str
+    zone: str = ""
     capacity: int = 0
     used: int = 0
     last_seen: float = 0.0
@@ -34,9 +49,12 @@ class Registry:
         self.heartbeat_timeout = heartbeat_timeout
         self.servers: dict[int, ServerState] = {}
 
-    def known(self, csid: int, addr: str, draining: bool) -> None:
-        """A server recorded on disk (not heard from yet, if this is the start)."""
-        self.servers.setdefault(csid, ServerState(csid, addr)).draining = draining
+    def known(self, csid: int, addr: str, draining: bool, zone: str | None = None) -> None:
+        """A server recorded on disk (not heard from yet, if this is the start),
+        or registering now, in `zone` if it names one."""
+        server = self.servers.setdefault(csid, ServerState(csid, addr))
+        server.draining = draining
+        server.zone = zone or default_zone(addr)
 
     def forget(self, csid: int) -> None:
         self.servers.pop(csid, None)
@@ -74,13 +92,35 @@ class Registry:
         found.sort(key=lambda s: s.free, reverse=True)
         return found
 
-    def place(self, count: int, room: int, exclude=()) -> list[ServerState]:
-        """Up to `count` usable servers with `room` bytes free, most free first.
+    def zones(self, csids) -> set[str]:
+        return {self.servers[csid].zone for csid in csids if csid in self.servers}
+
+    def place(self, count: int, room: int, exclude=(), holders=()) -> list[ServerState]:
+        """Up to `count` usable servers with `room` bytes free for a chunk held
+        by `holders`: each from a zone neither a holder nor an earlier pick is
+        in while there is one, most free first.
 
         The chosen servers are charged `room` at once, so placements between two
         heartbeats spread instead of piling onto the same server.
         """
-        chosen = self.candidates(room, exclude)[:count]
+        taken = self.zones(holders)
+        left = self.candidates(room, exclude)
+        chosen = []
+        while left and len(chosen) < count:
+            pick = next((s for s in left if s.zone not in taken), left[0])
+            left.remove(pick)
+            taken.add(pick.zone)
+            chosen.append(pick)
         for server in chosen:
             server.used += room
         return chosen
+
+    def keep(self, csids: list[int], count: int) -> list[int]:
+        """Which `count` of a chunk's replicas on `csids` to keep: one in each
+        zone first, then the others; the emptiest disks first within each."""
+        spread, doubled, zones = [], [], set()
+        for csid in sorted(csids, key=lambda c: self.servers[c].fullness):
+            zone = self.servers[csid].zone
+            (doubled if zone in zones else spread).append(csid)
+            zones.add(zone)
+        return (spread + doubled)[:count]

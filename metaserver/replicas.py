@@ -64,8 +64,9 @@ class Copy:
     version: int
     target: int
     source: str
-    # Made to even out the servers' disks, not because the chunk is short.
-    balancing: bool = False
+    # A copy beyond the chunk's factor, not made because the chunk is short:
+    # to even out the servers' disks or to spread its copies over zones.
+    extra: bool = False
     handed_at: float = 0.0
     done: trio.Event = field(default_factory=trio.Event)
 

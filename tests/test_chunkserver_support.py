@@ -61,7 +61,8 @@ class StandInMeta:
     def csid_of(self, addr: str) -> int:
         return next(csid for csid, a in self.addr_of.items() if a == addr)
 
-    async def cs_register(self, csid, addr, capacity, used, chunks, cluster, position):
+    async def cs_register(self, csid, addr, capacity, used, chunks, cluster, position,
+                          zone=None):
         self.registrations.append({"csid": csid, "addr": addr, "capacity": capacity,
                                    "used": used, "chunks": sorted(map(tuple, chunks))})
         if csid is None or csid not in self.addr_of:

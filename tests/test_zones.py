@@ -1,0 +1,188 @@
+"""Zones (failure domains): the copies of a chunk go to as many zones as the
+cluster has before two share one, chunks whose copies share a zone are copied
+to another once one joins, and deleting extra copies keeps one in each zone.
+
+A server's zone is its host unless it names one (--zone); the servers here
+listen on different loopback addresses (127.0.0.2 is loopback too) or name
+their zones."""
+
+import errno
+import hashlib
+import os
+import time
+
+import pytest
+import trio
+
+from conftest import TEST_CHUNK_SIZE, Cluster
+from dfs.errors import DfsError
+from dfs.ops import META_CS
+from dfs.rpc import Client
+from faults import addr_of, chunks_of, status, wait_for
+from metaserver.registry import Registry, ServerState
+
+
+def add_server(cluster, listen: str, **args) -> str:
+    """Start one more chunk server of the cluster, listening on `listen`,
+    with `args` as its flags; return its address."""
+    layout = cluster.local.load()
+    layout.chunkservers.append(listen)
+    # The flags all of the cluster's servers start with (a restart included).
+    layout.chunkserver_args = args
+    cluster.local.save(layout)
+    cluster.local.start_chunkserver(layout, len(layout.chunkservers) - 1)
+    return addr_of(cluster.local, f"cs{len(layout.chunkservers)}")
+
+
+def write_files(cluster, folder: str, count: int) -> dict[str, str]:
+    (cluster.mnt / folder).mkdir(exist_ok=True)
+    digests = {}
+    for i in range(count):
+        data = os.urandom(2 * TEST_CHUNK_SIZE)
+        (cluster.mnt / folder / f"f{i}").write_bytes(data)
+        digests[f"/{folder}/f{i}"] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def holders(cluster, paths) -> list[set[str]]:
+    """The addresses holding each chunk of each file."""
+    return [{addr for _, addr in reply["servers"]} for path in paths
+            for reply in chunks_of(cluster.ref, path, TEST_CHUNK_SIZE)]
+
+
+def zones_of(cluster) -> dict[str, str]:
+    return {cs["addr"]: cs["zone"] for cs in status(cluster.ref)["chunkservers"]}
+
+
+def check_contents(cluster, digests: dict[str, str]) -> None:
+    for path, digest in digests.items():
+        assert hashlib.sha256((cluster.mnt / path[1:]).read_bytes()).hexdigest() == digest
+
+
+def test_copies_sharing_a_host_are_spread_once_another_host_joins(tmp_path):
+    cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2)
+    try:
+        cluster.up()
+        digests = write_files(cluster, "data", 6)
+        st = status(cluster.ref)
+        assert {cs["zone"] for cs in st["chunkservers"]} == {"127.0.0.1"}
+        # One zone: nothing better can be done, so nothing is misplaced.
+        assert st["misplaced"] == 0
+        assert "zones: 1: every chunk's copies are in it" in cluster.dfs(
+            "status", *cluster.cli_args).stdout
+
+        other = add_server(cluster, "127.0.0.2:0")
+        assert zones_of(cluster)[other] == "127.0.0.2"
+
+        def spread() -> bool:
+            st = status(cluster.ref)
+            placed = holders(cluster, digests)
+            return (st["misplaced"] == 0 and st["balancing"] == 0
+                    and st["under_replicated"] == 0
+                    and all(len(h) == 2 and other in h for h in placed))
+
+        wait_for(spread, 90, "every chunk to have one copy on the other host and one here")
+        check_contents(cluster, digests)
+        out = cluster.dfs("status", *cluster.cli_args).stdout
+        assert "zones: 2\n" in out and "zone 127.0.0.2" in out and "health: ok" in out
+    finally:
+        cluster.teardown()
+
+
+def test_named_zones_take_new_chunks_and_keep_one_copy_each_when_trimmed(tmp_path):
+    cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2,
+                      chunkserver_args={"zone": "rack-a"})
+    try:
+        cluster.up()
+        rack_b = add_server(cluster, "127.0.0.1:0", zone="rack-b")
+        zones = zones_of(cluster)
+        assert sorted(zones.values()) == ["rack-a", "rack-a", "rack-b"]
+        wait_for(lambda: status(cluster.ref)["misplaced"] == 0
+                 and status(cluster.ref)["balancing"] == 0, 60, "the spares to be spread")
+
+        digests = write_files(cluster, "new", 4)
+        wait_for(lambda: all(len(h) == 2 and rack_b in h for h in holders(cluster, digests)),
+                 60, "every new chunk to have a copy in rack-b")
+
+        set_factor(cluster, digests, 3)
+        wait_for(lambda: all(len(h) == 3 for h in holders(cluster, digests)), 60,
+                 "three copies of each chunk")
+        spreads_before = _spreads_planned(cluster)
+        set_factor(cluster, digests, 2)
+
+        def trimmed() -> bool:
+            placed = holders(cluster, digests)
+            return all(len(h) == 2 for h in placed) and placed
+
+        for held in wait_for(trimmed, 60, "the third copies to be deleted"):
+            assert sorted(zones[addr] for addr in held) == ["rack-a", "rack-b"]
+        # Kept spread by the trim itself, not put right by copies after it.
+        assert _spreads_planned(cluster) == spreads_before
+        assert status(cluster.ref)["misplaced"] == 0
+        check_contents(cluster, digests)
+    finally:
+        cluster.teardown()
+
+
+def set_factor(cluster, paths, replicas: int) -> None:
+    for path in paths:
+        cluster.dfs("replicas", "set", *cluster.cli_args, path, str(replicas))
+
+
+def register(ref, **fields) -> dict:
+    """cs_register as a chunk server sends it (meta_call takes `addr` as
+    where to call)."""
+    async def run():
+        client = Client(ref.meta, ref.secret, META_CS)
+        try:
+            return await client.call("cs_register", timeout=30.0, **fields)
+        finally:
+            await client.aclose()
+
+    return trio.run(run)
+
+
+def _spreads_planned(cluster) -> int:
+    return (cluster.local.dir / "meta" / "log").read_text().count("why=spread")
+
+
+def test_a_zone_name_is_checked(tmp_path):
+    cluster = Cluster(tmp_path, chunkservers=1, replicas=1)
+    try:
+        cluster.up()
+        with pytest.raises(DfsError) as refused:
+            register(cluster.ref, addr="127.0.0.1:1", capacity=1, used=0, chunks=[],
+                     zone="rack a")
+        assert refused.value.errno == errno.EINVAL and "zone" in refused.value.message
+        with pytest.raises(DfsError) as refused:
+            add_server(cluster, "127.0.0.1:0", zone="x" * 65)
+        assert "exited at start" in refused.value.message
+        assert "zone" in (cluster.local.dir / "cs2" / "log").read_text()
+        assert len(status(cluster.ref)["chunkservers"]) == 1
+        # Empty (as an unset DFS_ZONE in the systemd unit gives): the host.
+        added = add_server(cluster, "127.0.0.2:0", zone="")
+        assert zones_of(cluster) == {addr_of(cluster.local, "cs1"): "127.0.0.1",
+                                     added: "127.0.0.2"}
+    finally:
+        cluster.teardown()
+
+
+def _server(csid: int, zone: str, used: int) -> ServerState:
+    return ServerState(csid, f"10.0.0.{csid}:9500", zone, capacity=100, used=used,
+                       last_seen=time.monotonic())
+
+
+def test_placement_takes_a_new_zone_before_a_fuller_disk_and_trimming_keeps_zones():
+    registry = Registry(heartbeat_timeout=600)
+    for server in (_server(1, "a", 10), _server(2, "a", 20), _server(3, "b", 80),
+                   _server(4, "c", 90)):
+        registry.servers[server.csid] = server
+    # Most free first, but never a second copy in a zone while another has room.
+    assert [s.csid for s in registry.place(3, 5)] == [1, 3, 4]
+    # A copy for a chunk held in zone a goes to b, the emptier of the others.
+    assert [s.csid for s in registry.place(1, 5, exclude={1}, holders={1})] == [3]
+    # Only zone a has room: two copies there rather than none.
+    assert [s.csid for s in registry.place(2, 15, holders={3})] == [1, 2]
+    # Of four copies keep one per zone (the emptiest disk of zone a), then the rest.
+    assert registry.keep([4, 2, 3, 1], 3) == [1, 3, 4]
+    assert registry.keep([1, 2, 4], 2) == [1, 4]
