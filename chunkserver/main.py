@@ -122,6 +122,10 @@ def _metrics(service: ChunkService, scrubber: Scrubber | None) -> Registry:
                     "clients and peers.", lambda: service.bytes_read)
     metrics.counted("dfs_chunkserver_written_bytes_total", "Bytes of replica data written.",
                     lambda: service.bytes_written)
+    metrics.counted("dfs_chunkserver_damaged_arrivals_total", "Writes and replica pieces "
+                    "refused because their data arrived damaged (CRC32C of the sender); "
+                    "a rising count points at a network card, cable or host's memory.",
+                    lambda: service.damaged_arrivals)
     metrics.counted("dfs_chunkserver_checksum_failures_total", "Reads that found a block "
                     "failing its CRC32C.", lambda: service.checksum_failures)
     metrics.add(service.sync_seconds)

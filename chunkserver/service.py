@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from dfs import logs, ops
+from dfs import logs, ops, transit
 from dfs.errors import DfsError
 from dfs.framing import MAX_DATA
 from dfs.metrics import Histogram
@@ -126,6 +126,8 @@ class ChunkService:
         self.bytes_read = 0
         self.bytes_written = 0
         self.checksum_failures = 0
+        # Requests refused because their data arrived damaged (transit.py).
+        self.damaged_arrivals = 0
         self.sync_seconds = Histogram("dfs_chunkserver_sync_seconds",
                                       "How long a replica's sync (or a group of small ones "
                                       "run together) took.")
@@ -310,8 +312,8 @@ class ChunkService:
         return {}
 
     async def write(self, chunk: int, version: int, offset: int, data: bytes,
-                    sync: bool | None):
-        return await self._write(chunk, version, [(offset, data)], sync)
+                    sync: bool | None, crc: int | None = None):
+        return await self._write(chunk, version, [(offset, data, crc)], sync)
 
     async def write_extents(self, chunk: int, version: int, extents: list, sync: bool | None):
         if len(extents) > ops.MAX_EXTENTS:
@@ -319,23 +321,34 @@ class ChunkService:
                                          f"request, the limit is {ops.MAX_EXTENTS}")
         pieces = []
         for extent in extents:
-            if not (isinstance(extent, list) and len(extent) == 2
-                    and isinstance(extent[0], int) and not isinstance(extent[0], bool)
+            if not (isinstance(extent, list) and len(extent) in (2, 3)
+                    and all(isinstance(n, int) and not isinstance(n, bool)
+                            for n in extent[::2])
                     and isinstance(extent[1], bytes)):
-                raise DfsError(errno.EINVAL, f"chunk {chunk}: an extent is [offset, data]")
-            pieces.append((extent[0], extent[1]))
+                raise DfsError(errno.EINVAL, f"chunk {chunk}: an extent is [offset, data] "
+                                             f"or [offset, data, crc32c]")
+            pieces.append((extent[0], extent[1], extent[2] if len(extent) == 3 else None))
         return await self._write(chunk, version, pieces, sync)
 
-    async def _write(self, chunk: int, version: int, pieces: list[tuple[int, bytes]],
-                     sync: bool | None):
-        """Apply writes in order; all are checked before the first is applied."""
+    async def _write(self, chunk: int, version: int,
+                     pieces: list[tuple[int, bytes, int | None]], sync: bool | None):
+        """Apply writes in order; all are checked (their data against the
+        CRC it came with too) before the first is applied."""
         total = 0
-        for offset, data in pieces:
+        for offset, data, crc in pieces:
             _check_range(chunk, offset, len(data))
             if offset + len(data) > MAX_CHUNK:
                 raise DfsError(errno.EFBIG, f"chunk {chunk}: write past {MAX_CHUNK} bytes")
+            try:
+                transit.check(data, crc, f"chunk {chunk}: write at {offset}")
+            except DfsError:
+                self.damaged_arrivals += 1
+                log.warning("write refused: its data arrived damaged", chunk=chunk,
+                            offset=offset, length=len(data))
+                raise
             total += len(data)
         _check_range(chunk, 0, total)
+        pieces = [(offset, data) for offset, data, _ in pieces]
         async with self._locked(chunk):
             handle = await self._replica(chunk, version)
             await self._io(chunk, handle.write_pieces, pieces, inline=total <= INLINE_IO)
@@ -350,8 +363,9 @@ class ChunkService:
             handle = await self._replica(chunk, version)
             data = await self._verified_io(handle, handle.read, offset, length,
                                            inline=length <= INLINE_IO)
+            crcs = handle.piece_crcs(offset, data)
         self.bytes_read += len(data)
-        return {"data": data}
+        return {"data": data, "crcs": crcs}
 
     async def sync(self, chunk: int, version: int):
         async with self._locked(chunk, shared=True):
@@ -479,12 +493,11 @@ class ChunkService:
             offset = 0
             while offset < info["length"]:
                 length = min(MAX_DATA, info["length"] - offset)
-                piece = await peer.call("read", timeout=PEER_TIMEOUT, chunk=chunk,
-                                        version=version, offset=offset, length=length)
-                if len(piece["data"]) != length:
+                data = await self._fetch(peer, chunk, version, offset, length)
+                if len(data) != length:
                     raise DfsError(errno.EIO, f"chunk {chunk}: source {source} sent "
-                                              f"{len(piece['data'])} bytes, not {length}")
-                await self._io(chunk, builder.put, offset, piece["data"])
+                                              f"{len(data)} bytes, not {length}")
+                await self._io(chunk, builder.put, offset, data)
                 offset += length
             await self._io(chunk, builder.complete, version)
             async with self._locked(chunk):
@@ -496,6 +509,21 @@ class ChunkService:
         log.info("replica copied", chunk=chunk, version=version, source=source,
                  length=builder.length)
         return {"length": builder.length, "version": version}
+
+    async def _fetch(self, peer, chunk: int, version: int, offset: int, length: int) -> bytes:
+        """Read a piece of a replica from a peer, again if it arrives damaged."""
+        def damaged(attempt: int) -> None:
+            self.damaged_arrivals += 1
+            log.warning("replica piece arrived damaged", chunk=chunk, offset=offset,
+                        attempt=attempt + 1)
+
+        piece = await transit.fetch(
+            lambda: peer.call("read", timeout=PEER_TIMEOUT, chunk=chunk, version=version,
+                              offset=offset, length=length),
+            lambda reply: transit.check_pieces(reply["data"], offset, reply.get("crcs"),
+                                               f"chunk {chunk} from a peer"),
+            damaged)
+        return piece["data"]
 
     async def scrub(self, chunk: int, offset: int, length: int) -> int | None:
         """Verify part of a replica; return its length, or None if it is gone.

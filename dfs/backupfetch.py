@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from . import logs, transit
 from .config import ClusterRef
 from .errors import DfsError
 from .framing import MAX_DATA
@@ -22,6 +23,8 @@ from .ops import META
 from .progress import Progress
 from .records import BackupInfo
 from .rpc import Client
+
+log = logs.get_logger("client")
 
 
 def _pick(backups: list[BackupInfo], name: str) -> BackupInfo:
@@ -42,8 +45,13 @@ async def read_whole(client: Client, op: str, name: str, size: int, out, on_piec
     serves a piece at a time into the open file `out`, calling
     on_piece(data) after each piece; EIO if it ends short."""
     while out.tell() < size:
-        data = (await client.call(op, timeout=timeout, name=name, offset=out.tell(),
-                                  length=MAX_DATA, **fields))["data"]
+        at = out.tell()
+        data = (await transit.fetch(
+            lambda: client.call(op, timeout=timeout, name=name, offset=at, length=MAX_DATA,
+                                **fields),
+            lambda reply: transit.check(reply["data"], reply.get("crc"), f"{name} at {at}"),
+            lambda attempt: log.warning("piece of a copy arrived damaged", copy=name,
+                                        offset=at, attempt=attempt + 1)))["data"]
         if not data:
             raise DfsError(errno.EIO, f"{name} ended at {out.tell()} bytes, not {size}")
         out.write(data)

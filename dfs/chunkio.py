@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import trio
 
-from . import logs
+from . import logs, transit
 from .errors import DfsError
 from .framing import Pieces, encode_fields
 from .ops import CHUNK
@@ -19,8 +19,11 @@ from .rpc import ClientPool
 log = logs.get_logger("client")
 
 # Errors after which another replica (or a fresh placement) may succeed.
+# EBADMSG: data damaged on its way (transit.py), here only once sending it
+# again has not helped.
 REPLICA_ERRORS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
-                            errno.ESTALE, errno.ENOENT, errno.EIO, errno.ESHUTDOWN})
+                            errno.ESTALE, errno.ENOENT, errno.EIO, errno.ESHUTDOWN,
+                            errno.EBADMSG})
 
 
 class ReplicaFailure(DfsError):
@@ -74,6 +77,8 @@ class ChunkIO:
                 reply = await self.pool.get(addr).call(
                     "read", timeout=self.timeout, chunk=placement.chunk,
                     version=placement.version, offset=offset, length=length)
+                transit.check_pieces(reply["data"], offset, reply.get("crcs"),
+                                     f"chunk {placement.chunk} from {addr}")
                 return reply["data"]
             except DfsError as exc:
                 if exc.errno not in REPLICA_ERRORS:
@@ -84,20 +89,34 @@ class ChunkIO:
         raise last_error
 
     async def _on_all(self, placement: Placement, op: str, **args) -> None:
+        """Send one request to every replica; those whose data arrives damaged
+        get it again, up to transit.RETRIES times."""
         if not placement.servers:
             raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
-        failures: dict[str, DfsError] = {}
         packed = encode_fields(dict(args, chunk=placement.chunk, version=placement.version))
+        servers, failures = placement.servers, {}
+        for attempt in range(transit.RETRIES + 1):
+            failures.update(await self._send_all(placement.chunk, servers, op, packed))
+            servers = [addr for addr, exc in failures.items() if exc.errno == errno.EBADMSG]
+            if not servers or attempt == transit.RETRIES:
+                break
+            for addr in servers:
+                del failures[addr]
+        if failures:
+            raise ReplicaFailure(placement.chunk, failures)
+
+    async def _send_all(self, chunk: int, servers, op: str, packed: list) -> dict:
+        """The errors of the servers that failed the request."""
+        failures: dict[str, DfsError] = {}
 
         def failed(addr: str, exc: DfsError) -> None:
             failures[addr] = exc
-            log.warning("replica failed", op=op, chunk=placement.chunk, server=addr,
-                        error=str(exc))
+            log.warning("replica failed", op=op, chunk=chunk, server=addr, error=str(exc))
 
         # Every replica gets the request before any reply is awaited: the
         # replicas work in parallel without a task per replica.
         sent = []
-        for addr in placement.servers:
+        for addr in servers:
             try:
                 sent.append((addr, await self.pool.get(addr).send_packed(op, packed)))
             except DfsError as exc:
@@ -108,8 +127,7 @@ class ChunkIO:
                 await reply.result(max(deadline - trio.current_time(), 0.0))
             except DfsError as exc:
                 failed(addr, exc)
-        if failures:
-            raise ReplicaFailure(placement.chunk, failures)
+        return failures
 
     async def write(self, placement: Placement, extents: list[tuple[int, bytes | Pieces]],
                     sync: bool = False) -> None:
@@ -117,11 +135,13 @@ class ChunkIO:
         holds them, and with `sync` once they are on disk."""
         if len(extents) == 1:
             offset, data = extents[0]
-            await self._on_all(placement, "write", offset=offset, data=data, sync=sync)
+            await self._on_all(placement, "write", offset=offset, data=data, sync=sync,
+                               crc=transit.crc_of(data))
         else:
+            joined = [(offset, data.join() if isinstance(data, Pieces) else data)
+                      for offset, data in extents]
             await self._on_all(placement, "write_extents", sync=sync, extents=[
-                [offset, data.join() if isinstance(data, Pieces) else data]
-                for offset, data in extents])
+                [offset, data, transit.crc_of(data)] for offset, data in joined])
 
     async def sync(self, placement: Placement) -> None:
         """Returns once every replica has the chunk durably on disk."""

@@ -300,7 +300,7 @@ META = _ops(
     Op("backup_list", {}, idempotent=True),
     # At most MAX_DATA bytes of backup `name` from `offset` on; b"" past its
     # end. ENOENT if there is no such backup (or it was pruned meanwhile).
-    # -> {"data": bytes}
+    # -> {"data": bytes, "crc": its CRC32C (dfs/transit.py)}
     Op("backup_read", {"name": str, "offset": int, "length": int}, idempotent=True),
 
     # Metadata replication to metaloggers (metaserver/changelog.py). A
@@ -312,16 +312,16 @@ META = _ops(
     # ESTALE if they are no longer held or the history is another: copy again.
     # -> {"history", "seq": the newest commit, "parts": [[seq, part, last, data]],
     #     "tables": the metaserver's table names, whose positions the indexes
-    #     below are} where data is a msgpack list of [table index, key, value
-    #     or nil (a delete)], in order; a commit is applied whole, once its
-    #     last part is in
+    #     below are, "crcs": the CRC32C of each part's data} where data is a
+    #     msgpack list of [table index, key, value or nil (a delete)], in
+    #     order; a commit is applied whole, once its last part is in
     Op("log_read", {"follower": str, "history": int, "after": int, "part": int,
                     "wait": float}, idempotent=True, waits=True),
     # A copy of the database to start from -> LogCopy record {"name", "size",
     # "history", "seq", "restores"}; ENOSPC or EIO if it cannot be written
     Op("log_copy", {"follower": str}, idempotent=True),
     # At most MAX_DATA bytes of copy `name` from `offset` on; ENOENT once the
-    # copy is replaced or removed -> {"data": bytes}
+    # copy is replaced or removed -> {"data": bytes, "crc": as backup_read's}
     Op("log_copy_read", {"follower": str, "name": str, "offset": int, "length": int},
        idempotent=True),
 
@@ -403,15 +403,19 @@ CHUNK = _ops(
     Op("create", {"chunk": int, "version": int}, idempotent=True),
     Op("set_version", {"chunk": int, "old": int, "new": int}, idempotent=True),
     # With `sync`, the whole replica is durable on disk before the reply, as
-    # after a `sync` request.
+    # after a `sync` request. `crc`: the CRC32C of `data` as sent
+    # (dfs/transit.py); EBADMSG, nothing written, if the data does not match.
     Op("write", {"chunk": int, "version": int, "offset": int, "data": bytes,
-                 "sync": Opt(bool)}, idempotent=True),
-    # Several writes in one request: [[offset, data], ...], applied in order
-    # (where two overlap the later wins), at most MAX_EXTENTS extents and
-    # MAX_DATA bytes in all. Retrying the whole request is safe.
+                 "sync": Opt(bool), "crc": Opt(int)}, idempotent=True),
+    # Several writes in one request: [[offset, data, crc], ...] (crc as
+    # write's, optional), applied in order (where two overlap the later
+    # wins), at most MAX_EXTENTS extents and MAX_DATA bytes in all; all are
+    # checked before any is applied. Retrying the whole request is safe.
     Op("write_extents", {"chunk": int, "version": int, "extents": list, "sync": Opt(bool)},
        idempotent=True),
-    # -> {"data": bytes}, zeros beyond what was written, EIO on checksum failure
+    # -> {"data": bytes, "crcs": the CRC32C of each piece of it cut where a
+    # 64 KiB block of the chunk begins (dfs/transit.py)}, zeros beyond what
+    # was written, EIO on checksum failure
     Op("read", {"chunk": int, "version": int, "offset": int, "length": int}, idempotent=True),
     # Durable on disk before the reply.
     Op("sync", {"chunk": int, "version": int}, idempotent=True),

@@ -26,7 +26,7 @@ from pathlib import Path
 import lmdb
 import trio
 
-from dfs import logs
+from dfs import logs, transit
 from dfs.errors import DfsError
 from dfs.framing import MAX_DATA
 from dfs.records import LogCopy
@@ -133,7 +133,7 @@ class ChangeLog:
             raise DfsError(errno.ESTALE, f"commit {after + 1} (part {part}) is no longer held "
                                          f"(the newest is {self.seq}): copy the database again")
         return {"history": self.history, "seq": self.seq, "parts": found,
-                "tables": list(DATABASES)}
+                "crcs": [transit.crc_of(part[3]) for part in found], "tables": list(DATABASES)}
 
     def _check_history(self, history: int) -> None:
         if history != self.history:

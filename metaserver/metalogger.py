@@ -34,7 +34,7 @@ import lmdb
 import msgpack
 import trio
 
-from dfs import logs
+from dfs import logs, transit
 from dfs.backupfetch import read_whole
 from dfs.config import (ConfigError, add_log_level_arg, add_secret_file_arg, address_arg,
                         load_secret)
@@ -159,11 +159,15 @@ class MetaLogger:
         # applied: the next read asks from the position the copy holds.
         pending = list(self.pending)
         commits = []
-        for part in reply["parts"]:
+        crcs = reply.get("crcs") or [None] * len(reply["parts"])
+        if len(crcs) != len(reply["parts"]):
+            raise DfsError(errno.EPROTO, "the metaserver sent parts and CRCs that do not pair")
+        for part, crc in zip(reply["parts"], crcs):
             if not (isinstance(part, list) and len(part) == 4 and tuple(part[:2]) == expected
                     and isinstance(part[3], bytes)):
                 raise DfsError(errno.EPROTO, f"the metaserver sent {part[:3]!r} where part "
                                              f"{expected} was due")
+            transit.check(part[3], crc, f"commit {part[0]} part {part[1]}")
             pending.append(part[3])
             if part[2]:
                 commits.append((part[0], pending))

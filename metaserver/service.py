@@ -9,7 +9,7 @@ import time
 
 import trio
 
-from dfs import logs
+from dfs import logs, transit
 from dfs.errors import DfsError
 from dfs.ops import META
 from dfs.records import QuotaInfo
@@ -586,7 +586,8 @@ class MetaService:
         return {"backups": [b.to_wire() for b in self.backups.list()]}
 
     async def backup_read(self, name: str, offset: int, length: int) -> dict:
-        return {"data": await trio.to_thread.run_sync(self.backups.read, name, offset, length)}
+        return transit.with_crc(await trio.to_thread.run_sync(self.backups.read, name, offset,
+                                                              length))
 
     # --- metaloggers ----------------------------------------------------------------
     async def log_read(self, follower: str, history: int, after: int, part: int,
@@ -599,5 +600,5 @@ class MetaService:
 
     async def log_copy_read(self, follower: str, name: str, offset: int, length: int) -> dict:
         self.changelog.heard(follower)
-        return {"data": await trio.to_thread.run_sync(self.changelog.read_copy, name, offset,
-                                                      length)}
+        return transit.with_crc(await trio.to_thread.run_sync(self.changelog.read_copy, name,
+                                                              offset, length))

@@ -8,8 +8,10 @@ even when the test body fails.
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -298,3 +300,88 @@ class Network:
         for ns in reversed(self.made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.made.clear()
+
+
+# ---- damage on the wire --------------------------------------------------------
+
+class Tamper:
+    """A TCP proxy in front of one server that passes every frame through
+    (a 4-byte big-endian length, then that many bytes: dfs/framing.py) as it
+    came, except that while armed it flips one byte in the middle of the next
+    frame of at least LARGE bytes going one way: "in" (to the server: a
+    write's data) or "out" (from it: a read's data)."""
+
+    LARGE = 64 * 1024
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.addr = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.target: str | None = None
+        self.armed = {"in": 0, "out": 0}
+        self.damaged = {"in": 0, "out": 0}
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, way: str) -> None:
+        with self.lock:
+            self.armed[way] += 1
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            while self.target is None:
+                time.sleep(0.05)
+            host, port = self.target.rsplit(":", 1)
+            try:
+                server = socket.create_connection((host, int(port)))
+            except OSError:
+                client.close()
+                continue
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, "in"), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, "out"), daemon=True).start()
+
+    @staticmethod
+    def _exactly(sock: socket.socket, count: int) -> bytearray | None:
+        data = bytearray()
+        while len(data) < count:
+            piece = sock.recv(count - len(data))
+            if not piece:
+                return None
+            data += piece
+        return data
+
+    def _pump(self, source: socket.socket, sink: socket.socket, way: str) -> None:
+        try:
+            while True:
+                header = self._exactly(source, 4)
+                body = header and self._exactly(source, int.from_bytes(header, "big"))
+                if body is None:
+                    break
+                with self.lock:
+                    if len(body) >= self.LARGE and self.armed[way]:
+                        self.armed[way] -= 1
+                        self.damaged[way] += 1
+                        body[len(body) // 2] ^= 0x01
+                sink.sendall(header + body)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
