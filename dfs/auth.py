@@ -13,7 +13,10 @@ import os
 from .errors import DfsError, ProtocolError
 from .framing import FramedStream
 
-PROTOCOL_VERSION = 1
+# What a server understands, sent in its greeting for clients that can speak
+# to older servers too: 1, the first; 2, file data carries CRC32Cs
+# (transit.py), which a server of 1 refuses as unknown fields.
+PROTOCOL_VERSION = 2
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -39,9 +42,11 @@ async def server_handshake(framed: FramedStream, secret: bytes) -> None:
     await framed.send({"proof": _proof(secret, b"server", server_nonce, client_nonce)})
 
 
-async def client_handshake(framed: FramedStream, secret: bytes) -> None:
+async def client_handshake(framed: FramedStream, secret: bytes) -> int:
+    """Prove the secret both ways; return the server's protocol version."""
     greeting = await framed.receive()
     server_nonce = _field(greeting, "nonce", bytes)
+    version = greeting.get("dfs")
     client_nonce = os.urandom(32)
     await framed.send({"nonce": client_nonce,
                        "proof": _proof(secret, b"client", server_nonce, client_nonce)})
@@ -51,3 +56,4 @@ async def client_handshake(framed: FramedStream, secret: bytes) -> None:
     proof = _field(answer, "proof", bytes)
     if not hmac.compare_digest(proof, _proof(secret, b"server", server_nonce, client_nonce)):
         raise DfsError(13, "server failed to prove it holds the cluster secret")
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1

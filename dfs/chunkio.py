@@ -88,12 +88,23 @@ class ChunkIO:
                 last_error = exc
         raise last_error
 
-    async def _on_all(self, placement: Placement, op: str, **args) -> None:
+    async def _on_all(self, placement: Placement, op: str, fields_for=None, **args) -> None:
         """Send one request to every replica; those whose data arrives damaged
-        get it again, up to transit.RETRIES times."""
+        get it again, up to transit.RETRIES times. With `fields_for`, the
+        request's fields are fields_for(crc) with crc true for a server that
+        takes CRCs (auth.py's protocol 2) and false for an older one."""
         if not placement.servers:
             raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
-        packed = encode_fields(dict(args, chunk=placement.chunk, version=placement.version))
+        ids = {"chunk": placement.chunk, "version": placement.version}
+        encoded: dict[bool, list] = {}
+
+        def packed(protocol: int) -> list:
+            crc = protocol >= transit.PROTOCOL
+            if crc not in encoded:
+                encoded[crc] = encode_fields(dict(fields_for(crc) if fields_for else args,
+                                                  **ids))
+            return encoded[crc]
+
         servers, failures = placement.servers, {}
         for attempt in range(transit.RETRIES + 1):
             failures.update(await self._send_all(placement.chunk, servers, op, packed))
@@ -105,8 +116,9 @@ class ChunkIO:
         if failures:
             raise ReplicaFailure(placement.chunk, failures)
 
-    async def _send_all(self, chunk: int, servers, op: str, packed: list) -> dict:
-        """The errors of the servers that failed the request."""
+    async def _send_all(self, chunk: int, servers, op: str, packed) -> dict:
+        """The errors of the servers that failed the request, packed(protocol)
+        giving the request for each server's protocol."""
         failures: dict[str, DfsError] = {}
 
         def failed(addr: str, exc: DfsError) -> None:
@@ -117,8 +129,10 @@ class ChunkIO:
         # replicas work in parallel without a task per replica.
         sent = []
         for addr in servers:
+            client = self.pool.get(addr)
             try:
-                sent.append((addr, await self.pool.get(addr).send_packed(op, packed)))
+                sent.append((addr, await client.send_packed(op,
+                                                            packed(await client.protocol()))))
             except DfsError as exc:
                 failed(addr, exc)
         deadline = trio.current_time() + self.timeout
@@ -135,13 +149,16 @@ class ChunkIO:
         holds them, and with `sync` once they are on disk."""
         if len(extents) == 1:
             offset, data = extents[0]
-            await self._on_all(placement, "write", offset=offset, data=data, sync=sync,
-                               crc=transit.crc_of(data))
+            crc = transit.crc_of(data)
+            await self._on_all(placement, "write", lambda with_crc: dict(
+                offset=offset, data=data, sync=sync, **({"crc": crc} if with_crc else {})))
         else:
             joined = [(offset, data.join() if isinstance(data, Pieces) else data)
                       for offset, data in extents]
-            await self._on_all(placement, "write_extents", sync=sync, extents=[
-                [offset, data, transit.crc_of(data)] for offset, data in joined])
+            crcs = [transit.crc_of(data) for _, data in joined]
+            await self._on_all(placement, "write_extents", lambda with_crc: dict(
+                sync=sync, extents=[[offset, data, crc] if with_crc else [offset, data]
+                                    for (offset, data), crc in zip(joined, crcs)]))
 
     async def sync(self, placement: Placement) -> None:
         """Returns once every replica has the chunk durably on disk."""

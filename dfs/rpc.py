@@ -329,6 +329,8 @@ class Client:
         self._ids = itertools.count(1)
         self._connect_lock = trio.Lock()
         self._closed = False
+        # The protocol version of the server on the last connection (auth.py).
+        self.peer_protocol = 1
 
     async def _connect(self) -> FramedStream:
         if self._framed is not None:
@@ -344,7 +346,7 @@ class Client:
                     stream = await trio.open_tcp_stream(host, port)
                     _tune(stream)
                     framed = FramedStream(stream)
-                    await client_handshake(framed, self.secret)
+                    self.peer_protocol = await client_handshake(framed, self.secret)
             except trio.TooSlowError:
                 raise DfsError(errno.ETIMEDOUT, f"timed out connecting to {self.addr}") from None
             except (OSError, EOFError, ProtocolError, trio.BrokenResourceError) as exc:
@@ -421,6 +423,11 @@ class Client:
 
     async def call(self, op: str, timeout: float | None = None, **args):
         return await self._call(op, args, timeout)
+
+    async def protocol(self) -> int:
+        """The protocol version of the server, connecting first if need be."""
+        await self._connect()
+        return self.peer_protocol
 
     async def send_packed(self, op: str, packed_args: list) -> "PendingReply":
         """Send a request whose fields were packed by framing.encode_fields

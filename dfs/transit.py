@@ -23,6 +23,9 @@ from .errors import DfsError
 from .framing import Pieces
 
 RETRIES = 3
+# The protocol version (auth.py) from which servers take CRCs with writes;
+# older ones get writes without.
+PROTOCOL = 2
 # The chunk servers' block size (chunkserver/chunkfile.py), where read
 # replies are cut into pieces.
 PIECE = 64 * 1024

@@ -6,6 +6,7 @@ Everything here undoes itself: the context managers tear down what they made
 even when the test body fails.
 """
 
+import itertools
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
+import msgpack
 import trio
 
 from chunkserver.chunkfile import CRC_OFFSET, decode_header
@@ -309,11 +311,17 @@ class Tamper:
     (a 4-byte big-endian length, then that many bytes: dfs/framing.py) as it
     came, except that while armed it flips one byte in the middle of the next
     frame of at least LARGE bytes going one way: "in" (to the server: a
-    write's data) or "out" (from it: a read's data)."""
+    write's data) or "out" (from it: a read's data). It keeps, for each write
+    request that passes, whether it carried CRCs; with `greet_as`, it
+    rewrites the server's greeting to give that protocol version (auth.py),
+    as an older server would."""
 
     LARGE = 64 * 1024
 
-    def __init__(self):
+    def __init__(self, greet_as: int | None = None):
+        self.greet_as = greet_as
+        # (op, whether its data came with CRCs) of each write request seen.
+        self.writes: list[tuple[str, bool]] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.addr = "127.0.0.1:%d" % self.listener.getsockname()[1]
         self.target: str | None = None
@@ -357,11 +365,18 @@ class Tamper:
 
     def _pump(self, source: socket.socket, sink: socket.socket, way: str) -> None:
         try:
-            while True:
+            for frame in itertools.count():
                 header = self._exactly(source, 4)
                 body = header and self._exactly(source, int.from_bytes(header, "big"))
                 if body is None:
                     break
+                if frame == 0 and way == "out" and self.greet_as is not None:
+                    greeting = msgpack.unpackb(body)
+                    greeting["dfs"] = self.greet_as
+                    body = bytearray(msgpack.packb(greeting))
+                    header = len(body).to_bytes(4, "big")
+                if frame > 0 and way == "in":
+                    self._note(body)
                 with self.lock:
                     if len(body) >= self.LARGE and self.armed[way]:
                         self.armed[way] -= 1
@@ -376,6 +391,14 @@ class Tamper:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def _note(self, body: bytearray) -> None:
+        request = msgpack.unpackb(body)
+        if request[2] == "write":
+            self.writes.append(("write", "crc" in request[3]))
+        elif request[2] == "write_extents":
+            self.writes.append(("write_extents",
+                                all(len(extent) == 3 for extent in request[3]["extents"])))
 
     def close(self) -> None:
         try:

@@ -5,6 +5,7 @@ caught and the data sent or fetched again, never stored or returned."""
 
 import errno
 import os
+from contextlib import contextmanager
 
 import pytest
 from crc32c import crc32c
@@ -17,11 +18,10 @@ from faults import (Tamper, chunk_call, chunks_of, copy_matches, start_metalogge
                     wait_for)
 
 
-@pytest.fixture
-def one_server(tmp_path):
+@contextmanager
+def behind(tmp_path, tamper: Tamper):
     """A cluster of one chunk server (one replica per chunk) reached by the
-    mount and the metaserver through a Tamper proxy."""
-    tamper = Tamper()
+    mount and the metaserver through `tamper`."""
     cluster = Cluster(tmp_path, chunkservers=1, replicas=1,
                       chunkserver_args={"advertise": tamper.addr})
     try:
@@ -31,6 +31,12 @@ def one_server(tmp_path):
     finally:
         cluster.teardown()
         tamper.close()
+
+
+@pytest.fixture
+def one_server(tmp_path):
+    with behind(tmp_path, Tamper()) as both:
+        yield both
 
 
 def replica_of(cluster, path: str) -> dict:
@@ -165,3 +171,27 @@ def test_metadata_copies_damaged_on_their_way_are_fetched_again(tmp_path):
             stop_process(logger)
         cluster.teardown()
         tamper.close()
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_writes_carry_crcs_to_servers_that_take_them(tmp_path, protocol):
+    """A server greeting with protocol 1 (older than CRCs, which refuses them
+    as unknown fields) gets writes without; one of 2 gets every write with."""
+    with behind(tmp_path, Tamper(greet_as=protocol)) as (cluster, tamper):
+        data = os.urandom(3 * TEST_CHUNK_SIZE // 2)
+        with open(cluster.mnt / "f", "wb") as f:
+            f.write(data)
+            f.flush()
+            for offset in range(0, len(data), 3 * 4096):
+                os.pwrite(f.fileno(), b"x" * 100, offset)
+            os.fsync(f.fileno())
+            # A lone write goes as `write`, scattered ones as `write_extents`.
+            os.pwrite(f.fileno(), b"y" * 10, 5)
+        assert {op for op, _ in tamper.writes} == {"write", "write_extents"}
+        assert {crc for _, crc in tamper.writes} == {protocol >= transit.PROTOCOL}
+        expected = bytearray(data)
+        for offset in range(0, len(data), 3 * 4096):
+            expected[offset:offset + 100] = b"x" * 100
+        expected[5:15] = b"y" * 10
+        assert (cluster.mount() / "f").read_bytes() == expected
+
