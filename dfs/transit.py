@@ -22,6 +22,7 @@ from crc32c import crc32c
 from .errors import DfsError
 from .framing import Pieces
 
+# Times damaged data is sent or fetched again before giving up.
 RETRIES = 3
 # The protocol version (auth.py) from which servers take CRCs with writes;
 # older ones get writes without.
