@@ -18,20 +18,22 @@ from conftest import TEST_CHUNK_SIZE, Cluster
 from dfs.errors import DfsError
 from dfs.ops import META_CS
 from dfs.rpc import Client
-from faults import addr_of, chunks_of, status, wait_for
+from faults import addr_of, alive, chunks_of, status, wait_for
 from metaserver.registry import Registry, ServerState
 
 
 def add_server(cluster, listen: str, **args) -> str:
     """Start one more chunk server of the cluster, listening on `listen`,
-    with `args` as its flags; return its address."""
+    with `args` as its flags; return its address once it has registered."""
     layout = cluster.local.load()
     layout.chunkservers.append(listen)
     # The flags all of the cluster's servers start with (a restart included).
     layout.chunkserver_args = args
     cluster.local.save(layout)
     cluster.local.start_chunkserver(layout, len(layout.chunkservers) - 1)
-    return addr_of(cluster.local, f"cs{len(layout.chunkservers)}")
+    addr = addr_of(cluster.local, f"cs{len(layout.chunkservers)}")
+    wait_for(lambda: alive(cluster.ref, addr), 30, f"chunk server {addr} to register")
+    return addr
 
 
 def write_files(cluster, folder: str, count: int) -> dict[str, str]:
