@@ -320,22 +320,13 @@ class ChunkFile:
             return buf
         return view[offset - span_start:stored_end - span_start]
 
-    def piece_crcs(self, offset: int, data) -> list[int]:
-        """The CRC32C of each piece of `data`, read at `offset` (under the
-        same lock, just before), cut where blocks begin (dfs/transit.py): a
-        whole stored block's is the one kept for it, which the read checked;
-        the others' are computed."""
-        view = memoryview(data)
-        crcs, start = [], 0
-        while start < len(view):
-            block, within = divmod(offset + start, BLOCK)
-            stop = min(len(view), start + BLOCK - within)
-            if stop - start == BLOCK and (block + 1) * BLOCK <= self.size:
-                crcs.append(self.crcs[block])
-            else:
-                crcs.append(crc32c(view[start:stop]))
-            start = stop
-        return crcs
+    def kept_crc(self, start: int, length: int) -> int | None:
+        """The CRC kept for the bytes at `start`, if they are one whole
+        stored block (a read checks it against them), else None."""
+        block, within = divmod(start, BLOCK)
+        if within or length != BLOCK or (block + 1) * BLOCK > self.size:
+            return None
+        return self.crcs[block]
 
     def write(self, offset: int, data) -> None:
         """Write `data` at `offset`, keeping every touched block's CRC right.

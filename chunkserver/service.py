@@ -363,7 +363,7 @@ class ChunkService:
             handle = await self._replica(chunk, version)
             data = await self._verified_io(handle, handle.read, offset, length,
                                            inline=length <= INLINE_IO)
-            crcs = handle.piece_crcs(offset, data)
+            crcs = transit.piece_crcs(data, offset, handle.kept_crc)
         self.bytes_read += len(data)
         return {"data": data, "crcs": crcs}
 

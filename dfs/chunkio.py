@@ -88,11 +88,11 @@ class ChunkIO:
                 last_error = exc
         raise last_error
 
-    async def _on_all(self, placement: Placement, op: str, fields_for=None, **args) -> None:
+    async def _on_all(self, placement: Placement, op: str, fields_for) -> None:
         """Send one request to every replica; those whose data arrives damaged
-        get it again, up to transit.RETRIES times. With `fields_for`, the
-        request's fields are fields_for(crc) with crc true for a server that
-        takes CRCs (auth.py's protocol 2) and false for an older one."""
+        get it again, up to transit.RETRIES times. The request's fields are
+        fields_for(crc), crc true for a server that takes CRCs (auth.py's
+        protocol 2) and false for an older one."""
         if not placement.servers:
             raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
         ids = {"chunk": placement.chunk, "version": placement.version}
@@ -101,8 +101,7 @@ class ChunkIO:
         def packed(protocol: int) -> list:
             crc = protocol >= transit.PROTOCOL
             if crc not in encoded:
-                encoded[crc] = encode_fields(dict(fields_for(crc) if fields_for else args,
-                                                  **ids))
+                encoded[crc] = encode_fields(dict(fields_for(crc), **ids))
             return encoded[crc]
 
         servers, failures = placement.servers, {}
@@ -162,7 +161,7 @@ class ChunkIO:
 
     async def sync(self, placement: Placement) -> None:
         """Returns once every replica has the chunk durably on disk."""
-        await self._on_all(placement, "sync")
+        await self._on_all(placement, "sync", lambda _crc: {})
 
     async def aclose(self) -> None:
         await self.pool.aclose()

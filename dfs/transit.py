@@ -87,6 +87,15 @@ def check(data, crc: int | None, what: str) -> None:
         raise _damaged(what)
 
 
+def piece_crcs(data, offset: int, kept) -> list[int]:
+    """The CRC of each piece of `data`, read at `offset`: kept(start, length)
+    where that gives one (a whole block the chunk server checked as it read
+    it), else computed."""
+    view = memoryview(data)
+    return [crc if (crc := kept(offset + start, stop - start)) is not None
+            else crc32c(view[start:stop]) for start, stop in spans(offset, len(view))]
+
+
 def check_pieces(data, offset: int, crcs: list | None, what: str) -> None:
     """Raise EBADMSG unless each piece of `data`, read at `offset`, matches
     its CRC in `crcs` (None: the sender attached none)."""
