@@ -11,7 +11,7 @@ import trio
 from dfs import logs, ops
 from dfs.allocator import keep_large_buffers
 from dfs.config import (ConfigError, add_log_level_arg, add_secret_file_arg, address_arg,
-                        load_secret, write_ready_file)
+                        load_secret, write_ready_file, zone_arg)
 from dfs.errors import DfsError
 from dfs.lockfile import lock_folder
 from dfs.metrics import Registry, process_gauges
@@ -52,16 +52,6 @@ def _positive(text: str) -> float:
     return value
 
 
-def _zone(text: str) -> str | None:
-    if not text:
-        return None
-    try:
-        ops.check_zone(text)
-    except DfsError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
-    return text
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dfs-chunkserver", description=DESCRIPTION,
@@ -79,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address clients and the metaserver use to reach this server "
                              "(default: the --listen host with the port actually bound; "
                              "the host name if listening on all interfaces)")
-    parser.add_argument("--zone", type=_zone, metavar="NAME",
+    parser.add_argument("--zone", type=zone_arg, metavar="NAME",
                         help="failure domain this server is in: the copies of a chunk go "
                              "to as many zones as there are before two share one. Give "
                              "every server of one rack (or room) the same name (default, "

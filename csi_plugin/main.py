@@ -14,7 +14,7 @@ import grpc
 
 from dfs import logs
 from dfs.config import (ConfigError, add_cluster_id_arg, add_log_level_arg,
-                        add_secret_file_arg, address_arg, load_secret)
+                        add_secret_file_arg, address_arg, load_secret, zone_arg)
 
 from . import csi_pb2_grpc, nodemetrics
 from .controller import ControllerService
@@ -76,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node-id", default=os.environ.get("NODE_ID") or socket.gethostname(),
                    help="this node's name as Kubernetes knows it (default: $NODE_ID or the "
                         "host name); needed by --mode node and all")
+    p.add_argument("--zone", type=lambda text: zone_arg(text) or "", metavar="NAME",
+                   help="node mode: the zone of this node, as its chunk servers name theirs "
+                        "(dfs-chunkserver --zone): the volumes mounted here read a chunk "
+                        "from a replica in it when there is one (dfs mount --zone). "
+                        "Default: the node id, the zone deploy/kubernetes gives the chunk "
+                        "servers of each node; empty: none, reads take turns over replicas")
     p.add_argument("--mode", choices=("controller", "node", "all"), default="all",
                    help="which CSI services to serve besides Identity (default: all)")
     p.add_argument("--state-dir", default="/var/lib/dfs-csi", metavar="DIR",
@@ -98,6 +104,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def node_zone(given: str | None, node_id: str) -> str:
+    """The zone this node's mounts read from first: --zone (empty: none),
+    else the node id if it makes a valid zone name."""
+    if given is not None:
+        return given
+    try:
+        return zone_arg(node_id) or ""
+    except argparse.ArgumentTypeError:
+        return ""
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     logs.setup(args.log_level)
@@ -108,6 +125,7 @@ def main(argv=None) -> int:
         path = socket_path(args.endpoint)
         secret = load_secret(args.secret_file)
         node_id = check_node_id(args.node_id) if args.mode != "controller" else ""
+        zone = node_zone(args.zone, node_id) if args.mode != "controller" else ""
         if args.max_volumes_per_node < 0:
             raise ValueError("--max-volumes-per-node must not be negative")
     except (ValueError, ConfigError) as exc:
@@ -125,7 +143,7 @@ def main(argv=None) -> int:
         state = NodeState(args.state_dir)
         metrics_dir = os.path.join(args.state_dir, "metrics") if args.metrics_listen else None
         mounter = Mounter([args.dfs_command], args.meta, args.secret_file, args.state_dir,
-                          args.cluster_id, metrics_dir)
+                          args.cluster_id, metrics_dir, zone)
         if metrics_dir:
             os.makedirs(metrics_dir, mode=0o700, exist_ok=True)
             nodemetrics.serve(args.metrics_listen, metrics_dir, state.volume_ids)
@@ -148,7 +166,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     server.add_insecure_port(f"unix://{path}")
     server.start()
-    log.info("serving", endpoint=path, mode=args.mode, meta=args.meta, node=node_id or "-")
+    log.info("serving", endpoint=path, mode=args.mode, meta=args.meta, node=node_id or "-",
+             zone=zone or "-")
     if node is not None:
         threading.Thread(target=_node_startup, args=(node,), name="node-startup",
                          daemon=True).start()

@@ -118,7 +118,8 @@ class Mounter:
     """Runs the mount commands with the plugin's cluster settings."""
 
     def __init__(self, dfs_command: list[str], meta: str, secret_file: str | None,
-                 log_dir: str | None, cluster: int = 0, metrics_dir: str | None = None):
+                 log_dir: str | None, cluster: int = 0, metrics_dir: str | None = None,
+                 zone: str = ""):
         self.dfs_command = dfs_command
         self.meta = meta
         self.secret_file = secret_file
@@ -126,6 +127,8 @@ class Mounter:
         self.cluster = cluster
         # Where each mount serves its metrics for the node plugin (nodemetrics.py).
         self.metrics_dir = metrics_dir
+        # The mounts read from replicas in this zone first ("": none).
+        self.zone = zone
 
     def mount_volume(self, subdir: str, path: str, volume_id: str,
                      read_cache_mib: int | None = None, epoch: int = 0,
@@ -141,6 +144,8 @@ class Mounter:
             argv += ["--secret-file", self.secret_file]
         if self.cluster:
             argv += ["--cluster-id", f"{self.cluster:x}"]
+        if self.zone:
+            argv += ["--zone", self.zone]
         if self.metrics_dir:
             argv += ["--metrics-socket", nodemetrics.socket_path(self.metrics_dir, volume_id)]
         if self.log_dir:

@@ -1,6 +1,11 @@
 """Talking to chunk servers on behalf of one mount: replica reads with failover,
 writes to every replica in parallel, and syncs.
 
+Reads go to a replica in the mount's own zone (`dfs mount --zone`) when a chunk
+has one, so that a mount on a chunk server's host (or Kubernetes node) reads
+from that server and not across the network; otherwise, and among several in
+its zone, reads of different chunks take turns over the replicas.
+
 The metaserver tells where a chunk lives (`Placement`); this module never asks
 it anything, so the data path has no metaserver round trip per block.
 """
@@ -38,18 +43,22 @@ class ReplicaFailure(DfsError):
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """A chunk id, its current version and the addresses of its live replicas."""
+    """A chunk id, its current version, the addresses of its live replicas
+    and the zone of each (empty from a metaserver older than zones)."""
 
     chunk: int
     version: int
     servers: tuple[str, ...]
     lease_until: float = 0.0
+    zones: tuple[str, ...] = ()
 
     @classmethod
     def from_wire(cls, reply: dict) -> "Placement":
-        return cls(reply["chunk"], reply["version"],
-                   tuple(addr for _csid, addr in reply["servers"]),
-                   float(reply.get("lease_until") or 0.0))
+        servers = tuple(addr for _csid, addr in reply["servers"])
+        zones = tuple(reply.get("zones") or ())
+        return cls(reply["chunk"], reply["version"], servers,
+                   float(reply.get("lease_until") or 0.0),
+                   zones if len(zones) == len(servers) else ())
 
     @property
     def is_hole(self) -> bool:
@@ -57,28 +66,40 @@ class Placement:
 
 
 class ChunkIO:
-    def __init__(self, secret: bytes, timeout: float = 30.0):
+    def __init__(self, secret: bytes, timeout: float = 30.0, zone: str = ""):
         self.pool = ClientPool(secret, CHUNK, connect_timeout=3.0)
         self.timeout = timeout
+        # Replicas in this zone are read first ("": no zone is preferred).
+        self.zone = zone
         # Spread reads of different chunks over their replicas.
         self._turn = 0
+        # Bytes read from replicas in this mount's zone and in others.
+        self.read_bytes = {"same": 0, "other": 0}
+
+    def _read_order(self, placement: Placement) -> list[tuple[str, bool]]:
+        """The replicas to try, each with whether it is in this mount's zone:
+        those that are first, each list starting at the next turn."""
+        servers = placement.servers
+        zones = placement.zones or ("",) * len(servers)
+        self._turn += 1
+        start = (placement.chunk + self._turn) % len(servers)
+        turned = [(servers[i], bool(self.zone) and zones[i] == self.zone)
+                  for i in (*range(start, len(servers)), *range(start))]
+        return sorted(turned, key=lambda replica: not replica[1])
 
     async def read(self, placement: Placement, offset: int, length: int) -> bytes:
         """Read from the first replica that answers; raise the last error if none does."""
-        servers = placement.servers
-        if not servers:
+        if not placement.servers:
             raise DfsError(errno.EIO, f"chunk {placement.chunk} has no live replica")
-        self._turn += 1
-        start = (placement.chunk + self._turn) % len(servers)
         last_error = None
-        for i in range(len(servers)):
-            addr = servers[(start + i) % len(servers)]
+        for addr, near in self._read_order(placement):
             try:
                 reply = await self.pool.get(addr).call(
                     "read", timeout=self.timeout, chunk=placement.chunk,
                     version=placement.version, offset=offset, length=length)
                 transit.check_pieces(reply["data"], offset, reply.get("crcs"),
                                      f"chunk {placement.chunk} from {addr}")
+                self.read_bytes["same" if near else "other"] += len(reply["data"])
                 return reply["data"]
             except DfsError as exc:
                 if exc.errno not in REPLICA_ERRORS:

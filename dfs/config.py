@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import DfsError
+from .ops import check_zone
 from .rpc import parse_addr
 
 CLUSTER_FILE = "cluster.json"
@@ -65,6 +67,17 @@ def address_arg(text: str) -> str:
         parse_addr(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def zone_arg(text: str) -> str | None:
+    """An argparse type: a zone name, checked; None for an empty one."""
+    if not text:
+        return None
+    try:
+        check_zone(text)
+    except DfsError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
     return text
 
 

@@ -21,7 +21,7 @@ import trio
 from . import logs
 from .allocator import keep_large_buffers
 from .chunkio import ChunkIO
-from .config import ClusterRef, add_cluster_id_arg, address_arg, load_secret
+from .config import ClusterRef, add_cluster_id_arg, address_arg, load_secret, zone_arg
 from .errors import DfsError
 from .fs import DfsFS
 from .metrics import serve as serve_metrics
@@ -46,7 +46,8 @@ MIB = 1024 * 1024
 class MountOptions:
     """What one mount serves and how: the folder, whether it may change
     anything, the attachment epoch it changes it under, how much of what it
-    reads it keeps in memory, and whether it serves extended attributes."""
+    reads it keeps in memory, whether it serves extended attributes, and
+    which replicas it reads first."""
 
     subdir: str = "/"
     read_only: bool = False
@@ -59,6 +60,8 @@ class MountOptions:
     xattrs: bool = True
     # The cluster whose database the metaserver must serve (0: learned at start).
     cluster: int = 0
+    # Replicas in this zone are read first ("": none is preferred).
+    zone: str = ""
 
     def fuse(self) -> set[str]:
         options = {"default_permissions", "allow_other", "fsname=dfs:" + self.subdir,
@@ -80,6 +83,8 @@ class MountOptions:
             argv.append("--no-xattrs")
         if self.cluster:
             argv += ["--cluster-id", f"{self.cluster:x}"]
+        if self.zone:
+            argv += ["--zone", self.zone]
         return argv + ["--read-only"] if self.read_only else argv
 
 
@@ -139,6 +144,14 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-socket", metavar="PATH",
                         help="serve the same metrics on a unix socket at PATH, readable by "
                              "root only (the CSI node plugin gathers its volumes' this way)")
+    parser.add_argument(
+        "--zone", type=zone_arg, metavar="NAME",
+        help="the zone this mount is in, as chunk servers name theirs (dfs-chunkserver "
+             "--zone; by default their host, as they advertise it): reads go to a chunk's "
+             "replica in this zone when it has one, and to the others only when it has "
+             "none or that one fails, so that a mount beside a chunk server reads from it "
+             "rather than across the network (default: no zone; reads of different chunks "
+             "take turns over their replicas)")
     add_read_cache_option(parser)
     add_xattrs_option(parser)
     add_cluster_id_arg(parser, "the mount refuses (EREMCHG)")
@@ -160,7 +173,7 @@ def options_from_args(args: argparse.Namespace) -> MountOptions:
                         read_cache_mib=args.read_cache, epoch=args.epoch,
                         metrics_listen=args.metrics_listen or "",
                         metrics_socket=args.metrics_socket or "", xattrs=args.xattrs,
-                        cluster=args.cluster_id)
+                        cluster=args.cluster_id, zone=args.zone or "")
 
 
 class ReadyPipe:
@@ -179,7 +192,7 @@ class ReadyPipe:
 async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
                 ready: ReadyPipe) -> None:
     meta = MetaLink(cluster.meta, cluster.secret, mountpoint)
-    chunkio = ChunkIO(cluster.secret)
+    chunkio = ChunkIO(cluster.secret, zone=options.zone)
     if options.cluster:
         meta.cluster = options.cluster
         await check_cluster(meta.call, options.cluster, mountpoint=mountpoint)
@@ -201,7 +214,8 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
         pyfuse3.init(fs, mountpoint, options.fuse())
         log.info("mounted", mountpoint=mountpoint, subdir=options.subdir, meta=cluster.meta,
                  session=meta.session, read_only=options.read_only, epoch=options.epoch,
-                 read_cache_mib=options.read_cache_mib, xattrs=options.xattrs)
+                 read_cache_mib=options.read_cache_mib, xattrs=options.xattrs,
+                 zone=options.zone or None)
         ready.tell("ok")
         nursery.start_soon(meta.keep_alive)
         nursery.start_soon(fs.record_quiet_syncs)

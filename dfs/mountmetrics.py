@@ -75,6 +75,11 @@ def instrument(fs: DfsFS) -> Registry:
     registry = Registry()
     process_gauges(registry)
     stats = MountStats(registry)
+    registry.counted("dfs_fuse_replica_read_bytes_total", "Bytes the mount fetched from "
+                     "chunk servers, by whether the replica was in the mount's zone (--zone; "
+                     "'other' for all without one).", lambda: {
+                         (where,): count for where, count in fs.chunkio.read_bytes.items()},
+                     ("zone",))
     for op in FUSE_OPS:
         setattr(fs, op, stats.timed(op, getattr(fs, op)))
     return registry

@@ -184,7 +184,9 @@ META = _ops(
     Op("statfs", {"ino": int}, idempotent=True),
 
     # Data path. A chunk is (id, version) on a list of chunk servers.
-    # -> {"chunk": id or 0 for a hole, "version", "servers": [[csid, "host:port"], ...]}
+    # -> {"chunk": id or 0 for a hole, "version", "servers": [[csid, "host:port"], ...],
+    #     "zones": [the zone of each of those servers, in the same order]}
+    # (zones is a list of its own so that clients older than it read servers as before.)
     Op("chunk_read", {"ino": int, "index": int}, idempotent=True),
     # Allocates the chunk if needed and grants a write lease; live replicas are
     # brought to the returned version first. -> same shape as chunk_read, plus

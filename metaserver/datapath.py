@@ -71,8 +71,10 @@ class DataPath:
         self.gate = Gate()
 
     def _reply(self, chunk_id: int, version: int, csids: list[int], until=None) -> dict:
-        reply = {"chunk": chunk_id, "version": version,
-                 "servers": self.ctx.registry.live_locations(csids)}
+        registry = self.ctx.registry
+        servers = registry.live_locations(csids)
+        reply = {"chunk": chunk_id, "version": version, "servers": servers,
+                 "zones": [registry.servers[csid].zone for csid, _addr in servers]}
         if until is not None:
             reply["lease_until"] = until
         return reply
@@ -102,7 +104,7 @@ class DataPath:
         await self._replicas_known()
         chunk_id, chunk = self.ctx.store.read(lambda tx: self._mapped(tx, ino, index))
         if chunk is None:
-            return {"chunk": 0, "version": 0, "servers": []}
+            return {"chunk": 0, "version": 0, "servers": [], "zones": []}
         await self.replicas.live_of(chunk_id, chunk)
         return self._reply(chunk_id, chunk.version, chunk.locations)
 

@@ -353,7 +353,7 @@ def test_lifecycle_with_online_expansion_while_writing(plugin):
                 csi.ControllerGetVolumeRequest(volume_id=vol.id)) == Code.NOT_FOUND
 
 
-def test_read_cache_parameter_sizes_the_mount_on_the_node(plugin):
+def test_read_cache_parameter_and_node_zone_shape_the_mount_on_the_node(plugin):
     vol = Volume(plugin, "pvc-read-cache", 8 * MiB, parameters={"readCacheMiB": "128"})
     assert vol.volume.volume_context["readCacheMiB"] == "128"
     with vol.published("reader") as target:
@@ -362,6 +362,8 @@ def test_read_cache_parameter_sizes_the_mount_on_the_node(plugin):
                        if "dfs.mount" in Path(f"/proc/{pid}/cmdline").read_text()]
         argv = Path(f"/proc/{mount_pid}/cmdline").read_text().split("\0")
         assert argv[argv.index("--read-cache") + 1] == "128"
+        # In the node's zone, the zone its chunk servers are given (node_zone).
+        assert argv[argv.index("--zone") + 1] == NODE
         assert (target / "page").read_bytes() == b"kept by a larger cache"
 
 

@@ -13,7 +13,7 @@ from csi_plugin import nodemetrics, parameters, sources
 from csi_plugin.errors import CsiError
 from csi_plugin.ids import check_id, check_node_id, check_snapshot_id, check_volume_id, id_for
 from csi_plugin.locks import SNAPSHOT_KEY, Locks
-from csi_plugin.main import socket_path
+from csi_plugin.main import node_zone, socket_path
 from csi_plugin.mounts import _unescape
 from csi_plugin.paging import page
 
@@ -268,3 +268,12 @@ def test_mount_metrics_are_labelled_with_their_volume(tmp_path):
     page = nodemetrics.gather(str(tmp_path), ["pvc-gone"])
     assert 'dfs_csi_mount_up{volume_id="pvc-gone"} 0' in page.splitlines()
     assert len(nodemetrics.socket_path("/var/lib/dfs-csi/metrics", "x" * 300)) < 108
+
+
+def test_the_node_zone_is_the_node_id_unless_given():
+    assert node_zone(None, "node-a") == "node-a"
+    assert node_zone("rack-2", "node-a") == "rack-2"
+    # Given empty: no zone, reads take turns over the replicas.
+    assert node_zone("", "node-a") == ""
+    # A node id too long for a zone name (64 characters) gives none.
+    assert node_zone(None, "n" * 100) == ""

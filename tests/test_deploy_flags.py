@@ -53,7 +53,7 @@ def mount_helper_command_line() -> list[tuple[str, list[str]]]:
     """The `dfs mount` the helper runs for a source with every option it knows."""
     shown = subprocess.run(
         [str(SYSTEMD / "mount.fuse.dfs"), "meta:9400/volumes/v", "/mnt/v", "-f", "-v",
-         "-o", "ro,secret_file=/etc/dfs/secret,log_file=/var/log/dfs.log"],
+         "-o", "ro,secret_file=/etc/dfs/secret,log_file=/var/log/dfs.log,zone=rack1"],
         capture_output=True, text=True, timeout=10, check=True)
     argv = shlex.split(shown.stderr.strip().removeprefix("mount.fuse.dfs: "))
     return [("mount.fuse.dfs", [Path(argv[0]).name] + argv[1:])]

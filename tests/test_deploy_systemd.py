@@ -111,6 +111,8 @@ def shown_command(*args: str) -> str:
     (["[::1]:9400/a", "/m", "-n", "-o", "log_file=/var/log/a.log", "-t", "fuse.dfs"],
      "mount --meta [::1]:9400 --secret-file /etc/dfs/secret --subdir /a "
      "--log-file /var/log/a.log /m"),
+    (["meta:9400", "/m", "-o", "zone=rack-2,_netdev"],
+     "mount --meta meta:9400 --secret-file /etc/dfs/secret --zone rack-2 /m"),
     (["meta:9400", "/m", "-s", "-o", "noatime"],
      "mount --meta meta:9400 --secret-file /etc/dfs/secret /m"),
 ])

@@ -1,6 +1,7 @@
 """Zones (failure domains): the copies of a chunk go to as many zones as the
 cluster has before two share one, chunks whose copies share a zone are copied
 to another once one joins, and deleting extra copies keeps one in each zone.
+A mount given a zone reads from the replicas in it first.
 
 A server's zone is its host unless it names one (--zone); the servers here
 listen on different loopback addresses (127.0.0.2 is loopback too) or name
@@ -15,11 +16,13 @@ import pytest
 import trio
 
 from conftest import TEST_CHUNK_SIZE, Cluster
+from dfs.chunkio import ChunkIO, Placement
 from dfs.errors import DfsError
 from dfs.ops import META_CS
 from dfs.rpc import Client
-from faults import addr_of, alive, chunks_of, status, wait_for
+from faults import addr_of, alive, chunks_of, kill_server, status, wait_for
 from metaserver.registry import Registry, ServerState
+from test_metrics import free_port, scrape
 
 
 def add_server(cluster, listen: str, **args) -> str:
@@ -124,6 +127,76 @@ def test_named_zones_take_new_chunks_and_keep_one_copy_each_when_trimmed(tmp_pat
         check_contents(cluster, digests)
     finally:
         cluster.teardown()
+
+
+def test_a_mount_reads_from_the_replicas_in_its_zone(tmp_path):
+    cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2,
+                      chunkserver_args={"zone": "rack-a"})
+    try:
+        cluster.up()
+        # rack-b's servers count what they serve on their metrics.
+        ports = [free_port(), free_port()]
+        for port in ports:
+            add_server(cluster, "127.0.0.1:0", zone="rack-b",
+                       metrics_listen=f"127.0.0.1:{port}")
+        rack_b = {addr for addr, zone in zones_of(cluster).items() if zone == "rack-b"}
+        digests = write_files(cluster, "data", 4)
+        wait_for(lambda: all(len(h) == 2 and h & rack_b for h in holders(cluster, digests))
+                 and status(cluster.ref)["balancing"] == 0, 60,
+                 "every chunk to have a copy in rack-b")
+        size = len(digests) * 2 * TEST_CHUNK_SIZE
+
+        def served_by_rack_b() -> float:
+            return sum(scrape(port)["dfs_chunkserver_read_bytes_total"] for port in ports)
+
+        def read_through(zone: str) -> dict[str, float]:
+            """Read every file cold through a new mount in `zone`; return its
+            count of bytes from replicas in its zone and in others."""
+            metrics = free_port()
+            mnt = cluster.mount("/", "--zone", zone, "--metrics-listen", f"127.0.0.1:{metrics}")
+            try:
+                for path, digest in digests.items():
+                    assert hashlib.sha256((mnt / path[1:]).read_bytes()).hexdigest() == digest
+                samples = scrape(metrics)
+            finally:
+                cluster.unmount(mnt)
+            return {where: samples[f'dfs_fuse_replica_read_bytes_total{{zone="{where}"}}']
+                    for where in ("same", "other")}
+
+        # Each of these reads would take turns over both zones without one.
+        before = served_by_rack_b()
+        in_b = read_through("rack-b")
+        assert in_b["same"] >= size and in_b["other"] == 0
+        assert served_by_rack_b() - before >= size
+        before = served_by_rack_b()
+        in_a = read_through("rack-a")
+        assert in_a["same"] >= size and in_a["other"] == 0
+        assert served_by_rack_b() == before
+
+        # With its zone's servers gone, a mount reads from the others.
+        for name in ("cs3", "cs4"):
+            kill_server(cluster.local, name)
+        fallen_over = read_through("rack-b")
+        assert fallen_over["same"] == 0 and fallen_over["other"] >= size
+    finally:
+        cluster.teardown()
+
+
+def test_reads_prefer_the_zone_and_take_turns_within_it():
+    chunkio = ChunkIO(b"s" * 32, zone="b")
+    placement = Placement(7, 1, ("x:1", "y:1", "z:1"), zones=("a", "b", "b"))
+    orders = [chunkio._read_order(placement) for _ in range(4)]
+    for order in orders:
+        assert [near for _addr, near in order] == [True, True, False]
+        assert order[-1][0] == "x:1"
+    assert {order[0][0] for order in orders} == {"y:1", "z:1"}
+    # Without a zone (or from a metaserver that sends none) all take turns.
+    anywhere = ChunkIO(b"s" * 32)
+    assert {anywhere._read_order(placement)[0][0] for _ in range(3)} == {"x:1", "y:1", "z:1"}
+    unzoned = Placement.from_wire({"chunk": 7, "version": 1, "zones": ["a"],
+                                   "servers": [[1, "x:1"], [2, "y:1"]]})
+    assert unzoned.zones == ()
+    assert not any(near for _addr, near in chunkio._read_order(unzoned))
 
 
 def set_factor(cluster, paths, replicas: int) -> None:
