@@ -114,7 +114,7 @@ class Cluster:
     def load(self) -> None:
         known = self.ctx.store.read(lambda tx: list(tx.all_chunkservers()))
         for csid, record in known:
-            self.ctx.registry.known(csid, record.addr, record.draining)
+            self.ctx.registry.known(csid, record.addr, record.draining, record.zone)
         self.hold_until = self.ctx.store.read(lambda tx: tx.counter(HOLD_UNTIL))
         if self.ctx.store.read(lambda tx: tx.counter(SETTLING)):
             self.awaited = {csid for csid, _ in known}
@@ -173,7 +173,7 @@ class Cluster:
             record = tx.chunkserver(csid) if csid is not None else None
             sid = csid if record is not None else tx.next_id("chunkserver")
             draining = record is not None and record.draining
-            tx.put_chunkserver(sid, ChunkServerRecord(addr, draining))
+            tx.put_chunkserver(sid, ChunkServerRecord(addr, draining, zone or ""))
             delete = self._reconcile(tx, sid, reported, self.holding(), creating)
             return sid, delete, ours, ours_now, draining
 

@@ -1,7 +1,9 @@
 """The records kept in LMDB, as dataclasses stored as msgpack lists.
 
 A record is packed as the list of its field values in declaration order, so
-adding a field at the end with a default keeps old records readable.
+adding a field at the end with a default keeps old records readable, and a
+record with fields beyond this version's (written by a newer one, before a
+downgrade) is read without them.
 """
 
 import stat
@@ -14,16 +16,27 @@ import msgpack
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def pack(record) -> bytes:
-    cls = type(record)
+def _names(cls) -> tuple[str, ...]:
     names = _FIELD_NAMES.get(cls)
     if names is None:
         names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))
-    return msgpack.packb([getattr(record, name) for name in names], use_bin_type=True)
+    return names
+
+
+def pack(record) -> bytes:
+    return msgpack.packb([getattr(record, name) for name in _names(type(record))],
+                         use_bin_type=True)
 
 
 def unpack(cls, data: bytes):
-    return cls(*msgpack.unpackb(data, raw=False))
+    values = msgpack.unpackb(data, raw=False)
+    try:
+        return cls(*values)
+    except TypeError:
+        known = len(_names(cls))
+        if len(values) <= known:
+            raise
+        return cls(*values[:known])
 
 
 @dataclass(slots=True)
@@ -103,6 +116,8 @@ class ChunkServerRecord:
     addr: str
     # Being emptied before it leaves (dfs chunkserver drain).
     draining: bool = False
+    # The zone it named when it last registered ("": its host's).
+    zone: str = ""
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """Chunk servers as the metaserver sees them: address, zone, space, last
 heartbeat.
 
-The csid and address are persistent (LMDB); zone, space and liveness are in
+The csid, address and zone are persistent (LMDB); space and liveness are in
 memory, so after a restart every server counts as dead until it is heard
 from again.
 

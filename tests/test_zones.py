@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 
+import msgpack
 import pytest
 import trio
 
@@ -20,7 +21,8 @@ from dfs.chunkio import ChunkIO, Placement
 from dfs.errors import DfsError
 from dfs.ops import META_CS
 from dfs.rpc import Client
-from faults import addr_of, alive, chunks_of, kill_server, status, wait_for
+from faults import addr_of, alive, chunks_of, kill_server, restart_server, status, wait_for
+from metaserver.records import ChunkServerRecord, pack, unpack
 from metaserver.registry import Registry, ServerState
 from test_metrics import free_port, scrape
 
@@ -180,6 +182,35 @@ def test_a_mount_reads_from_the_replicas_in_its_zone(tmp_path):
         assert fallen_over["same"] == 0 and fallen_over["other"] >= size
     finally:
         cluster.teardown()
+
+
+def test_a_dead_server_keeps_its_zone_across_a_metaserver_restart(tmp_path):
+    cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2,
+                      chunkserver_args={"zone": "rack-a"})
+    try:
+        cluster.up()
+        gone = addr_of(cluster.local, "cs2")
+        kill_server(cluster.local, "cs2")
+        kill_server(cluster.local, "meta")
+        restart_server(cluster.local, "meta")
+        wait_for(lambda: alive(cluster.ref, addr_of(cluster.local, "cs1")), 30,
+                 "cs1 to register")
+        [dead] = [cs for cs in status(cluster.ref)["chunkservers"] if cs["addr"] == gone]
+        # Its named zone, not its host's, before it is heard from again.
+        assert not dead["alive"] and dead["zone"] == "rack-a"
+    finally:
+        cluster.teardown()
+
+
+def test_a_record_from_a_newer_version_is_read_without_its_new_fields():
+    record = ChunkServerRecord("10.0.0.1:9500", True, "rack-a")
+    assert unpack(ChunkServerRecord, pack(record)) == record
+    newer = msgpack.packb(["10.0.0.1:9500", True, "rack-a", "a field added later"])
+    assert unpack(ChunkServerRecord, newer) == record
+    # Written before zones were kept: its host's zone.
+    assert unpack(ChunkServerRecord, msgpack.packb(["10.0.0.1:9500", False])).zone == ""
+    with pytest.raises(TypeError):
+        unpack(ChunkServerRecord, msgpack.packb([]))
 
 
 def test_reads_prefer_the_zone_and_take_turns_within_it():
