@@ -466,6 +466,8 @@ class DfsFS(pyfuse3.Operations):
 
     async def fsync(self, fh, datasync):
         opened = self.handles[fh]
+        if opened.flushed:
+            return
         async with self._changing(inodes=(opened.ino,)), _errno():
             await opened.flush(datasync)
 
@@ -476,8 +478,9 @@ class DfsFS(pyfuse3.Operations):
             self.writing.remove(fh)
             opened.writers -= 1
         try:
-            async with self._changing(inodes=(opened.ino,)), _errno():
-                await opened.flush()
+            if not opened.flushed:
+                async with self._changing(inodes=(opened.ino,)), _errno():
+                    await opened.flush()
         finally:
             if opened.handles == 0 and not opened.busy:
                 self._forget_file(opened)

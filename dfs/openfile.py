@@ -209,6 +209,13 @@ class OpenFile:
     def busy(self) -> bool:
         return bool(self._batches or self._inflight)
 
+    @property
+    def flushed(self) -> bool:
+        """Nothing written is left to send, sync or record, and no error to
+        report: a flush would do nothing (every close of a file only read)."""
+        return not (self._batches or self._inflight or self._to_sync or self.dirty
+                    or self._error is not None or self.ino in self.meta.quiet)
+
     # ---- writes ---------------------------------------------------------
 
     async def write(self, offset: int, data: bytes) -> int:
