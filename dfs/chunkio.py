@@ -1,16 +1,19 @@
 """Talking to chunk servers on behalf of one mount: replica reads with failover,
 writes to every replica in parallel, and syncs.
 
-Reads go to a replica in the mount's own zone (`dfs mount --zone`) when a chunk
-has one, so that a mount on a chunk server's host (or Kubernetes node) reads
-from that server and not across the network; otherwise, and among several in
-its zone, reads of different chunks take turns over the replicas.
+Reads go to a replica in the mount's own zone when a chunk has one, so that
+a mount on a chunk server's host (or Kubernetes node) reads from that server
+and not across the network; otherwise, and among several in its zone, reads
+of different chunks take turns over the replicas. The mount's zone is the
+one it is given (`dfs mount --zone`), else those of the chunk servers on its
+host (session.py).
 
 The metaserver tells where a chunk lives (`Placement`); this module never asks
 it anything, so the data path has no metaserver round trip per block.
 """
 
 import errno
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import trio
@@ -66,11 +69,12 @@ class Placement:
 
 
 class ChunkIO:
-    def __init__(self, secret: bytes, timeout: float = 30.0, zone: str = ""):
+    def __init__(self, secret: bytes, timeout: float = 30.0,
+                 zones: Callable[[], Collection[str]] = tuple):
         self.pool = ClientPool(secret, CHUNK, connect_timeout=3.0)
         self.timeout = timeout
-        # Replicas in this zone are read first ("": no zone is preferred).
-        self.zone = zone
+        # The mount's zones, whose replicas are read first (none: no preference).
+        self.zones = zones
         # Spread reads of different chunks over their replicas.
         self._turn = 0
         # Bytes read from replicas in this mount's zone and in others.
@@ -81,9 +85,10 @@ class ChunkIO:
         those that are first, each list starting at the next turn."""
         servers = placement.servers
         zones = placement.zones or ("",) * len(servers)
+        ours = self.zones()
         self._turn += 1
         start = (placement.chunk + self._turn) % len(servers)
-        turned = [(servers[i], bool(self.zone) and zones[i] == self.zone)
+        turned = [(servers[i], zones[i] in ours)
                   for i in (*range(start, len(servers)), *range(start))]
         return sorted(turned, key=lambda replica: not replica[1])
 

@@ -60,7 +60,8 @@ class MountOptions:
     xattrs: bool = True
     # The cluster whose database the metaserver must serve (0: learned at start).
     cluster: int = 0
-    # Replicas in this zone are read first ("": none is preferred).
+    # Replicas in this zone are read first ("": those in the zones of the
+    # chunk servers on this host).
     zone: str = ""
 
     def fuse(self) -> set[str]:
@@ -147,11 +148,13 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--zone", type=zone_arg, metavar="NAME",
         help="the zone this mount is in, as chunk servers name theirs (dfs-chunkserver "
-             "--zone; by default their host, as they advertise it): reads go to a chunk's "
-             "replica in this zone when it has one, and to the others only when it has "
-             "none or that one fails, so that a mount beside a chunk server reads from it "
-             "rather than across the network (default: no zone; reads of different chunks "
-             "take turns over their replicas)")
+             "--zone): reads go to a chunk's replica in this zone when it has one, and to "
+             "the others only when it has none or that one fails, so that a mount beside "
+             "a chunk server reads from it rather than across the network. Default: the "
+             "zones of the chunk servers on this host, as the metaserver sees them (they "
+             "reach it from the address this mount does), learnt again at each renewal of "
+             "its session; with none there, reads of different chunks take turns over "
+             "their replicas")
     add_read_cache_option(parser)
     add_xattrs_option(parser)
     add_cluster_id_arg(parser, "the mount refuses (EREMCHG)")
@@ -192,7 +195,9 @@ class ReadyPipe:
 async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
                 ready: ReadyPipe) -> None:
     meta = MetaLink(cluster.meta, cluster.secret, mountpoint)
-    chunkio = ChunkIO(cluster.secret, zone=options.zone)
+    given = (options.zone,)
+    chunkio = ChunkIO(cluster.secret, zones=(lambda: given) if options.zone else (
+        lambda: meta.zones))
     if options.cluster:
         meta.cluster = options.cluster
         await check_cluster(meta.call, options.cluster, mountpoint=mountpoint)
@@ -215,7 +220,7 @@ async def serve(cluster: ClusterRef, mountpoint: str, options: MountOptions,
         log.info("mounted", mountpoint=mountpoint, subdir=options.subdir, meta=cluster.meta,
                  session=meta.session, read_only=options.read_only, epoch=options.epoch,
                  read_cache_mib=options.read_cache_mib, xattrs=options.xattrs,
-                 zone=options.zone or None)
+                 zone=options.zone or "that of this host's chunk servers")
         ready.tell("ok")
         nursery.start_soon(meta.keep_alive)
         nursery.start_soon(fs.record_quiet_syncs)

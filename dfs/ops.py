@@ -100,7 +100,9 @@ def _ops(*ops: Op) -> dict:
 # `uid`/`gid` are the caller's credentials, used as owner of new inodes.
 # `session` is the id returned by session_open.
 META = _ops(
-    # -> {session, chunk_size, block_size, session_ttl, cluster}
+    # -> {session, chunk_size, block_size, session_ttl, cluster, zones}
+    # zones (also in session_renew's reply): those of the chunk servers that
+    # registered from the host this call came from, where its mount reads first.
     # `fence` [directory ino, epoch]: the session may change anything only
     # while the directory's attachment epoch is that one (see `fence`); EROFS
     # at once if it is not.
@@ -111,7 +113,7 @@ META = _ops(
     # reconnection, before anything else, so they never act on another
     # cluster's inodes.
     Op("cluster_check", {"cluster": int}, idempotent=True),
-    # -> {}; ESTALE if the session expired (the client opens a new one)
+    # -> {zones}; ESTALE if the session expired (the client opens a new one)
     Op("session_renew", {"session": int}, idempotent=True),
     Op("session_close", {"session": int}, idempotent=True),
 

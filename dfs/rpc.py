@@ -12,6 +12,7 @@ import itertools
 import socket
 import time
 from collections import Counter
+from contextvars import ContextVar
 from typing import Awaitable, Callable
 
 import trio
@@ -24,6 +25,15 @@ from .metrics import Registry
 from .ops import Op, check_fields
 
 log = logs.get_logger("rpc")
+
+# The address a request being handled came from (the host, without the
+# port); a handler reads it with peer_host().
+_peer_host: ContextVar[str] = ContextVar("peer_host", default="")
+
+
+def peer_host() -> str:
+    """The host of the peer whose request this task is handling ("" if unknown)."""
+    return _peer_host.get()
 
 Handler = Callable[[dict], Awaitable[object]]
 
@@ -94,9 +104,12 @@ class Server:
         _tune(stream)
         framed = FramedStream(stream)
         try:
-            peer = "%s:%d" % stream.socket.getpeername()[:2]
+            host, port = stream.socket.getpeername()[:2]
+            peer = f"{host}:{port}"
         except OSError:
-            peer = "?"
+            host, peer = "", "?"
+        # Inherited by the tasks that handle this connection's requests.
+        _peer_host.set(host)
         try:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 await server_handshake(framed, self.secret)

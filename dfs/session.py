@@ -53,6 +53,9 @@ class MetaLink:
         self.open_inodes: dict[int, int] = {}
         # Held inodes whose fdatasyncs the metaserver knows to be quiet.
         self.quiet: set[int] = set()
+        # The zones of the chunk servers on this host (as the metaserver sees
+        # them connect from where this mount does), renewed with the session.
+        self.zones: frozenset[str] = frozenset()
 
     def hold(self, ino: int) -> None:
         self.open_inodes[ino] = self.open_inodes.get(ino, 0) + 1
@@ -107,15 +110,23 @@ class MetaLink:
         if self.cluster is None:
             # None from a metaserver older than cluster ids.
             self.cluster = reply.get("cluster")
+        self._learn_zones(reply)
         log.info("session opened", session=self.session, mountpoint=self.mountpoint,
                  fence=self.fence)
+
+    def _learn_zones(self, reply: dict) -> None:
+        zones = frozenset(reply.get("zones") or ())
+        if zones != self.zones:
+            log.info("reading from chunk servers in zones of this host first",
+                     zones=sorted(zones), mountpoint=self.mountpoint)
+            self.zones = zones
 
     async def keep_alive(self) -> None:
         """Renew the session; after an expiry open a new one and re-register open files."""
         while True:
             await trio.sleep(max(self.session_ttl / 4, 0.5))
             try:
-                await self.client.call("session_renew", session=self.session)
+                self._learn_zones(await self.client.call("session_renew", session=self.session))
             except DfsError as exc:
                 if exc.errno != errno.ESTALE:
                     log.warning("session renewal failed", session=self.session, error=str(exc))

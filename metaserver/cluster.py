@@ -13,7 +13,7 @@ import trio
 from dfs import logs
 from dfs.errors import DfsError
 from dfs.ops import check_zone
-from dfs.rpc import parse_addr
+from dfs.rpc import parse_addr, peer_host
 
 from . import chunktable
 from .chunkpool import ChunkPool
@@ -195,6 +195,7 @@ class Cluster:
         if not self.awaited:
             await self._settle()
         self.ctx.registry.known(sid, addr, draining, zone)
+        self.ctx.registry.servers[sid].peer = peer_host()
         self.ctx.registry.heard(sid, addr, capacity, used)
         log.info("chunk server registered", csid=sid, addr=addr,
                  zone=self.ctx.registry.servers[sid].zone, chunks=len(reported),

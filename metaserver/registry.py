@@ -33,6 +33,8 @@ class ServerState:
     # Being emptied (dfs chunkserver drain): it takes no new chunk, and what
     # it holds is copied elsewhere and then deleted from it.
     draining: bool = False
+    # The host its registration came from, as this metaserver saw it.
+    peer: str = ""
 
     @property
     def free(self) -> int:
@@ -94,6 +96,11 @@ class Registry:
 
     def zones(self, csids) -> set[str]:
         return {self.servers[csid].zone for csid in csids if csid in self.servers}
+
+    def zones_from(self, host: str) -> list[str]:
+        """The zones of the servers that registered from `host`: those a
+        client on that host reads from first."""
+        return sorted({s.zone for s in self.servers.values() if host and s.peer == host})
 
     def place(self, count: int, room: int, exclude=(), holders=()) -> list[ServerState]:
         """Up to `count` usable servers with `room` bytes free for a chunk held

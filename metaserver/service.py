@@ -13,6 +13,7 @@ from dfs import logs, transit
 from dfs.errors import DfsError
 from dfs.ops import META
 from dfs.records import QuotaInfo
+from dfs.rpc import peer_host
 
 from . import factors, quotas, restore, snapshots, trash
 from .backups import Backups
@@ -177,7 +178,8 @@ class MetaService:
                  fence=fence)
         return {"session": sid, "chunk_size": self.ctx.settings.chunk_size,
                 "block_size": BLOCK_SIZE, "session_ttl": self.ctx.settings.session_ttl,
-                "cluster": self._read(lambda tx: tx.counter(CLUSTER_ID))}
+                "cluster": self._read(lambda tx: tx.counter(CLUSTER_ID)),
+                "zones": self.ctx.registry.zones_from(peer_host())}
 
     async def cluster_check(self, cluster: int) -> dict:
         ours = self._read(lambda tx: tx.counter(CLUSTER_ID))
@@ -191,7 +193,7 @@ class MetaService:
 
     async def session_renew(self, session: int) -> dict:
         self.ctx.sessions.renew(session)
-        return {}
+        return {"zones": self.ctx.registry.zones_from(peer_host())}
 
     async def session_close(self, session: int) -> dict:
         await self._end_session(session)

@@ -20,7 +20,9 @@ from conftest import TEST_CHUNK_SIZE, Cluster
 from dfs.chunkio import ChunkIO, Placement
 from dfs.errors import DfsError
 from dfs.ops import META_CS
-from dfs.rpc import Client
+from dfs.auth import client_handshake
+from dfs.framing import FramedStream, encode_fields
+from dfs.rpc import Client, parse_addr
 from faults import addr_of, alive, chunks_of, kill_server, restart_server, status, wait_for
 from metaserver.records import ChunkServerRecord, pack, unpack
 from metaserver.registry import Registry, ServerState
@@ -62,8 +64,12 @@ def zones_of(cluster) -> dict[str, str]:
 
 
 def check_contents(cluster, digests: dict[str, str]) -> None:
+    check_contents_at(cluster.mnt, digests)
+
+
+def check_contents_at(mnt, digests: dict[str, str]) -> None:
     for path, digest in digests.items():
-        assert hashlib.sha256((cluster.mnt / path[1:]).read_bytes()).hexdigest() == digest
+        assert hashlib.sha256((mnt / path[1:]).read_bytes()).hexdigest() == digest
 
 
 def test_copies_sharing_a_host_are_spread_once_another_host_joins(tmp_path):
@@ -157,8 +163,7 @@ def test_a_mount_reads_from_the_replicas_in_its_zone(tmp_path):
             metrics = free_port()
             mnt = cluster.mount("/", "--zone", zone, "--metrics-listen", f"127.0.0.1:{metrics}")
             try:
-                for path, digest in digests.items():
-                    assert hashlib.sha256((mnt / path[1:]).read_bytes()).hexdigest() == digest
+                check_contents_at(mnt, digests)
                 samples = scrape(metrics)
             finally:
                 cluster.unmount(mnt)
@@ -213,8 +218,53 @@ def test_a_record_from_a_newer_version_is_read_without_its_new_fields():
         unpack(ChunkServerRecord, msgpack.packb([]))
 
 
+def test_a_mount_learns_the_zones_of_the_chunk_servers_on_its_host(tmp_path):
+    cluster = Cluster(tmp_path, chunkservers=3, heartbeat_timeout=2,
+                      chunkserver_args={"zone": "rack-a"})
+    try:
+        cluster.up()
+        # Every server registers from 127.0.0.1: this host, as a mount here is.
+        assert session_zones(cluster.ref, "127.0.0.1") == ["rack-a"]
+        assert session_zones(cluster.ref, "127.0.0.2") == []
+        digests = write_files(cluster, "data", 2)
+        metrics = free_port()
+        mnt = cluster.mount("/", "--metrics-listen", f"127.0.0.1:{metrics}")
+        try:
+            check_contents_at(mnt, digests)
+            samples = scrape(metrics)
+        finally:
+            cluster.unmount(mnt)
+        assert samples['dfs_fuse_replica_read_bytes_total{zone="same"}'] >= (
+            len(digests) * 2 * TEST_CHUNK_SIZE)
+        assert samples['dfs_fuse_replica_read_bytes_total{zone="other"}'] == 0
+    finally:
+        cluster.teardown()
+
+
+def session_zones(ref, source: str) -> list[str]:
+    """The zones session_open answers a client connecting from `source`."""
+    async def run():
+        host, port = parse_addr(ref.meta)
+        stream = await trio.open_tcp_stream(host, port, local_address=source)
+        framed = FramedStream(stream)
+        try:
+            await client_handshake(framed, ref.secret)
+            await framed.send_request(1, "session_open", encode_fields(dict(
+                host="test", mountpoint="/test", pid=os.getpid(), fence=None)))
+            _, _, error, reply = await framed.receive()
+            assert error == 0, reply
+            await framed.send_request(2, "session_renew", encode_fields(dict(
+                session=reply["session"])))
+            _, _, error, renewed = await framed.receive()
+            assert error == 0 and renewed["zones"] == reply["zones"]
+            return reply["zones"]
+        finally:
+            await framed.aclose()
+    return trio.run(run)
+
+
 def test_reads_prefer_the_zone_and_take_turns_within_it():
-    chunkio = ChunkIO(b"s" * 32, zone="b")
+    chunkio = ChunkIO(b"s" * 32, zones=lambda: {"b"})
     placement = Placement(7, 1, ("x:1", "y:1", "z:1"), zones=("a", "b", "b"))
     orders = [chunkio._read_order(placement) for _ in range(4)]
     for order in orders:
