@@ -12,6 +12,7 @@ root inode (1) stands for it, every other inode number is the metaserver's.
 import errno
 import os
 import stat
+import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ import trio
 
 from . import logs
 from .chunkio import ChunkIO
+from .dirstream import DirStream
 from .errors import DfsError
 from .openfile import (MTIME_LAG, READ_AHEAD_CACHE_BYTES, READ_CACHE_BYTES, MountWrites,
                        OpenFile)
@@ -97,6 +99,10 @@ class DfsFS(pyfuse3.Operations):
         self.dir_attrs: OrderedDict[int, tuple[Attr, float]] = OrderedDict()
         self.statahead = Statahead(self._readdir_page, nursery, ATTR_TIMEOUT)
         self.handles: dict[int, OpenFile] = {}
+        # Open directories by handle.
+        self.dirs: dict[int, DirStream] = {}
+        # Changes made through this mount so far (see dirstream.py).
+        self.changes = 0
         # Handles opened for writing.
         self.writing: set[int] = set()
         self._next_fh = 1
@@ -157,6 +163,7 @@ class DfsFS(pyfuse3.Operations):
         try:
             yield
         finally:
+            self.changes += 1
             for parent, name in names:
                 self.statahead.forget_name(parent, name)
             for ino in inodes:
@@ -295,32 +302,44 @@ class DfsFS(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         """Nothing to ask the metaserver: the kernel opens only what it knows
         to be a directory, and a directory gone since fails at readdir."""
-        return inode
+        fh = self._next_fh
+        self._next_fh += 1
+        self.dirs[fh] = DirStream(self._real(inode), inode)
+        return fh
 
     async def readdir(self, fh, start_id, token):
-        ino = self._real(fh)
+        stream = self.dirs[fh]
         if start_id < DOT_OFFSETS:
             # The kernel takes only the name and type of "." and "..", never
             # their attributes, so none are fetched for them.
             dots = pyfuse3.EntryAttributes()
-            dots.st_ino, dots.st_mode = fh, stat.S_IFDIR
+            dots.st_ino, dots.st_mode = stream.kernel_ino, stat.S_IFDIR
             for offset, name in ((1, b"."), (2, b"..")):
                 if start_id < offset and not pyfuse3.readdir_reply(token, name, dots, offset):
                     return
         offset = max(start_id - DOT_OFFSETS, 0)
         while True:
-            async with _errno():
-                reply = await self._readdir_page(ino, offset, READDIR_BATCH)
-            for name, attr, next_offset in reply["entries"]:
+            # A change through this mount while the page is fetched spoils its rest.
+            changes = self.changes
+            kept = stream.take(offset, changes)
+            if kept is None:
+                fetched = time.monotonic()
+                async with _errno():
+                    reply = await self._readdir_page(stream.ino, offset, READDIR_BATCH)
+                entries, eof = reply["entries"], reply["eof"]
+            else:
+                entries, eof, fetched = kept
+            for i, (name, attr, next_offset) in enumerate(entries):
                 if not pyfuse3.readdir_reply(token, name, self._entry(attr),
                                              next_offset + DOT_OFFSETS):
+                    stream.keep(entries[i:], offset, eof, fetched, changes)
                     return
                 offset = next_offset
-            if reply["eof"] or not reply["entries"]:
+            if eof or not entries:
                 return
 
     async def releasedir(self, fh):
-        """Directory handles carry no state."""
+        self.dirs.pop(fh, None)
 
     async def fsyncdir(self, fh, datasync):
         """Every metadata change is durable before its reply."""
