@@ -72,6 +72,17 @@ def check_contents_at(mnt, digests: dict[str, str]) -> None:
         assert hashlib.sha256((mnt / path[1:]).read_bytes()).hexdigest() == digest
 
 
+@pytest.fixture
+def rack_a(tmp_path):
+    """A cluster of two chunk servers in zone rack-a."""
+    cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2,
+                      chunkserver_args={"zone": "rack-a"})
+    try:
+        yield cluster.up()
+    finally:
+        cluster.teardown()
+
+
 def test_copies_sharing_a_host_are_spread_once_another_host_joins(tmp_path):
     cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2)
     try:
@@ -102,109 +113,91 @@ def test_copies_sharing_a_host_are_spread_once_another_host_joins(tmp_path):
         cluster.teardown()
 
 
-def test_named_zones_take_new_chunks_and_keep_one_copy_each_when_trimmed(tmp_path):
-    cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2,
-                      chunkserver_args={"zone": "rack-a"})
-    try:
-        cluster.up()
-        rack_b = add_server(cluster, "127.0.0.1:0", zone="rack-b")
-        zones = zones_of(cluster)
-        assert sorted(zones.values()) == ["rack-a", "rack-a", "rack-b"]
-        wait_for(lambda: status(cluster.ref)["misplaced"] == 0
-                 and status(cluster.ref)["balancing"] == 0, 60, "the spares to be spread")
+def test_named_zones_take_new_chunks_and_keep_one_copy_each_when_trimmed(rack_a):
+    rack_b = add_server(rack_a, "127.0.0.1:0", zone="rack-b")
+    zones = zones_of(rack_a)
+    assert sorted(zones.values()) == ["rack-a", "rack-a", "rack-b"]
+    wait_for(lambda: status(rack_a.ref)["misplaced"] == 0
+             and status(rack_a.ref)["balancing"] == 0, 60, "the spares to be spread")
 
-        digests = write_files(cluster, "new", 4)
-        wait_for(lambda: all(len(h) == 2 and rack_b in h for h in holders(cluster, digests)),
-                 60, "every new chunk to have a copy in rack-b")
+    digests = write_files(rack_a, "new", 4)
+    wait_for(lambda: all(len(h) == 2 and rack_b in h for h in holders(rack_a, digests)),
+             60, "every new chunk to have a copy in rack-b")
 
-        set_factor(cluster, digests, 3)
-        wait_for(lambda: all(len(h) == 3 for h in holders(cluster, digests)), 60,
-                 "three copies of each chunk")
-        spreads_before = _spreads_planned(cluster)
-        set_factor(cluster, digests, 2)
+    set_factor(rack_a, digests, 3)
+    wait_for(lambda: all(len(h) == 3 for h in holders(rack_a, digests)), 60,
+             "three copies of each chunk")
+    spreads_before = _spreads_planned(rack_a)
+    set_factor(rack_a, digests, 2)
 
-        def trimmed() -> bool:
-            placed = holders(cluster, digests)
-            return all(len(h) == 2 for h in placed) and placed
+    def trimmed() -> bool:
+        placed = holders(rack_a, digests)
+        return all(len(h) == 2 for h in placed) and placed
 
-        for held in wait_for(trimmed, 60, "the third copies to be deleted"):
-            assert sorted(zones[addr] for addr in held) == ["rack-a", "rack-b"]
-        # Kept spread by the trim itself, not put right by copies after it.
-        assert _spreads_planned(cluster) == spreads_before
-        assert status(cluster.ref)["misplaced"] == 0
-        check_contents(cluster, digests)
-    finally:
-        cluster.teardown()
+    for held in wait_for(trimmed, 60, "the third copies to be deleted"):
+        assert sorted(zones[addr] for addr in held) == ["rack-a", "rack-b"]
+    # Kept spread by the trim itself, not put right by copies after it.
+    assert _spreads_planned(rack_a) == spreads_before
+    assert status(rack_a.ref)["misplaced"] == 0
+    check_contents(rack_a, digests)
 
 
-def test_a_mount_reads_from_the_replicas_in_its_zone(tmp_path):
-    cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2,
-                      chunkserver_args={"zone": "rack-a"})
-    try:
-        cluster.up()
-        # rack-b's servers count what they serve on their metrics.
-        ports = [free_port(), free_port()]
-        for port in ports:
-            add_server(cluster, "127.0.0.1:0", zone="rack-b",
-                       metrics_listen=f"127.0.0.1:{port}")
-        rack_b = {addr for addr, zone in zones_of(cluster).items() if zone == "rack-b"}
-        digests = write_files(cluster, "data", 4)
-        wait_for(lambda: all(len(h) == 2 and h & rack_b for h in holders(cluster, digests))
-                 and status(cluster.ref)["balancing"] == 0, 60,
-                 "every chunk to have a copy in rack-b")
-        size = len(digests) * 2 * TEST_CHUNK_SIZE
+def test_a_mount_reads_from_the_replicas_in_its_zone(rack_a):
+    # rack-b's servers count what they serve on their metrics.
+    ports = [free_port(), free_port()]
+    for port in ports:
+        add_server(rack_a, "127.0.0.1:0", zone="rack-b",
+                   metrics_listen=f"127.0.0.1:{port}")
+    rack_b = {addr for addr, zone in zones_of(rack_a).items() if zone == "rack-b"}
+    digests = write_files(rack_a, "data", 4)
+    wait_for(lambda: all(len(h) == 2 and h & rack_b for h in holders(rack_a, digests))
+             and status(rack_a.ref)["balancing"] == 0, 60,
+             "every chunk to have a copy in rack-b")
+    size = len(digests) * 2 * TEST_CHUNK_SIZE
 
-        def served_by_rack_b() -> float:
-            return sum(scrape(port)["dfs_chunkserver_read_bytes_total"] for port in ports)
+    def served_by_rack_b() -> float:
+        return sum(scrape(port)["dfs_chunkserver_read_bytes_total"] for port in ports)
 
-        def read_through(zone: str) -> dict[str, float]:
-            """Read every file cold through a new mount in `zone`; return its
-            count of bytes from replicas in its zone and in others."""
-            metrics = free_port()
-            mnt = cluster.mount("/", "--zone", zone, "--metrics-listen", f"127.0.0.1:{metrics}")
-            try:
-                check_contents_at(mnt, digests)
-                samples = scrape(metrics)
-            finally:
-                cluster.unmount(mnt)
-            return {where: samples[f'dfs_fuse_replica_read_bytes_total{{zone="{where}"}}']
-                    for where in ("same", "other")}
+    def read_through(zone: str) -> dict[str, float]:
+        """Read every file cold through a new mount in `zone`; return its
+        count of bytes from replicas in its zone and in others."""
+        metrics = free_port()
+        mnt = rack_a.mount("/", "--zone", zone, "--metrics-listen", f"127.0.0.1:{metrics}")
+        try:
+            check_contents_at(mnt, digests)
+            samples = scrape(metrics)
+        finally:
+            rack_a.unmount(mnt)
+        return {where: samples[f'dfs_fuse_replica_read_bytes_total{{zone="{where}"}}']
+                for where in ("same", "other")}
 
-        # Each of these reads would take turns over both zones without one.
-        before = served_by_rack_b()
-        in_b = read_through("rack-b")
-        assert in_b["same"] >= size and in_b["other"] == 0
-        assert served_by_rack_b() - before >= size
-        before = served_by_rack_b()
-        in_a = read_through("rack-a")
-        assert in_a["same"] >= size and in_a["other"] == 0
-        assert served_by_rack_b() == before
+    # Each of these reads would take turns over both zones without one.
+    before = served_by_rack_b()
+    in_b = read_through("rack-b")
+    assert in_b["same"] >= size and in_b["other"] == 0
+    assert served_by_rack_b() - before >= size
+    before = served_by_rack_b()
+    in_a = read_through("rack-a")
+    assert in_a["same"] >= size and in_a["other"] == 0
+    assert served_by_rack_b() == before
 
-        # With its zone's servers gone, a mount reads from the others.
-        for name in ("cs3", "cs4"):
-            kill_server(cluster.local, name)
-        fallen_over = read_through("rack-b")
-        assert fallen_over["same"] == 0 and fallen_over["other"] >= size
-    finally:
-        cluster.teardown()
+    # With its zone's servers gone, a mount reads from the others.
+    for name in ("cs3", "cs4"):
+        kill_server(rack_a.local, name)
+    fallen_over = read_through("rack-b")
+    assert fallen_over["same"] == 0 and fallen_over["other"] >= size
 
 
-def test_a_dead_server_keeps_its_zone_across_a_metaserver_restart(tmp_path):
-    cluster = Cluster(tmp_path, chunkservers=2, heartbeat_timeout=2,
-                      chunkserver_args={"zone": "rack-a"})
-    try:
-        cluster.up()
-        gone = addr_of(cluster.local, "cs2")
-        kill_server(cluster.local, "cs2")
-        kill_server(cluster.local, "meta")
-        restart_server(cluster.local, "meta")
-        wait_for(lambda: alive(cluster.ref, addr_of(cluster.local, "cs1")), 30,
-                 "cs1 to register")
-        [dead] = [cs for cs in status(cluster.ref)["chunkservers"] if cs["addr"] == gone]
-        # Its named zone, not its host's, before it is heard from again.
-        assert not dead["alive"] and dead["zone"] == "rack-a"
-    finally:
-        cluster.teardown()
+def test_a_dead_server_keeps_its_zone_across_a_metaserver_restart(rack_a):
+    gone = addr_of(rack_a.local, "cs2")
+    kill_server(rack_a.local, "cs2")
+    kill_server(rack_a.local, "meta")
+    restart_server(rack_a.local, "meta")
+    wait_for(lambda: alive(rack_a.ref, addr_of(rack_a.local, "cs1")), 30,
+             "cs1 to register")
+    [dead] = [cs for cs in status(rack_a.ref)["chunkservers"] if cs["addr"] == gone]
+    # Its named zone, not its host's, before it is heard from again.
+    assert not dead["alive"] and dead["zone"] == "rack-a"
 
 
 def test_a_record_from_a_newer_version_is_read_without_its_new_fields():
@@ -218,27 +211,21 @@ def test_a_record_from_a_newer_version_is_read_without_its_new_fields():
         unpack(ChunkServerRecord, msgpack.packb([]))
 
 
-def test_a_mount_learns_the_zones_of_the_chunk_servers_on_its_host(tmp_path):
-    cluster = Cluster(tmp_path, chunkservers=3, heartbeat_timeout=2,
-                      chunkserver_args={"zone": "rack-a"})
+def test_a_mount_learns_the_zones_of_the_chunk_servers_on_its_host(rack_a):
+    # Every server registers from 127.0.0.1: this host, as a mount here is.
+    assert session_zones(rack_a.ref, "127.0.0.1") == ["rack-a"]
+    assert session_zones(rack_a.ref, "127.0.0.2") == []
+    digests = write_files(rack_a, "data", 2)
+    metrics = free_port()
+    mnt = rack_a.mount("/", "--metrics-listen", f"127.0.0.1:{metrics}")
     try:
-        cluster.up()
-        # Every server registers from 127.0.0.1: this host, as a mount here is.
-        assert session_zones(cluster.ref, "127.0.0.1") == ["rack-a"]
-        assert session_zones(cluster.ref, "127.0.0.2") == []
-        digests = write_files(cluster, "data", 2)
-        metrics = free_port()
-        mnt = cluster.mount("/", "--metrics-listen", f"127.0.0.1:{metrics}")
-        try:
-            check_contents_at(mnt, digests)
-            samples = scrape(metrics)
-        finally:
-            cluster.unmount(mnt)
-        assert samples['dfs_fuse_replica_read_bytes_total{zone="same"}'] >= (
-            len(digests) * 2 * TEST_CHUNK_SIZE)
-        assert samples['dfs_fuse_replica_read_bytes_total{zone="other"}'] == 0
+        check_contents_at(mnt, digests)
+        samples = scrape(metrics)
     finally:
-        cluster.teardown()
+        rack_a.unmount(mnt)
+    assert samples['dfs_fuse_replica_read_bytes_total{zone="same"}'] >= (
+        len(digests) * 2 * TEST_CHUNK_SIZE)
+    assert samples['dfs_fuse_replica_read_bytes_total{zone="other"}'] == 0
 
 
 def session_zones(ref, source: str) -> list[str]:
