@@ -284,8 +284,8 @@ META = _ops(
     Op("session_list", {}, idempotent=True),
     # A file's chunks from index `start` on, at most `limit` (1..4096)
     # -> {"chunks": [{"index", "chunk", "version", "wanted" (copies),
-    #     "servers": [[csid, "host:port", alive], ...]}], "next": the index
-    #     to pass as `start`, or None after the last, "chunk_size"}
+    #     "servers": [[csid, "host:port", alive], ...], "zones": [each one's zone]}],
+    #     "next": the index to pass as `start`, or None after the last, "chunk_size"}
     Op("chunk_list", {"ino": int, "start": int, "limit": int}, idempotent=True),
     # What lies beneath a directory, itself included (or a file alone)
     # -> {"files", "directories", "symlinks", "others", "bytes" (file sizes),

@@ -98,13 +98,21 @@ def format_info(found: PathInfo) -> str:
 
 
 def _chunk_line(row: dict) -> str:
-    servers = ", ".join(f"#{csid} {addr or '?'}{'' if alive else ' (DEAD)'}"
-                        for csid, addr, alive in row["servers"]) or "none"
+    # From a metaserver older than zones, none.
+    zones = row.get("zones") or [""] * len(row["servers"])
+    servers = ", ".join(f"#{csid} {addr or '?'}{_zone_note(addr, zone)}"
+                        f"{'' if alive else ' (DEAD)'}"
+                        for (csid, addr, alive), zone in zip(row["servers"], zones)) or "none"
     live = sum(1 for _, _, alive in row["servers"] if alive)
     state = ("UNAVAILABLE" if live == 0 else
              f"UNDER-REPLICATED ({live} of {row['wanted']})" if live < row["wanted"] else "ok")
     return (f"  chunk {row['index']}: id {row['chunk']} version {row['version']}, "
             f"{state}: {servers}")
+
+
+def _zone_note(addr: str, zone: str) -> str:
+    """The server's zone, unless it is the host of its address (the default)."""
+    return f" (zone {zone})" if zone and not addr.startswith(f"{zone}:") else ""
 
 
 def format_sessions(listed: list[dict]) -> str:

@@ -72,11 +72,13 @@ class Reports:
                 chunks.append({"index": index, "chunk": chunk_id, "version": 0, "wanted": 0,
                                "servers": []})
                 continue
+            known = [registry.servers.get(csid) for csid in chunk.locations]
             chunks.append({
                 "index": index, "chunk": chunk_id, "version": chunk.version,
                 "wanted": self.ctx.settings.wanted(chunk.replicas),
-                "servers": [[csid, registry.addr(csid) if csid in registry.servers else "",
-                             registry.alive(csid)] for csid in chunk.locations]})
+                "servers": [[csid, server.addr if server else "", registry.alive(csid)]
+                            for csid, server in zip(chunk.locations, known)],
+                "zones": [server.zone if server else "" for server in known]})
         return {"chunks": chunks, "next": following,
                 "chunk_size": self.ctx.settings.chunk_size}
 

@@ -66,7 +66,7 @@ def test_no_chunk_server_means_enospc(meta_factory):
         s = await new_session(c)
         f = await make_file(c, ROOT, b"f")
         assert await c.call("chunk_read", ino=f["ino"], index=0) == {
-            "chunk": 0, "version": 0, "servers": []}
+            "chunk": 0, "version": 0, "servers": [], "zones": []}
         assert await error_of(c.call("chunk_write", ino=f["ino"], index=0,
                                      session=s)) == errno.ENOSPC
         assert await error_of(c.call("chunk_write", ino=f["ino"], index=0,

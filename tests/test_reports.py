@@ -39,6 +39,8 @@ def test_info_shows_each_chunk_and_the_servers_holding_it(shared_cluster, mnt):
         assert all(up for _, _, up in row["servers"]) and row["wanted"] == 2
     text = shared_cluster.dfs("info", *shared_cluster.cli_args, path).stdout
     assert "3 chunk(s)" in text and text.count(", ok: ") == 3
+    # Each server in its host's zone, which goes unsaid.
+    assert all(row["zones"] == ["127.0.0.1"] * 2 for row in chunks) and "zone" not in text
 
 
 def test_info_of_a_sparse_file_lists_only_the_chunks_written(shared_cluster, mnt):

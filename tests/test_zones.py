@@ -140,6 +140,9 @@ def test_named_zones_take_new_chunks_and_keep_one_copy_each_when_trimmed(rack_a)
     assert _spreads_planned(rack_a) == spreads_before
     assert status(rack_a.ref)["misplaced"] == 0
     check_contents(rack_a, digests)
+    # dfs info names each copy's zone (a server's host, the default, goes unsaid).
+    text = rack_a.dfs("info", *rack_a.cli_args, next(iter(digests))).stdout
+    assert text.count("(zone rack-a)") == text.count("(zone rack-b)") == 2
 
 
 def test_a_mount_reads_from_the_replicas_in_its_zone(rack_a):
