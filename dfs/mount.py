@@ -154,7 +154,7 @@ def add_mount_options(parser: argparse.ArgumentParser) -> None:
              "zones of the chunk servers on this host, as the metaserver sees them (they "
              "reach it from the address this mount does), learnt again at each renewal of "
              "its session; with none there, reads of different chunks take turns over "
-             "their replicas")
+             "their replicas (as they do given a zone no server is in, e.g. 'none')")
     add_read_cache_option(parser)
     add_xattrs_option(parser)
     add_cluster_id_arg(parser, "the mount refuses (EREMCHG)")
