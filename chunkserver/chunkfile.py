@@ -50,7 +50,8 @@ from array import array
 
 from crc32c import crc32c
 
-BLOCK = 64 * 1024
+from dfs.ops import BLOCK_SIZE as BLOCK
+
 # The unit in which reserved space is remembered: a page wholly inside a
 # reserved range is reserved whatever the filesystem's block size.
 PAGE = 4096

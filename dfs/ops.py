@@ -398,6 +398,11 @@ META_CS = _ops(
 # in the room MAX_FRAME leaves beside MAX_DATA.
 MAX_EXTENTS = 1024
 
+# A chunk's checksum block: chunk servers keep a CRC32C per block, cut read
+# replies where blocks begin (dfs/transit.py), and the metaserver tells mounts
+# of it (session_open's block_size), whose random reads fetch whole blocks.
+BLOCK_SIZE = 64 * 1024
+
 # Chunk servers, as seen by clients, the metaserver and other chunk servers.
 # `version` guards every access: a replica whose version differs is stale
 # (ESTALE) and is neither read nor written.

@@ -21,15 +21,13 @@ from crc32c import crc32c
 
 from .errors import DfsError
 from .framing import Pieces
+from .ops import BLOCK_SIZE
 
 # Times damaged data is sent or fetched again before giving up.
 RETRIES = 3
 # The protocol version (auth.py) from which servers take CRCs with writes;
 # older ones get writes without.
 PROTOCOL = 2
-# The chunk servers' block size (chunkserver/chunkfile.py), where read
-# replies are cut into pieces.
-PIECE = 64 * 1024
 
 
 def crc_of(data: bytes | bytearray | memoryview | Pieces) -> int:
@@ -69,7 +67,7 @@ def spans(offset: int, length: int) -> list[tuple[int, int]]:
     block of the chunk begins."""
     found, start = [], 0
     while start < length:
-        stop = min(length, start + PIECE - (offset + start) % PIECE)
+        stop = min(length, start + BLOCK_SIZE - (offset + start) % BLOCK_SIZE)
         found.append((start, stop))
         start = stop
     return found

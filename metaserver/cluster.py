@@ -194,8 +194,7 @@ class Cluster:
         self.awaited.discard(sid)
         if not self.awaited:
             await self._settle()
-        self.ctx.registry.known(sid, addr, draining, zone)
-        self.ctx.registry.servers[sid].peer = peer_host()
+        self.ctx.registry.known(sid, addr, draining, zone, peer_host())
         self.ctx.registry.heard(sid, addr, capacity, used)
         log.info("chunk server registered", csid=sid, addr=addr,
                  zone=self.ctx.registry.servers[sid].zone, chunks=len(reported),

@@ -12,8 +12,6 @@ from .registry import Registry
 from .sessions import Leases, Reservations, Sessions
 from .store import Store
 
-BLOCK_SIZE = 65536
-
 
 @dataclass
 class Settings:

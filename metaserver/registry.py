@@ -51,12 +51,14 @@ class Registry:
         self.heartbeat_timeout = heartbeat_timeout
         self.servers: dict[int, ServerState] = {}
 
-    def known(self, csid: int, addr: str, draining: bool, zone: str | None = None) -> None:
+    def known(self, csid: int, addr: str, draining: bool, zone: str | None = None,
+              peer: str = "") -> None:
         """A server recorded on disk (not heard from yet, if this is the start),
-        or registering now, in `zone` if it names one."""
+        or registering now from host `peer`, in `zone` if it names one."""
         server = self.servers.setdefault(csid, ServerState(csid, addr))
         server.draining = draining
         server.zone = zone or default_zone(addr)
+        server.peer = peer
 
     def forget(self, csid: int) -> None:
         self.servers.pop(csid, None)

@@ -11,7 +11,7 @@ import trio
 
 from dfs import logs, transit
 from dfs.errors import DfsError
-from dfs.ops import META
+from dfs.ops import BLOCK_SIZE, META
 from dfs.records import QuotaInfo
 from dfs.rpc import peer_host
 
@@ -20,7 +20,7 @@ from .backups import Backups
 from .changelog import ChangeLog
 from .chunkpool import ChunkPool
 from .cluster import REPLICATION_INTERVAL, Cluster
-from .context import BLOCK_SIZE, Context
+from .context import Context
 from .datapath import DataPath
 from .namespace import NAME_MAX, check_changes
 from .quotas import ROOT_INO

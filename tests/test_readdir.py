@@ -11,7 +11,7 @@ import pytest
 
 from conftest import Cluster
 from dfs.dirstream import KEEP_SECONDS, DirStream
-from faults import kill_server, restart_server, wait_for
+from faults import kill_server, restart_server
 from test_metrics import free_port, scrape
 
 pytestmark = pytest.mark.timeout(120)
@@ -67,8 +67,8 @@ def test_a_listing_in_small_pieces_fetches_each_page_once(tmp_path):
         layout.extra_args["metrics_listen"] = f"127.0.0.1:{port}"
         cluster.local.save(layout)
         kill_server(cluster.local, "meta")
+        # Back, serving its metrics, once its ready file is written (LocalCluster).
         restart_server(cluster.local, "meta")
-        wait_for(lambda: os.path.isdir(cluster.mnt), 30, "the mount to be back")
         names = make_files(cluster.mnt / "many", 1500)
 
         def readdirs() -> float:

@@ -124,7 +124,7 @@ def test_a_replica_piece_damaged_between_chunk_servers_is_fetched_again(one_serv
 
 
 def test_read_replies_are_cut_at_the_chunk_servers_blocks():
-    assert transit.PIECE == BLOCK
+    assert transit.BLOCK_SIZE == BLOCK
     assert transit.spans(1000, 200_000) == [(0, BLOCK - 1000), (BLOCK - 1000, 2 * BLOCK - 1000),
                                             (2 * BLOCK - 1000, 3 * BLOCK - 1000),
                                             (3 * BLOCK - 1000, 200_000)]
