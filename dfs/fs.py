@@ -21,8 +21,10 @@ import trio
 
 from . import logs
 from .chunkio import ChunkIO
+from .dirleases import DirLeases
 from .dirstream import DirStream
 from .errors import DfsError
+from .ops import RENAME_EXCHANGE
 from .openfile import (MTIME_LAG, READ_AHEAD_CACHE_BYTES, READ_CACHE_BYTES, MountWrites,
                        OpenFile)
 from .pagefeed import PageFeed
@@ -98,6 +100,7 @@ class DfsFS(pyfuse3.Operations):
         # when they came (see _note_dirs), oldest first.
         self.dir_attrs: OrderedDict[int, tuple[Attr, float]] = OrderedDict()
         self.statahead = Statahead(self._readdir_page, nursery, ATTR_TIMEOUT)
+        self.dirleases = DirLeases(meta, nursery)
         self.handles: dict[int, OpenFile] = {}
         # Open directories by handle.
         self.dirs: dict[int, DirStream] = {}
@@ -160,9 +163,12 @@ class DfsFS(pyfuse3.Operations):
         """Around a change through this mount: once it is done (or its outcome
         unknown), what the mount kept of the names and inodes it changed goes
         (statahead's entries, a folder's attributes from an earlier change)."""
+        folders = {parent for parent, _ in names}
+        self.dirleases.begin(folders)
         try:
             yield
         finally:
+            self.dirleases.end(folders)
             self.changes += 1
             for parent, name in names:
                 self.statahead.forget_name(parent, name)
@@ -200,8 +206,14 @@ class DfsFS(pyfuse3.Operations):
             entry = self._entry(ahead[0])
             entry.entry_timeout = entry.attr_timeout = ahead[1]
             return entry
-        async with _errno():
+        if self.dirleases.absent(parent, name):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        try:
             reply = await self.meta.call("lookup", parent=parent, name=name)
+        except DfsError as exc:
+            if exc.errno == errno.ENOENT:
+                await self.dirleases.missed(parent)
+            raise pyfuse3.FUSEError(exc.errno) from None
         self.statahead.looked_up(parent, reply)
         return self._entry(reply)
 
@@ -257,6 +269,7 @@ class DfsFS(pyfuse3.Operations):
         self._check_writable()
         parent = self._real(parent_inode)
         async with self._changing(names=((parent, name),)), _errno():
+            self.dirleases.adding(parent, name)
             return self._note_dirs(await self.meta.mutate(op, parent=parent, name=name, **args))
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
@@ -282,6 +295,7 @@ class DfsFS(pyfuse3.Operations):
         parent = self._real(parent_inode)
         async with self._changing(names=((parent, name),)), _errno():
             self._note_dirs(await self.meta.mutate(op, parent=parent, name=name))
+        self.dirleases.removed(parent, name)
 
     async def unlink(self, parent_inode, name, ctx):
         await self._remove("unlink", parent_inode, name)
@@ -293,9 +307,12 @@ class DfsFS(pyfuse3.Operations):
         self._check_writable()
         parent, newparent = self._real(parent_inode_old), self._real(parent_inode_new)
         async with self._changing(names=((parent, name_old), (newparent, name_new))), _errno():
+            self.dirleases.adding(newparent, name_new)
             self._note_dirs(await self.meta.mutate(
                 "rename", parent=parent, name=name_old, newparent=newparent,
                 newname=name_new, flags=flags))
+        if not flags & RENAME_EXCHANGE:
+            self.dirleases.removed(parent, name_old)
 
     # ---- directories -----------------------------------------------------
 

@@ -80,6 +80,11 @@ def instrument(fs: DfsFS) -> Registry:
                      "'other' for all without one).", lambda: {
                          (where,): count for where, count in fs.chunkio.read_bytes.items()},
                      ("zone",))
+    registry.gauge("dfs_fuse_dir_leases", "Folders this mount holds a lease on: it answers "
+                   "lookups of names not in them itself.", lambda: len(fs.dirleases.leases))
+    registry.counted("dfs_fuse_dir_lease_answers_total", "Lookups of a name not there "
+                     "answered from a folder lease, without asking the metaserver.",
+                     lambda: fs.dirleases.answered)
     for op in FUSE_OPS:
         setattr(fs, op, stats.timed(op, getattr(fs, op)))
     return registry

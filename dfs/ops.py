@@ -159,6 +159,21 @@ META = _ops(
     # -> {"entries": [[name, Attr, next_offset], ...], "eof": bool}
     # Offsets are stable: an entry keeps its offset while it exists.
     Op("readdir", {"ino": int, "offset": int, "limit": int}, idempotent=True),
+    # Directory leases (metaserver/dirleases.py): while a session holds one on
+    # a folder, a change by anyone else that adds a name to it is answered
+    # only after the holder let go (or its lease ran out), so the holder may
+    # answer by itself that a name is not there.
+    # -> {"names": [name, ...] in the folder now, "number": the grant's,
+    #     "instance": the metaserver run's id, "lease": seconds it lasts past
+    #     each poll}; EFBIG if the folder has too many names to lease, EMFILE if
+    #     the session holds too many leases.
+    Op("dir_lease", {"session": int, "ino": int}, idempotent=True),
+    # Let go of the `released` [folder, number] pairs, renew the session's
+    # other leases, and wait up to `wait` seconds (at most 1) for a recall.
+    # -> {"recall": [[folder, number], ...] to let go of and release, "held":
+    #     [number, ...] of every lease the session still has, "instance", "lease"}
+    Op("dir_poll", {"session": int, "released": list, "wait": float}, idempotent=True,
+       waits=True),
     # Records that `session` holds the inode open once more, so an unlink keeps
     # its data until the matching `release`. The hold lives in the metaserver's
     # memory: after reconnecting, a client re-announces every inode it holds

@@ -4,6 +4,7 @@ open files alive, and request tokens that make retried mutations safe."""
 import errno
 import os
 import socket
+from typing import Callable
 
 import trio
 
@@ -56,6 +57,9 @@ class MetaLink:
         # The zones of the chunk servers on this host (as the metaserver sees
         # them connect from where this mount does), renewed with the session.
         self.zones: frozenset[str] = frozenset()
+        # Called whenever a new connection replaces a lost one, before
+        # anything is sent on it: what was promised on the old one is let go.
+        self.reconnected: list[Callable[[], None]] = []
 
     def hold(self, ino: int) -> None:
         self.open_inodes[ino] = self.open_inodes.get(ino, 0) + 1
@@ -69,7 +73,11 @@ class MetaLink:
 
     async def _reannounce(self, call) -> None:
         """Check that the metaserver still serves this mount's cluster, then
-        tell it what this mount holds open (it may have restarted)."""
+        tell it what this mount holds open (it may have restarted), and that
+        the session is live (the metaserver then knows it holds no folder
+        lease from before: see metaserver/dirleases.py)."""
+        for let_go in self.reconnected:
+            let_go()
         if self.cluster is not None:
             await check_cluster(call, self.cluster, mountpoint=self.mountpoint)
         if not self.session:
@@ -86,6 +94,11 @@ class MetaLink:
                     continue
                 raise
         log.info("re-announced open files", session=self.session, files=len(self.open_inodes))
+        try:
+            self._learn_zones(await call("session_renew", session=self.session))
+        except DfsError as exc:
+            if exc.errno != errno.ESTALE:
+                raise
 
     async def call(self, op: str, **args):
         return await self.client.call(op, **args)

@@ -99,6 +99,14 @@ def registry_for(service: MetaService) -> Registry:
     metrics.gauge("dfs_meta_metalogger_seen_seconds", "Time since each metalogger last asked "
                   "for commits, by name (it asks every few seconds).",
                   lambda: _metaloggers(service, "seen"), ("name",))
+    leases = service.dirleases
+    metrics.gauge("dfs_meta_dir_leases", "Folder leases held by mounts (dirleases.py).",
+                  leases.count)
+    metrics.counted("dfs_meta_dir_lease_recalls_total", "Folder leases recalled because "
+                    "another session added a name.", lambda: leases.recalls)
+    metrics.counted("dfs_meta_dir_leases_expired_total", "Recalled folder leases that ran "
+                    "out instead of being released (a holder frozen or cut off; the change "
+                    "waited for it).", lambda: leases.expired)
     for kind, what in (("bytes_used", "Bytes used"), ("bytes_limit", "Byte limit (0: none)"),
                        ("inodes_used", "Inodes used"), ("inodes_limit", "Inode limit (0: none)")):
         metrics.gauge(f"dfs_quota_{kind}", f"{what} under each quota directory, by path.",

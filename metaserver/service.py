@@ -22,6 +22,8 @@ from .chunkpool import ChunkPool
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import Context
 from .datapath import DataPath
+from .dirleases import LEASE, DirLeases
+from .dirleases import writer as lease_writer
 from .namespace import NAME_MAX, check_changes
 from .quotas import ROOT_INO
 from .fences import Binding
@@ -54,6 +56,8 @@ class MetaService:
         self.fsck = Fsck(ctx, self.replicas)
         self.reports = Reports(ctx)
         self.fencing = KeyedLocks()
+        self.dirleases = DirLeases()
+        ctx.store.on_named = self.dirleases.recall
 
     def start(self) -> None:
         """Prepare the store for serving: the root exists, old sessions get a fresh
@@ -84,8 +88,11 @@ class MetaService:
                 restore.floor(tx))
             return sessions
 
-        for sid in self.ctx.store.write_now(init):
+        restored = self.ctx.store.write_now(init)
+        for sid in restored:
             self.ctx.sessions.start(sid)
+        if restored:
+            self.dirleases.restored(restored)
         log.info("restored sessions hold their files until they re-announce",
                  sessions=len(self.ctx.opens.restored), orphans=len(self.ctx.opens.orphans))
         self.cluster.load()
@@ -97,7 +104,8 @@ class MetaService:
                  "mknod mkdir symlink link unlink rmdir rename readlink readdir open release "
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
                  "quota_list replicas_set replicas_get status fence snapshot backup_take "
-                 "backup_list backup_read log_read log_copy log_copy_read").split()
+                 "backup_list backup_read log_read log_copy log_copy_read dir_lease "
+                 "dir_poll").split()
         table = {name: getattr(self, name) for name in names}
         for name in ("chunk_read", "chunk_write", "reserve", "commit"):
             table[name] = getattr(self.data, name)
@@ -204,6 +212,7 @@ class MetaService:
         self.ctx.sessions.end(sid)
         self.ctx.fences.unbind(sid)
         self.ctx.reservations.drop(sid)
+        self.dirleases.end_session(sid)
         kept = self.ctx.opens.end_session(sid)
 
         def close(tx: Tx) -> None:
@@ -218,8 +227,10 @@ class MetaService:
         on a new connection, so any other request naming the session ends its
         restart grace."""
         async def handle(**args):
-            if args["session"] is not None and args.get("count") is None:
-                await self._spoke(args["session"])
+            if args["session"] is not None:
+                self.dirleases.heard(args["session"])
+                if args.get("count") is None:
+                    await self._spoke(args["session"])
             return await handler(**args)
         return handle
 
@@ -228,7 +239,13 @@ class MetaService:
         `fence` waits for the changes that began before it."""
         async def handle(**args):
             writer = args.pop("writer", None)
-            with self.ctx.fences.changing(writer if writer is not None else args.get("session")):
+            session = writer if writer is not None else args.get("session")
+            if session is not None:
+                self.dirleases.heard(session)
+            # Its leases on the folders it names are its own business; not on
+            # others it changes besides (the trash).
+            lease_writer.set((session, {args.get("parent"), args.get("newparent")}))
+            with self.ctx.fences.changing(session):
                 return await handler(**args)
         return handle
 
@@ -287,6 +304,28 @@ class MetaService:
     async def _expire_replies(self) -> None:
         cutoff = time.time() - REPLY_TTL
         await self._write(lambda tx: tx.expire_replies(cutoff))
+
+    # --- directory leases (dirleases.py) ---------------------------------------------
+    async def dir_lease(self, session: int, ino: int) -> dict:
+        self.ctx.sessions.check(session)
+        leases = self.dirleases
+        # Granted before the names are read, with no wait in between: a change
+        # committed after the read is answered only once it recalled this grant.
+        number = leases.grant(session, ino)
+        try:
+            names = self._read(lambda tx: leases.names(tx, ino))
+        except DfsError:
+            leases.release(session, [[ino, number]])
+            raise
+        return {"names": names, "number": number, "instance": leases.instance,
+                "lease": LEASE}
+
+    async def dir_poll(self, session: int, released: list, wait: float) -> dict:
+        self.ctx.sessions.check(session)
+        reply = await self.dirleases.poll(session, released, wait)
+        reply["instance"] = self.dirleases.instance
+        reply["lease"] = LEASE
+        return reply
 
     # --- reading the namespace ----------------------------------------------------
     async def lookup(self, parent: int, name: bytes) -> dict:

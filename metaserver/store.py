@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import lmdb
 import msgpack
@@ -112,6 +112,8 @@ class Tx:
         # key, value or None); kept only while a metalogger may want them,
         # since a large transaction's would take as much memory again.
         self.changes: list[tuple[int, bytes, bytes | None]] | None = [] if record else None
+        # The folders this transaction added names to (see dirleases.py).
+        self.named: set[int] = set()
 
     # --- generic helpers ---------------------------------------------------
     def _get(self, db: str, key: bytes):
@@ -211,6 +213,7 @@ class Tx:
         return unpack(Dentry, raw) if raw else None
 
     def put_dentry(self, parent: int, name: bytes, dentry: Dentry) -> None:
+        self.named.add(parent)
         self._put("dentries", u64(parent) + name, pack(dentry))
         self._put("dirindex", u64x2(parent, dentry.cookie), name)
 
@@ -409,6 +412,7 @@ class _Job:
     fn: Callable[[Tx], object]
     token: bytes | None
     done: trio.Event = field(default_factory=trio.Event)
+    named: set[int] = field(default_factory=set)
     result: object = None
     error: BaseException | None = None
 
@@ -493,6 +497,9 @@ class Store:
         # Called on the event loop with the number of each numbered commit,
         # in order, once it is durable.
         self.on_commit: Callable[[int], None] | None = None
+        # Awaited with the folders a mutation added names to, once it is
+        # durable and before `write` returns (dirleases.py).
+        self.on_named: Callable[[set[int]], Awaitable[None]] | None = None
 
     def read(self, fn: Callable[[Tx], object]):
         """Run `fn` in a read-only snapshot (cheap: no I/O waits, run inline)."""
@@ -546,6 +553,8 @@ class Store:
         job = _Job(fn, token)
         self._queue.put(job)
         await job.done.wait()
+        if job.named and self.on_named is not None:
+            await self.on_named(job.named)
         if job.error is not None:
             raise job.error
         return job.result
@@ -633,6 +642,7 @@ class Store:
                     job.result = job.fn(tx)
                     tx.flush()
                     child.commit()
+                    job.named = tx.named
                     top.changed |= tx.changed
                     if record:
                         top.changes += tx.changes

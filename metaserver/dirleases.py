@@ -1,0 +1,228 @@
+"""Directory leases: a mount may hold one on a folder to answer by itself that a
+name is not there, the lookup before every create, rename and mkdir.
+
+A lease comes with the folder's names as they are when it is granted
+(`dir_lease`). Before the metaserver answers any change that adds a name to
+the folder, made by another session or by nobody's (the dfs command, the CSI
+controller, the trash), every other holder is asked to let go (`recall`), and
+the change's reply waits until each one has (`dir_poll` carries the release)
+or its lease ran out. Names that go away recall nothing: a holder's names are
+a superset of the folder's, and a name it holds that is gone only means it
+asks the metaserver, as without a lease.
+
+Leases last LEASE seconds from the holder's last poll, which it sends every
+POLL_WAIT seconds or at once after a recall. They live in memory only: after
+a restart the metaserver does not know which restored session holds what. A
+mount lets go of all its leases whenever it connects anew, before anything
+else on the new connection, so a restored session is known to hold none once
+a request naming it arrives. Until every restored session has been heard from
+or one LEASE has passed since the start (by then the leases of the last run
+have run out), a change that adds a name waits.
+
+Each grant has its own number, so that a release or a recall of an old lease
+never touches a newer one on the same folder.
+"""
+
+import errno
+import itertools
+import secrets
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import trio
+
+from dfs import logs
+from dfs.errors import DfsError
+
+log = logs.get_logger("metaserver")
+
+# Seconds a lease lasts past its holder's last poll. Also the longest a change
+# waits for a holder that does not answer (frozen, or cut off).
+LEASE = 3.0
+# The longest a poll waits for a recall before answering with none; well
+# inside LEASE, so that a holder renews in time.
+POLL_WAIT = 1.0
+# A folder whose names take more bytes than this is not leased (the names
+# travel in one reply and sit in the mount's memory).
+MAX_NAME_BYTES = 1 << 20
+MAX_LEASES_PER_SESSION = 64
+
+# The session a change is made for (its `writer`) and the folders the request
+# names: that session's leases on those are not recalled.
+writer: ContextVar[tuple[int | None, set]] = ContextVar("dir_lease_writer",
+                                                         default=(None, set()))
+
+
+@dataclass
+class Grant:
+    number: int
+    until: float
+
+
+@dataclass
+class Holder:
+    """One session's leases: folder -> grant; recalls not yet released."""
+    grants: dict[int, Grant] = field(default_factory=dict)
+    recalled: set[tuple[int, int]] = field(default_factory=set)
+    wake: trio.Event = field(default_factory=trio.Event)
+
+
+class DirLeases:
+    def __init__(self):
+        # Told to mounts with every grant and poll: a mount that sees another
+        # holds no lease from this run.
+        self.instance = secrets.randbits(62) + 1
+        self.holders: dict[int, Holder] = {}
+        self.by_folder: dict[int, set[int]] = {}
+        self._numbers = itertools.count(1)
+        self._released = trio.Event()
+        # Until then (monotonic), changes that add names wait while some
+        # restored session is not heard from (see above).
+        self.grace_until = 0.0
+        self.unheard: set[int] = set()
+        self._all_heard = trio.Event()
+        self.recalls = 0
+        self.expired = 0
+
+    def restored(self, sessions) -> None:
+        """`sessions` of the last run were restored: they may hold leases we never knew of."""
+        self.unheard = set(sessions)
+        self.grace_until = time.monotonic() + LEASE
+
+    def heard(self, session: int) -> None:
+        """A request naming `session` came: it holds no lease from the last run."""
+        if session in self.unheard:
+            self.unheard.discard(session)
+            if not self.unheard:
+                self._all_heard.set()
+
+    def count(self) -> int:
+        return sum(len(holder.grants) for holder in self.holders.values())
+
+    def names(self, tx, folder: int) -> list[bytes]:
+        """The names in `folder`, for a grant; EFBIG if too many to lease."""
+        tx.directory(folder)
+        names, size = [], 0
+        for _, name in tx.entries_after(folder, 0):
+            size += len(name)
+            if size > MAX_NAME_BYTES:
+                raise DfsError(errno.EFBIG, f"directory {folder} has too many names to lease "
+                                            f"(over {MAX_NAME_BYTES} bytes of them)")
+            names.append(name)
+        return names
+
+    def grant(self, session: int, folder: int) -> int:
+        """Lease `folder` to `session`; the grant's number."""
+        holder = self.holders.setdefault(session, Holder())
+        if folder not in holder.grants and len(holder.grants) >= MAX_LEASES_PER_SESSION:
+            raise DfsError(errno.EMFILE, f"session {session} holds {MAX_LEASES_PER_SESSION} "
+                                         "directory leases; release one first")
+        number = next(self._numbers)
+        holder.grants[folder] = Grant(number, time.monotonic() + LEASE)
+        self.by_folder.setdefault(folder, set()).add(session)
+        return number
+
+    def release(self, session: int, released: list) -> None:
+        """Let go of the [folder, number] pairs `released` (those still held)."""
+        if not all(isinstance(pair, list) and len(pair) == 2
+                   and all(type(n) is int for n in pair) for pair in released):
+            raise DfsError(errno.EINVAL, "dir_poll: released holds [folder, number] pairs")
+        holder = self.holders.get(session)
+        if holder is None:
+            return
+        for folder, number in released:
+            holder.recalled.discard((folder, number))
+            grant = holder.grants.get(folder)
+            if grant is not None and grant.number == number:
+                self._drop(session, holder, folder)
+        self._wake_recallers()
+
+    def renew(self, session: int) -> None:
+        holder = self.holders.get(session)
+        if holder is not None:
+            until = time.monotonic() + LEASE
+            for grant in holder.grants.values():
+                grant.until = until
+
+    async def poll(self, session: int, released: list, wait: float) -> dict:
+        """Let go of `released`, renew the rest and wait up to `wait` seconds
+        for a recall. -> {"recall": [[folder, number], ...] to let go of,
+        "held": [number, ...] of every lease the session still has}."""
+        self.release(session, released)
+        self.renew(session)
+        holder = self.holders.get(session)
+        if holder is None:
+            return {"recall": [], "held": []}
+        if not holder.recalled:
+            with trio.move_on_after(min(wait, POLL_WAIT)):
+                await holder.wake.wait()
+        if holder.wake.is_set():
+            holder.wake = trio.Event()
+        return {"recall": [list(pair) for pair in sorted(holder.recalled)],
+                "held": [grant.number for grant in holder.grants.values()]}
+
+    def end_session(self, session: int) -> None:
+        self.heard(session)
+        holder = self.holders.pop(session, None)
+        if holder is None:
+            return
+        for folder in holder.grants:
+            self._unindex(session, folder)
+        self._wake_recallers()
+
+    async def recall(self, folders: set[int]) -> None:
+        """Before a change that added names to `folders` is answered: every
+        other session's lease on them is let go of, or has run out."""
+        if self.unheard and time.monotonic() < self.grace_until:
+            with trio.move_on_after(self.grace_until - time.monotonic()):
+                await self._all_heard.wait()
+        exempt, named = writer.get()
+        waiting: list[tuple[int, int, Holder, int]] = []
+        for folder in folders:
+            for session in self.by_folder.get(folder, ()):
+                if session == exempt and folder in named:
+                    continue
+                holder = self.holders[session]
+                number = holder.grants[folder].number
+                holder.recalled.add((folder, number))
+                holder.wake.set()
+                waiting.append((session, folder, holder, number))
+        if not waiting:
+            return
+        self.recalls += len(waiting)
+        while True:
+            now = time.monotonic()
+            held = []
+            for session, folder, holder, number in waiting:
+                grant = holder.grants.get(folder)
+                if grant is None or grant.number != number:
+                    continue
+                if grant.until <= now:
+                    log.warning("directory lease ran out without a release", session=session,
+                                ino=folder)
+                    self.expired += 1
+                    holder.recalled.discard((folder, number))
+                    self._drop(session, holder, folder)
+                    continue
+                held.append(((session, folder, holder, number), grant.until))
+            if not held:
+                return
+            waiting = [entry for entry, _ in held]
+            with trio.move_on_after(max(until for _, until in held) - now):
+                await self._released.wait()
+
+    def _drop(self, session: int, holder: Holder, folder: int) -> None:
+        del holder.grants[folder]
+        self._unindex(session, folder)
+
+    def _unindex(self, session: int, folder: int) -> None:
+        sessions = self.by_folder.get(folder)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self.by_folder[folder]
+
+    def _wake_recallers(self) -> None:
+        self._released.set()
+        self._released = trio.Event()
