@@ -39,6 +39,10 @@ MISS_MEMORY = 1024
 # A lease no lookup needed for this long is let go.
 IDLE = 10.0
 MAX_LEASES = 32
+# Names kept in all leases together, at most: with the metaserver's limit per
+# folder (2 MiB of them, each counted 64 bytes more), the memory a mount spends
+# on leases stays within about 16 MiB.
+MAX_NAMES = 200_000
 # A folder refused (too many names) is not asked for again until this much later.
 REFUSED_FOR = 60.0
 # Leases end this much sooner here than on the metaserver.
@@ -115,10 +119,15 @@ class DirLeases:
         if count < MISSES_BEFORE_LEASE << min(self.recalls.get(folder, 0), MAX_BACKOFF):
             _remember(self.misses, folder, count)
             return
-        if len(self.leases) >= MAX_LEASES:
-            idlest = min(self.leases, key=lambda ino: self.leases[ino].used)
-            self._let_go(idlest)
+        self._make_room(MAX_LEASES - 1)
         await self._ask(folder)
+        self._make_room(MAX_LEASES)
+
+    def _make_room(self, leases: int) -> None:
+        """Let go of the idlest leases until at most `leases` and MAX_NAMES are held."""
+        while self.leases and (len(self.leases) > leases or sum(
+                len(lease.names) for lease in self.leases.values()) > MAX_NAMES):
+            self._let_go(min(self.leases, key=lambda ino: self.leases[ino].used))
 
     async def _ask(self, folder: int) -> None:
         session = self.meta.session
@@ -203,6 +212,10 @@ class DirLeases:
         try:
             while self.leases or self.released:
                 await self._poll_once()
+        except Exception:
+            # Never the mount's end: without polls, leases are only not used.
+            log.error("directory lease poll failed", exc_info=True)
+            self._forget_all()
         finally:
             self.polling = False
 

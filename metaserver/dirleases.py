@@ -43,9 +43,13 @@ LEASE = 3.0
 # The longest a poll waits for a recall before answering with none; well
 # inside LEASE, so that a holder renews in time.
 POLL_WAIT = 1.0
-# A folder whose names take more bytes than this is not leased (the names
-# travel in one reply and sit in the mount's memory).
-MAX_NAME_BYTES = 1 << 20
+# The most a poll may ask to wait (it waits POLL_WAIT at most regardless).
+MAX_WAIT = 60.0
+# A folder is not leased if its names would take more than this of a mount's
+# memory, counting NAME_OVERHEAD bytes for each besides its own (the names
+# travel in one reply, and the mount keeps them as a set of bytes objects).
+MAX_NAME_BYTES = 2 << 20
+NAME_OVERHEAD = 64
 MAX_LEASES_PER_SESSION = 64
 
 # The session a change is made for (its `writer`) and the folders the request
@@ -105,10 +109,9 @@ class DirLeases:
         tx.directory(folder)
         names, size = [], 0
         for _, name in tx.entries_after(folder, 0):
-            size += len(name)
+            size += len(name) + NAME_OVERHEAD
             if size > MAX_NAME_BYTES:
-                raise DfsError(errno.EFBIG, f"directory {folder} has too many names to lease "
-                                            f"(over {MAX_NAME_BYTES} bytes of them)")
+                raise DfsError(errno.EFBIG, f"directory {folder} has too many names to lease")
             names.append(name)
         return names
 
@@ -149,6 +152,8 @@ class DirLeases:
         """Let go of `released`, renew the rest and wait up to `wait` seconds
         for a recall. -> {"recall": [[folder, number], ...] to let go of,
         "held": [number, ...] of every lease the session still has}."""
+        if not 0 <= wait <= MAX_WAIT:
+            raise DfsError(errno.EINVAL, f"dir_poll: wait must be 0 to {MAX_WAIT} seconds")
         self.release(session, released)
         self.renew(session)
         holder = self.holders.get(session)

@@ -6,7 +6,7 @@ import errno
 import pytest
 import trio
 
-from metaserver.dirleases import LEASE, MAX_LEASES_PER_SESSION, MAX_NAME_BYTES
+from metaserver.dirleases import LEASE, MAX_LEASES_PER_SESSION, MAX_NAME_BYTES, NAME_OVERHEAD
 from test_metaserver_support import (ROOT, error_of, make_dir, make_file, meta, meta_factory,
                                      new_session)
 
@@ -122,11 +122,13 @@ def test_what_cannot_be_leased_is_refused(meta):
         assert await error_of(c.call("dir_lease", session=holder, ino=999999)) == errno.ENOENT
         assert await error_of(_poll(c, holder, released=[[1]])) == errno.EINVAL
         assert await error_of(_poll(c, holder, released=[["a", 1]])) == errno.EINVAL
+        for wait in (-1.0, float("nan"), 1e9):
+            assert await error_of(_poll(c, holder, wait=wait)) == errno.EINVAL
 
         big = (await make_dir(c, ROOT, b"big"))["ino"]
         long_name = 250
         async with trio.open_nursery() as nursery:
-            for i in range(MAX_NAME_BYTES // long_name + 1):
+            for i in range(MAX_NAME_BYTES // (long_name + NAME_OVERHEAD) + 1):
                 nursery.start_soon(make_file, c, big, b"%08d" % i + b"n" * (long_name - 8))
         assert await error_of(c.call("dir_lease", session=holder, ino=big)) == errno.EFBIG
         assert (await _poll(c, holder))["held"] == []
