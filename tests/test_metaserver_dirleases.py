@@ -18,6 +18,15 @@ async def _poll(c, session, released=(), wait=0.0) -> dict:
     return await c.call("dir_poll", session=session, released=list(released), wait=wait)
 
 
+async def _leased(c, name: bytes) -> tuple[int, int, int, dict]:
+    """Two sessions and a folder holding a file `name`, leased to the first:
+    (holder, other, folder, the grant)."""
+    holder, other = await new_session(c), await new_session(c)
+    folder = (await make_dir(c, ROOT, b"d"))["ino"]
+    await make_file(c, folder, name)
+    return holder, other, folder, await c.call("dir_lease", session=holder, ino=folder)
+
+
 async def _make_in(c, folder: int, name: bytes, writer: int | None, done: list) -> None:
     await make_file(c, folder, name, writer=writer)
     done.append(name)
@@ -25,10 +34,7 @@ async def _make_in(c, folder: int, name: bytes, writer: int | None, done: list) 
 
 def test_a_change_waits_until_the_holder_lets_go(meta):
     async def body(c):
-        holder, other = await new_session(c), await new_session(c)
-        folder = (await make_dir(c, ROOT, b"d"))["ino"]
-        await make_file(c, folder, b"old")
-        grant = await c.call("dir_lease", session=holder, ino=folder)
+        holder, other, folder, grant = await _leased(c, b"old")
         assert grant["names"] == [b"old"] and grant["lease"] == LEASE
         done = []
         async with trio.open_nursery() as nursery:
@@ -49,10 +55,8 @@ def test_a_change_waits_until_the_holder_lets_go(meta):
 
 def test_the_holders_own_changes_and_removals_recall_nothing(meta):
     async def body(c):
-        holder, other = await new_session(c), await new_session(c)
-        folder = (await make_dir(c, ROOT, b"d"))["ino"]
-        await make_file(c, folder, b"x")
-        number = (await c.call("dir_lease", session=holder, ino=folder))["number"]
+        holder, other, folder, grant = await _leased(c, b"x")
+        number = grant["number"]
         await make_file(c, folder, b"mine", writer=holder)
         await c.call("rename", parent=folder, name=b"mine", newparent=folder, newname=b"m2",
                      flags=0, writer=holder)
