@@ -35,7 +35,8 @@ log = logs.get_logger("client")
 # back and forth.
 MISSES_BEFORE_LEASE = 2
 MAX_BACKOFF = 6
-MISS_MEMORY = 1024
+# Folders whose misses, recalls and refusals are remembered (the latest ones).
+FOLDER_MEMORY = 1024
 # A lease no lookup needed for this long is let go.
 IDLE = 10.0
 MAX_LEASES = 32
@@ -51,9 +52,10 @@ POLL_WAIT = 1.0
 RETRY = 0.5
 
 
-def _remember(memory: OrderedDict, folder: int, count: int) -> None:
-    memory[folder] = count
-    while len(memory) > MISS_MEMORY:
+def _remember(memory: OrderedDict, folder: int, value) -> None:
+    memory.pop(folder, None)
+    memory[folder] = value
+    while len(memory) > FOLDER_MEMORY:
         memory.popitem(last=False)
 
 
@@ -83,7 +85,8 @@ class DirLeases:
         self.misses: OrderedDict[int, int] = OrderedDict()
         # Folder -> times its lease was recalled.
         self.recalls: OrderedDict[int, int] = OrderedDict()
-        self.refused: dict[int, float] = {}
+        # Folder -> when it may be asked for again after a refusal.
+        self.refused: OrderedDict[int, float] = OrderedDict()
         # Folder -> names this mount added while a grant for it was on its way.
         self.asking: dict[int, set[bytes]] = {}
         # Grants recalled before they arrived: they are not to be used.
@@ -139,7 +142,7 @@ class DirLeases:
             if exc.errno == errno.ENOSYS:
                 self.enabled = False   # a metaserver older than leases
             elif exc.errno in (errno.EFBIG, errno.EMFILE):
-                self.refused[folder] = _now() + REFUSED_FOR
+                _remember(self.refused, folder, _now() + REFUSED_FOR)
             log.debug("no directory lease", ino=folder, error=exc.message)
             return
         finally:

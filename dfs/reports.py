@@ -128,7 +128,10 @@ def format_sessions(listed: list[dict]) -> str:
                      f"opened {opened}")
         room = (f", room held under quotas: {human_size(s['reserved'])} for "
                 f"{s['reserving']} file(s)" if s["reserving"] else "")
-        lines.append(f"  {s['open']} file(s) open{room}{fence}; {state}")
+        # Absent from a metaserver older than folder leases.
+        leases = (f", {s['folder_leases']} folder lease(s)" if s.get("folder_leases")
+                  else "")
+        lines.append(f"  {s['open']} file(s) open{room}{leases}{fence}; {state}")
     lines.append(f"{len(listed)} session(s)")
     return "\n".join(lines)
 

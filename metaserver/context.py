@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from dfs.ops import CHUNK
 from dfs.rpc import ClientPool
 
+from .dirleases import DirLeases
 from .fences import Fences
 from .namespace import Namespace
 from .opens import OpenFiles
@@ -39,6 +40,7 @@ class Context:
     leases: Leases
     fences: Fences
     registry: Registry
+    dirleases: DirLeases
     # Connections to chunk servers, for version bumps, truncation and checks.
     chunkservers: ClientPool
 
@@ -48,4 +50,4 @@ class Context:
         return cls(settings, store, Namespace(settings.chunk_size, opens, settings.trash_seconds),
                    Sessions(settings.session_ttl), opens, Reservations(),
                    Leases(settings.lease_seconds), Fences(), Registry(settings.heartbeat_timeout),
-                   ClientPool(secret, CHUNK, connect_timeout=3.0))
+                   DirLeases(), ClientPool(secret, CHUNK, connect_timeout=3.0))

@@ -104,6 +104,10 @@ class DirLeases:
     def count(self) -> int:
         return sum(len(holder.grants) for holder in self.holders.values())
 
+    def held_by(self, session: int) -> int:
+        holder = self.holders.get(session)
+        return len(holder.grants) if holder is not None else 0
+
     def names(self, tx, folder: int) -> list[bytes]:
         """The names in `folder`, for a grant; EFBIG if too many to lease."""
         tx.directory(folder)

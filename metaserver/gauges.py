@@ -99,7 +99,7 @@ def registry_for(service: MetaService) -> Registry:
     metrics.gauge("dfs_meta_metalogger_seen_seconds", "Time since each metalogger last asked "
                   "for commits, by name (it asks every few seconds).",
                   lambda: _metaloggers(service, "seen"), ("name",))
-    leases = service.dirleases
+    leases = ctx.dirleases
     metrics.gauge("dfs_meta_dir_leases", "Folder leases held by mounts (dirleases.py).",
                   leases.count)
     metrics.counted("dfs_meta_dir_lease_recalls_total", "Folder leases recalled because "

@@ -43,7 +43,7 @@ class Reports:
                 "expires": None if deadline is None else max(0.0, deadline - now),
                 "open": open_files.get(sid, 0), "reserving": files, "reserved": nbytes,
                 "fence": [record.fence_ino, record.fence_epoch] if record.fence_ino else None,
-                "restored": sid in restored})
+                "restored": sid in restored, "folder_leases": self.ctx.dirleases.held_by(sid)})
         return {"sessions": listed}
 
     async def chunk_list(self, ino: int, start: int, limit: int) -> dict:

@@ -22,7 +22,7 @@ from .chunkpool import ChunkPool
 from .cluster import REPLICATION_INTERVAL, Cluster
 from .context import Context
 from .datapath import DataPath
-from .dirleases import LEASE, DirLeases
+from .dirleases import LEASE
 from .dirleases import writer as lease_writer
 from .namespace import NAME_MAX, check_changes
 from .quotas import ROOT_INO
@@ -56,8 +56,7 @@ class MetaService:
         self.fsck = Fsck(ctx, self.replicas)
         self.reports = Reports(ctx)
         self.fencing = KeyedLocks()
-        self.dirleases = DirLeases()
-        ctx.store.on_named = self.dirleases.recall
+        ctx.store.on_named = ctx.dirleases.recall
 
     def start(self) -> None:
         """Prepare the store for serving: the root exists, old sessions get a fresh
@@ -92,7 +91,7 @@ class MetaService:
         for sid in restored:
             self.ctx.sessions.start(sid)
         if restored:
-            self.dirleases.restored(restored)
+            self.ctx.dirleases.restored(restored)
         log.info("restored sessions hold their files until they re-announce",
                  sessions=len(self.ctx.opens.restored), orphans=len(self.ctx.opens.orphans))
         self.cluster.load()
@@ -212,7 +211,7 @@ class MetaService:
         self.ctx.sessions.end(sid)
         self.ctx.fences.unbind(sid)
         self.ctx.reservations.drop(sid)
-        self.dirleases.end_session(sid)
+        self.ctx.dirleases.end_session(sid)
         kept = self.ctx.opens.end_session(sid)
 
         def close(tx: Tx) -> None:
@@ -228,7 +227,7 @@ class MetaService:
         restart grace."""
         async def handle(**args):
             if args["session"] is not None:
-                self.dirleases.heard(args["session"])
+                self.ctx.dirleases.heard(args["session"])
                 if args.get("count") is None:
                     await self._spoke(args["session"])
             return await handler(**args)
@@ -241,7 +240,7 @@ class MetaService:
             writer = args.pop("writer", None)
             session = writer if writer is not None else args.get("session")
             if session is not None:
-                self.dirleases.heard(session)
+                self.ctx.dirleases.heard(session)
             # Its leases on the folders it names are its own business; not on
             # others it changes besides (the trash).
             lease_writer.set((session, {args.get("parent"), args.get("newparent")}))
@@ -308,7 +307,7 @@ class MetaService:
     # --- directory leases (dirleases.py) ---------------------------------------------
     async def dir_lease(self, session: int, ino: int) -> dict:
         self.ctx.sessions.check(session)
-        leases = self.dirleases
+        leases = self.ctx.dirleases
         # Granted before the names are read, with no wait in between: a change
         # committed after the read is answered only once it recalled this grant.
         number = leases.grant(session, ino)
@@ -322,8 +321,8 @@ class MetaService:
 
     async def dir_poll(self, session: int, released: list, wait: float) -> dict:
         self.ctx.sessions.check(session)
-        reply = await self.dirleases.poll(session, released, wait)
-        reply["instance"] = self.dirleases.instance
+        reply = await self.ctx.dirleases.poll(session, released, wait)
+        reply["instance"] = self.ctx.dirleases.instance
         reply["lease"] = LEASE
         return reply
 

@@ -149,6 +149,13 @@ def test_sessions_lists_each_mount_with_what_it_holds(shared_cluster, mnt):
             text = shared_cluster.dfs("sessions", *shared_cluster.cli_args).stdout
             assert f"session {session['session']}: {socket.gethostname()}:{other}" in text
             assert "room held under quotas" in text
+            # Names looked up and not found: the mount leases the folder.
+            for i in range(3):
+                assert not (other / mnt.name / f"missing-{i}").exists()
+            now = next(s for s in sessions(shared_cluster) if s["session"] == session["session"])
+            assert now["folder_leases"] == 1
+            assert "1 folder lease(s)" in shared_cluster.dfs(
+                "sessions", *shared_cluster.cli_args).stdout
         now = next(s for s in sessions(shared_cluster) if s["session"] == session["session"])
         assert now["open"] == before and now["reserving"] == 0
     wait_for(lambda: all(s["session"] != session["session"] for s in sessions(shared_cluster)),
