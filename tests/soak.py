@@ -1,5 +1,6 @@
 """Soak: fio with CRC32C verification on a dfs mount while a chaos loop
-SIGKILLs and restarts chunk servers, the metaserver and a metalogger.
+SIGKILLs and restarts chunk servers, the metaserver and a metalogger, and a
+second mount makes names that the first must find at once.
 
     .venv/bin/python tests/soak.py --minutes 3
 
@@ -8,14 +9,18 @@ rounds (each writes a new set of files, fsyncs and reads them back verifying
 every block) until the time is up, then stops the chaos, remounts (so nothing
 comes from the page cache) and verifies every file of every finished round
 once more, and checks that the metalogger's copy of the metadata equals the
-metaserver's database item by item. It prints a summary and exits 0 only with
-zero verify errors, zero fio errors, zero lost files and that copy equal.
+metaserver's database item by item. Meanwhile a second mount makes files one
+by one in folders of their own, and the first looks each name up before it is
+made (so it leases the folder: dfs/dirleases.py) and right after. It prints a
+summary and exits 0 only with zero verify errors, zero fio errors, zero lost
+files, that copy equal and no name missed.
 Everything is torn down at the end, also on
 failure or Ctrl-C; --keep leaves the folder (logs) behind.
 """
 
 import argparse
 import json
+import os
 import random
 import shutil
 import signal
@@ -44,6 +49,8 @@ JOBS = 2
 # the last replica of anything, then pauses this long between faults.
 CHAOS_PAUSE = (4.0, 8.0)
 HEAL_TIMEOUT = 90.0
+# Files the second mount makes in one folder before it starts another.
+NAMES_PER_FOLDER = 1000
 
 
 @dataclass
@@ -60,13 +67,17 @@ class Summary:
     metalogger_kills: int = 0
     metalogger_copies: int = 0
     metalogger_in_step: bool = False
+    names_made: int = 0
+    names_missed: int = 0
+    names_failed: int = 0
     final_verify_ok: bool = False
     failures: list = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return (self.rounds > 0 and self.final_verify_ok and not self.verify_errors
-                and not self.fio_errors and not self.lost_files and self.metalogger_in_step)
+                and not self.fio_errors and not self.lost_files and self.metalogger_in_step
+                and self.names_made > 0 and not self.names_missed)
 
 
 def dfs_command() -> str:
@@ -116,6 +127,46 @@ class Metalogger:
     def copies(self) -> int:
         log = self.folder.parent / f"{self.folder.name}.log"
         return log.read_text().count("copied the metaserver's database")
+
+
+class Names(threading.Thread):
+    """The second mount (`maker`) makes files one by one; the first (`seer`)
+    looks each name up before it is made and must find it right after. A
+    create that fails (it may, while the chaos runs) is counted apart."""
+
+    def __init__(self, seer: Path, maker: Path, summary: Summary):
+        super().__init__(name="names", daemon=True)
+        self.seer, self.maker = seer, maker
+        self.summary = summary
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        made, folders = 0, set()
+        while not self.halt.is_set():
+            folder = f"names{made // NAMES_PER_FOLDER}"
+            name = f"{folder}/n{made}"
+            made += 1
+            try:
+                if folder not in folders:
+                    os.makedirs(self.maker / folder, exist_ok=True)
+                    folders.add(folder)
+                os.path.exists(self.seer / name)
+                (self.maker / name).touch(exist_ok=False)
+                self.summary.names_made += 1
+                os.lstat(self.seer / name)
+            except FileNotFoundError as exc:
+                if exc.filename == str(self.seer / name):
+                    self.summary.names_missed += 1
+                    self.summary.failures.append(f"{name}, made by the second mount, not "
+                                                 "found by the first")
+                else:
+                    self._failed(name, exc)
+            except OSError as exc:
+                self._failed(name, exc)
+
+    def _failed(self, name: str, exc: OSError) -> None:
+        self.summary.names_failed += 1
+        print(f"  names: {name}: {exc}", flush=True)
 
 
 class Chaos(threading.Thread):
@@ -191,7 +242,13 @@ def soak(minutes: float, folder: Path, seed: int) -> Summary:
     subprocess.run([dfs, "up", "--data-dir", str(local.dir), "--mount", str(mount),
                     "--chunkservers", str(SERVERS)], check=True, capture_output=True)
     logger = Metalogger(local, folder / "metalogger")
+    second = folder / "mnt2"
+    second.mkdir()
     try:
+        subprocess.run([dfs, "mount", "--data-dir", str(local.dir), "--log-file",
+                        str(folder / "mnt2.log"), str(second)], check=True, capture_output=True)
+        names = Names(mount, second, summary)
+        names.start()
         chaos = Chaos(local, logger, summary, seed)
         chaos.start()
         deadline = time.monotonic() + minutes * 60
@@ -211,7 +268,10 @@ def soak(minutes: float, folder: Path, seed: int) -> Summary:
                 summary.bytes_written += result["written"]
             summary.rounds += 1
         chaos.halt.set()
+        names.halt.set()
         chaos.join(HEAL_TIMEOUT + 30)
+        names.join(HEAL_TIMEOUT)
+        subprocess.run([dfs, "umount", str(second)], capture_output=True)
         if chaos.error:
             summary.failures.append(chaos.error)
         for name in ["meta"] + [f"cs{i}" for i in range(1, SERVERS + 1)]:
@@ -249,6 +309,7 @@ def soak(minutes: float, folder: Path, seed: int) -> Summary:
         summary.final_verify_ok = ok
     finally:
         stop_process(logger.proc)
+        subprocess.run([dfs, "umount", "--lazy", str(second)], capture_output=True)
         subprocess.run([dfs, "down", "--data-dir", str(local.dir)], capture_output=True)
         for name in ["meta"] + [f"cs{i}" for i in range(1, SERVERS + 1)]:
             local.stop(local.dir / name, sig=signal.SIGKILL)
@@ -283,7 +344,8 @@ def main(argv=None) -> int:
           f"{summary.metaserver_kills} metaserver and {summary.metalogger_kills} metalogger "
           f"kills, metalogger {'in step' if summary.metalogger_in_step else 'NOT in step'} "
           f"({summary.metalogger_copies} cop{'y' if summary.metalogger_copies == 1 else 'ies'}"
-          " of the database)")
+          f" of the database), {summary.names_made} names made by the second mount "
+          f"({summary.names_missed} not found by the first, {summary.names_failed} failed)")
     return 0 if summary.passed else 1
 
 
