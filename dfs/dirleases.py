@@ -245,14 +245,6 @@ class DirLeases:
         if reply["instance"] != self.instance or self.session != self.meta.session:
             self._forget_all()
             return
-        held = set(reply["held"])
-        for folder, lease in list(self.leases.items()):
-            if lease.granted > sent:
-                continue
-            if lease.number in held:
-                lease.until = sent + reply.get("lease", 0.0) - MARGIN
-            else:
-                del self.leases[folder]
         for folder, number in reply["recall"]:
             lease = self.leases.get(folder)
             if lease is not None and lease.number == number:
@@ -261,6 +253,14 @@ class DirLeases:
             elif folder in self.asking:
                 self.recalled_early.add(number)
             self.released.append([folder, number])
+        held = set(reply["held"])
+        for folder, lease in list(self.leases.items()):
+            if lease.granted > sent:
+                continue
+            if lease.number in held:
+                lease.until = sent + reply["lease"] - MARGIN
+            else:
+                del self.leases[folder]
         idle = _now() - IDLE
         for folder in [ino for ino, lease in self.leases.items() if lease.used < idle]:
             self._let_go(folder)

@@ -171,7 +171,8 @@ META = _ops(
     # Let go of the `released` [folder, number] pairs, renew the session's
     # other leases, and wait up to `wait` seconds (at most 1) for a recall.
     # -> {"recall": [[folder, number], ...] to let go of and release, "held":
-    #     [number, ...] of every lease the session still has, "instance", "lease"}
+    #     [number, ...] of every lease the session still has and may use (a
+    #     recalled one is not renewed), "instance", "lease"}
     Op("dir_poll", {"session": int, "released": list, "wait": float}, idempotent=True,
        waits=True),
     # Records that `session` holds the inode open once more, so an unlink keeps

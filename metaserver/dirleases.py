@@ -146,16 +146,20 @@ class DirLeases:
         self._wake_recallers()
 
     def renew(self, session: int) -> None:
+        """The session's leases last LEASE from now, but those recalled: a
+        holder that goes on polling without letting go of one still loses it."""
         holder = self.holders.get(session)
         if holder is not None:
             until = time.monotonic() + LEASE
-            for grant in holder.grants.values():
-                grant.until = until
+            for folder, grant in holder.grants.items():
+                if (folder, grant.number) not in holder.recalled:
+                    grant.until = until
 
     async def poll(self, session: int, released: list, wait: float) -> dict:
         """Let go of `released`, renew the rest and wait up to `wait` seconds
         for a recall. -> {"recall": [[folder, number], ...] to let go of,
-        "held": [number, ...] of every lease the session still has}."""
+        "held": [number, ...] of every lease the session still has and may
+        go on using (not those recalled)}."""
         if not 0 <= wait <= MAX_WAIT:
             raise DfsError(errno.EINVAL, f"dir_poll: wait must be 0 to {MAX_WAIT} seconds")
         self.release(session, released)
@@ -169,7 +173,8 @@ class DirLeases:
         if holder.wake.is_set():
             holder.wake = trio.Event()
         return {"recall": [list(pair) for pair in sorted(holder.recalled)],
-                "held": [grant.number for grant in holder.grants.values()]}
+                "held": [grant.number for folder, grant in holder.grants.items()
+                         if (folder, grant.number) not in holder.recalled]}
 
     def end_session(self, session: int) -> None:
         self.heard(session)
@@ -178,6 +183,8 @@ class DirLeases:
             return
         for folder in holder.grants:
             self._unindex(session, folder)
+        # Changes waiting for these leases see them gone.
+        holder.grants.clear()
         self._wake_recallers()
 
     async def recall(self, folders: set[int]) -> None:

@@ -89,6 +89,23 @@ def test_a_holder_that_never_answers_delays_a_change_by_one_lease(meta):
     meta.run(body)
 
 
+def test_a_holder_that_polls_but_never_lets_go_loses_its_lease(meta):
+    async def body(c):
+        holder, other, folder, grant = await _leased(c, b"x")
+        done = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_make_in, c, folder, b"new", other, done)
+            with trio.fail_after(LEASE + 10):
+                while not done:
+                    reply = await _poll(c, holder, wait=0.5)
+                    if reply["recall"]:
+                        # Recalled: no longer its to use, and not renewed.
+                        assert reply["held"] == []
+        assert (await _poll(c, holder))["held"] == []
+
+    meta.run(body)
+
+
 def test_grants_are_told_apart_by_number(meta):
     async def body(c):
         holder = await new_session(c)
@@ -105,8 +122,17 @@ def test_grants_are_told_apart_by_number(meta):
 
 def test_leases_end_with_their_session(meta):
     async def body(c):
-        holder, other = await new_session(c), await new_session(c)
-        folder = (await make_dir(c, ROOT, b"d"))["ino"]
+        holder, other, folder, _ = await _leased(c, b"x")
+        done = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_make_in, c, folder, b"waiting", other, done)
+            assert (await _poll(c, holder, wait=5.0))["recall"]
+            # A change waiting for the lease goes on when the session ends.
+            await c.call("session_close", session=holder)
+            with trio.fail_after(LEASE / 2):
+                while not done:
+                    await trio.sleep(0.05)
+        holder = await new_session(c)
         await c.call("dir_lease", session=holder, ino=folder)
         await c.call("session_close", session=holder)
         with trio.fail_after(LEASE / 2):
