@@ -3,12 +3,12 @@ names it knows well enough to answer by itself that a name is not there.
 
 Every create, mkdir, rename and symlink begins with the kernel looking up a
 name that does not exist yet, a round trip to the metaserver. After a few
-such misses in one folder the mount asks for a lease on it, which brings the
-folder's names; from then on a lookup of a name not among them is answered
-at once. The names kept are a superset of the folder's: a name this mount
-adds is put in before the change is sent, one it removes is taken out after
-the change is done, and before anyone else's change that adds a name is
-answered, the metaserver recalls the lease.
+such misses in one folder within a second the mount asks for a lease on it,
+which brings the folder's names; from then on a lookup of a name not among
+them is answered at once. The names kept are a superset of the folder's: a
+name this mount adds is put in before the change is sent, one it removes is
+taken out after the change is done, and before anyone else's change that
+adds a name is answered, the metaserver recalls the lease.
 
 A lease is trusted only until its end as this mount counts it: from the
 sending of the last poll the metaserver answered, LEASE less a margin, on a
@@ -35,6 +35,9 @@ log = logs.get_logger("client")
 # back and forth.
 MISSES_BEFORE_LEASE = 2
 MAX_BACKOFF = 6
+# Misses count towards a lease only this close together: a folder where names
+# are made now and then is not worth fetching the names of (they may be many).
+MISS_WINDOW = 1.0
 # Folders whose misses, recalls and refusals are remembered (the latest ones).
 FOLDER_MEMORY = 1024
 # A lease no lookup needed for this long is let go.
@@ -82,7 +85,8 @@ class DirLeases:
         self.instance = 0
         self.session = 0
         self.enabled = True
-        self.misses: OrderedDict[int, int] = OrderedDict()
+        # Folder -> (misses in a row, when the first of them was).
+        self.misses: OrderedDict[int, tuple[int, float]] = OrderedDict()
         # Folder -> times its lease was recalled.
         self.recalls: OrderedDict[int, int] = OrderedDict()
         # Folder -> when it may be asked for again after a refusal.
@@ -118,9 +122,13 @@ class DirLeases:
         if (not self.enabled or folder in self.leases or folder in self.asking
                 or self.changing.get(folder) or self.refused.get(folder, 0.0) > _now()):
             return
-        count = self.misses.pop(folder, 0) + 1
+        now = _now()
+        count, first = self.misses.pop(folder, (0, now))
+        if now - first > MISS_WINDOW:
+            count, first = 0, now
+        count += 1
         if count < MISSES_BEFORE_LEASE << min(self.recalls.get(folder, 0), MAX_BACKOFF):
-            _remember(self.misses, folder, count)
+            _remember(self.misses, folder, (count, first))
             return
         self._make_room(MAX_LEASES - 1)
         await self._ask(folder)

@@ -11,6 +11,7 @@ import pyfuse3
 import pytest
 import trio
 
+from dfs.dirleases import MISS_WINDOW
 from dfs.fs import ATTR_TIMEOUT
 from faults import kill_server, processes_mentioning, restart_server, signal_server, wait_for
 from inprocess import handlers
@@ -148,6 +149,27 @@ def test_a_lease_is_not_trusted_past_its_end(shared_cluster, mnt):
                 assert waiting.cancelled_caught, "answered from a lease past its end"
             finally:
                 signal_server(shared_cluster.local, "meta", signal.SIGCONT)
+
+    trio.run(body)
+
+
+def test_misses_far_apart_take_no_lease(shared_cluster, mnt):
+    """A folder where names are looked up now and then is not leased: its
+    names, which may be many, are fetched only for a burst of misses."""
+    os.mkdir(mnt / "d")
+    folder = os.stat(mnt / "d").st_ino
+
+    async def body():
+        async with handlers(shared_cluster.ref) as fs:
+            with pytest.raises(pyfuse3.FUSEError):
+                await fs.lookup(folder, b"first", None)
+            await trio.sleep(MISS_WINDOW + 0.2)
+            with pytest.raises(pyfuse3.FUSEError):
+                await fs.lookup(folder, b"a while later", None)
+            assert folder not in fs.dirleases.leases
+            with pytest.raises(pyfuse3.FUSEError):
+                await fs.lookup(folder, b"right after", None)
+            assert folder in fs.dirleases.leases
 
     trio.run(body)
 
