@@ -224,7 +224,9 @@ class MetaService:
         """`handler` for an operation that names a session. A client
         re-announces what it holds (open with `count`) before anything else
         on a new connection, so any other request naming the session ends its
-        restart grace."""
+        restart grace. Any request naming it, a re-announce too, also shows it
+        holds no folder lease from before a restart (dirleases.py; as does a
+        change it makes, see `_fenced`)."""
         async def handle(**args):
             if args["session"] is not None:
                 self.ctx.dirleases.heard(args["session"])
