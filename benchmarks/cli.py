@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dfs-read-cache", type=read_cache_mib, metavar="MIB",
                      help="mount dfs with this much read cache (dfs up --read-cache); "
                           "default: the mount's own, 256 MiB")
+    run.add_argument("--dfs-async-dirops", action="store_true",
+                     help="mount dfs with --async-dirops (dfs up --async-dirops): creates, "
+                          "mkdirs, unlinks and renames in a folder only this mount uses are "
+                          "answered at once and recorded right after; default: each waits "
+                          "until the metaserver recorded it")
     run.add_argument("--no-xattrs", dest="xattrs", action="store_false",
                      help="mount every FUSE target without extended attributes (dfs "
                           "--no-xattrs, MooseFS -o mfsnoxattrs, bindfs --xattr-none), so "
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                    [b for b in args.compare.split(",") if b], args.rounds, scale,
                    ("smoke" if args.smoke else "full") + (" with overrides" if args.set else ""),
                    args.results, args.work_dir, args.profile, args.isolate,
-                   args.dfs_read_cache, args.xattrs)
+                   args.dfs_read_cache, args.xattrs, args.dfs_async_dirops)
     except procs.BenchError as exc:
         sys.exit(f"benchmarks: {exc}")
     except KeyboardInterrupt:

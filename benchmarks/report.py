@@ -35,6 +35,7 @@ def render_markdown(meta: dict, rows: list[Row], extra: dict) -> str:
                 else "every target stayed up throughout")
              + (f"; dfs mounted with --read-cache {meta['dfs_read_cache_mib']}"
                 if meta.get("dfs_read_cache_mib") else "")
+             + ("; dfs mounted with --async-dirops" if meta.get("dfs_async_dirops") else "")
              + ("" if meta.get("xattrs", True)
                 else "; every FUSE target mounted without extended attributes (--no-xattrs)"),
              f"- scale: {meta['scale_name']} ({meta['scale']})", ""]

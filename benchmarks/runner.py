@@ -118,7 +118,8 @@ def _alone(target: Target, targets: list[Target], paused: set[str], peaks: dict,
 
 def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int, scale: Scale,
         scale_name: str, results_dir: Path, work_dir: Path, profile: bool = False,
-        isolate: bool = True, dfs_read_cache: int | None = None, xattrs: bool = True) -> Path:
+        isolate: bool = True, dfs_read_cache: int | None = None, xattrs: bool = True,
+        dfs_async_dirops: bool = False) -> Path:
     """Run everything; returns the folder the results were written to."""
     suites = [cls() for cls in pick(suite_names, SUITES, "suite")]
     target_classes = pick([subject, *baselines], TARGETS, "target")
@@ -154,6 +155,7 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
                 target.xattrs = xattrs
                 if isinstance(target, Dfs):
                     target.read_cache_mib = dfs_read_cache
+                    target.async_dirops = dfs_async_dirops
             for target in targets:
                 bounds[target.name] = target.memory_bounds()
                 ctx.say(f"bringing up {target.name}")
@@ -196,6 +198,7 @@ def run(suite_names: list[str], subject: str, baselines: list[str], rounds: int,
             "suites": suite_names, "scale_name": scale_name, "scale": vars(scale),
             "notes": ctx.notes, "failures": failures, "failed": failed,
             "isolated": isolate, "dfs_read_cache_mib": dfs_read_cache, "xattrs": xattrs,
+            "dfs_async_dirops": dfs_async_dirops,
             "memory": peaks,
             "memory_bounds": bounds}
     report.write_json(artifacts / "results.json", meta, rows, extra)

@@ -162,6 +162,8 @@ class Dfs(Target):
         self.expands_with = "dfs quota set"
         # MiB of read cache for the mount (dfs up --read-cache); None: the default.
         self.read_cache_mib: int | None = None
+        # Mounted with --async-dirops.
+        self.async_dirops = False
 
     def up(self) -> Path:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -173,9 +175,10 @@ class Dfs(Target):
         """`dfs up` keeps an existing cluster's data, so this also starts one again."""
         cache = [] if self.read_cache_mib is None else ["--read-cache", str(self.read_cache_mib)]
         xattrs = [] if self.xattrs else ["--no-xattrs"]
+        ahead = ["--async-dirops"] if self.async_dirops else []
         procs.run([dfs_command(), "up", "--data-dir", str(self.data), "--mount", str(self.root),
                    "--chunkservers", str(self.chunkservers), "--replicas", str(self.replicas),
-                   *cache, *xattrs], timeout=60)
+                   *cache, *xattrs, *ahead], timeout=60)
         if csi.available():
             meta = json.loads((self.data / "cluster.json").read_text())["meta"]
             self.csi = csi.CsiController(meta, self.data / "secret", self.work / "csi")

@@ -15,8 +15,10 @@ from .framing import FramedStream
 
 # What a server understands, sent in its greeting for clients that can speak
 # to older servers too: 1, the first; 2, file data carries CRC32Cs
-# (transit.py), which a server of 1 refuses as unknown fields.
-PROTOCOL_VERSION = 2
+# (transit.py), which a server of 1 refuses as unknown fields; 3, a
+# metaserver's exclusive folder leases, inode_grant and changes_ahead, and
+# `reader` on lookup, getattr and readdir.
+PROTOCOL_VERSION = 3
 HANDSHAKE_TIMEOUT = 10.0
 
 

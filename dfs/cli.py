@@ -15,8 +15,9 @@ from . import backupfetch, fsck, logs, mounts, reports, trash
 from .cluster import LocalCluster
 from .config import ConfigError, add_cluster_args, add_log_level_arg, cluster_from_args
 from .errors import DfsError
-from .mount import (MountOptions, add_mount_options, add_read_cache_option,
-                    add_xattrs_option, mount_background, options_from_args, run_foreground)
+from .mount import (MountOptions, add_async_dirops_option, add_mount_options,
+                    add_read_cache_option, add_xattrs_option, mount_background,
+                    options_from_args, run_foreground)
 from .ops import META
 from .records import BackupInfo, QuotaInfo
 from .reports import human_size
@@ -110,7 +111,8 @@ def cmd_up(args) -> int:
     print(f"dfs: starting a local cluster in {cluster.dir}")
     layout = cluster.up(args.mount, args.chunkservers, args.replicas, args.chunk_size,
                         mount_options=MountOptions(read_cache_mib=args.read_cache,
-                                                   xattrs=args.xattrs),
+                                                   xattrs=args.xattrs,
+                                                   async_dirops=args.async_dirops),
                         trash_hours=args.trash_hours)
     print(f"dfs: cluster up: metaserver {layout.meta}, {len(layout.chunkservers)} chunk "
           f"servers, {layout.replicas} replicas")
@@ -472,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'dfs trash'; default 0, deleted at once)")
     add_read_cache_option(p)
     add_xattrs_option(p)
+    add_async_dirops_option(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="unmount and stop a local cluster",

@@ -14,17 +14,24 @@ A lease is trusted only until its end as this mount counts it: from the
 sending of the last poll the metaserver answered, LEASE less a margin, on a
 clock that goes on while the host is suspended. The poll runs while any
 lease is held: once a second, and at once after a recall, to release it.
+
+A mount that makes files ahead (createqueue.py) asks for exclusive leases,
+and before it lets go of any lease it waits until the metaserver knows every
+file it made (`settle`).
 """
 
+import dataclasses
 import errno
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 import trio
 
 from . import logs
 from .errors import DfsError
+from .records import Attr
 from .session import MetaLink
 
 log = logs.get_logger("client")
@@ -74,6 +81,8 @@ class Lease:
     # When the grant came: a poll sent after it renews it.
     granted: float
     used: float
+    # Of an exclusive lease: the folder's attributes as this mount's changes left them.
+    attr: Attr | None = None
 
 
 class DirLeases:
@@ -101,9 +110,20 @@ class DirLeases:
         self.polling = False
         # Lookups answered from a lease.
         self.answered = 0
+        # Set by a mount that makes files ahead: leases are asked for
+        # exclusive, and `settle` is awaited before any is let go of.
+        self.settle: Callable[[], Awaitable[None]] | None = None
         meta.reconnected.append(self.reconnected)
 
     # ---- lookups -------------------------------------------------------------
+
+    def exclusive(self, folder: int) -> Lease | None:
+        """The exclusive lease on `folder`, while this mount may trust it."""
+        lease = self.leases.get(folder)
+        if (lease is None or lease.attr is None or self.meta.session != self.session
+                or _now() >= lease.until):
+            return None
+        return lease
 
     def absent(self, folder: int, name: bytes) -> bool:
         """True if a lease on `folder` shows `name` is not there."""
@@ -145,7 +165,8 @@ class DirLeases:
         self.asking[folder] = set()
         sent = _now()
         try:
-            reply = await self.meta.call("dir_lease", session=session, ino=folder)
+            exclusive = {"exclusive": True} if self.settle is not None else {}
+            reply = await self.meta.call("dir_lease", session=session, ino=folder, **exclusive)
         except DfsError as exc:
             if exc.errno == errno.ENOSYS:
                 self.enabled = False   # a metaserver older than leases
@@ -163,8 +184,9 @@ class DirLeases:
             self._forget_all()
             self.instance, self.session = reply["instance"], session
         now = _now()
+        attr = Attr.from_wire(reply["attr"]) if reply.get("exclusive") else None
         self.leases[folder] = Lease(number, set(reply["names"]) | added,
-                                    sent + reply["lease"] - MARGIN, now, now)
+                                    sent + reply["lease"] - MARGIN, now, now, attr)
         self._start_polling()
 
     # ---- this mount's own changes -------------------------------------------
@@ -187,6 +209,12 @@ class DirLeases:
         pending = self.asking.get(folder)
         if pending is not None:
             pending.add(name)
+
+    def changed(self, attr: Attr) -> None:
+        """A change's reply brought a folder's attributes."""
+        lease = self.leases.get(attr.ino)
+        if lease is not None and lease.attr is not None and attr.ctime >= lease.attr.ctime:
+            lease.attr = dataclasses.replace(attr)
 
     def removed(self, folder: int, name: bytes) -> None:
         """After a change that removed `name` from `folder`."""
@@ -231,6 +259,8 @@ class DirLeases:
             self.polling = False
 
     async def _poll_once(self) -> None:
+        if self.released and self.settle is not None:
+            await self.settle()
         sent = _now()
         released, self.released = self.released, []
         try:

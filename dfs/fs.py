@@ -9,6 +9,7 @@ A mount of a subdirectory shows that directory as the root: the kernel's
 root inode (1) stands for it, every other inode number is the metaserver's.
 """
 
+import dataclasses
 import errno
 import os
 import stat
@@ -21,10 +22,11 @@ import trio
 
 from . import logs
 from .chunkio import ChunkIO
+from .changequeue import ChangeQueue
 from .dirleases import DirLeases
 from .dirstream import DirStream
 from .errors import DfsError
-from .ops import RENAME_EXCHANGE
+from .ops import RENAME_EXCHANGE, RENAME_NOREPLACE, check_name
 from .openfile import (MTIME_LAG, READ_AHEAD_CACHE_BYTES, READ_CACHE_BYTES, MountWrites,
                        OpenFile)
 from .pagefeed import PageFeed
@@ -79,7 +81,7 @@ class DfsFS(pyfuse3.Operations):
 
     def __init__(self, meta: MetaLink, chunkio: ChunkIO, root: int, nursery: trio.Nursery,
                  read_only: bool = False, read_cache_bytes: int = READ_CACHE_BYTES,
-                 xattrs: bool = True):
+                 xattrs: bool = True, async_dirops: bool = False):
         super().__init__()
         self.meta = meta
         self.chunkio = chunkio
@@ -101,6 +103,11 @@ class DfsFS(pyfuse3.Operations):
         self.dir_attrs: OrderedDict[int, tuple[Attr, float]] = OrderedDict()
         self.statahead = Statahead(self._readdir_page, nursery, ATTR_TIMEOUT)
         self.dirleases = DirLeases(meta, nursery)
+        # Changes made ahead of the metaserver, with --async-dirops.
+        self.ahead = (ChangeQueue(meta, nursery, self._ahead_refused, self._note_dirs)
+                      if async_dirops else None)
+        if self.ahead is not None:
+            self.dirleases.settle = self.ahead.settled
         self.handles: dict[int, OpenFile] = {}
         # Open directories by handle.
         self.dirs: dict[int, DirStream] = {}
@@ -109,6 +116,14 @@ class DfsFS(pyfuse3.Operations):
         # Handles opened for writing.
         self.writing: set[int] = set()
         self._next_fh = 1
+
+    async def close(self) -> None:
+        """Before the mount's tasks end: files made ahead reach the
+        metaserver (while the session lasts), the page feed stops."""
+        if self.ahead is not None:
+            with trio.move_on_after(self.meta.session_ttl):
+                await self.ahead.settled()
+        await self.page_feed.close()
 
     # ---- inode numbers ---------------------------------------------------
 
@@ -139,6 +154,7 @@ class DfsFS(pyfuse3.Operations):
         now = trio.current_time()
         for wire in reply.get("dirs", ()):
             attr = Attr.from_wire(wire)
+            self.dirleases.changed(attr)
             self.statahead.forget_inode(attr.ino)
             kept = self.dir_attrs.pop(attr.ino, None)
             self.dir_attrs[attr.ino] = (kept if kept is not None and kept[0].ctime > attr.ctime
@@ -209,7 +225,7 @@ class DfsFS(pyfuse3.Operations):
         if self.dirleases.absent(parent, name):
             raise pyfuse3.FUSEError(errno.ENOENT)
         try:
-            reply = await self.meta.call("lookup", parent=parent, name=name)
+            reply = await self.meta.read("lookup", parent=parent, name=name)
         except DfsError as exc:
             if exc.errno == errno.ENOENT:
                 await self.dirleases.missed(parent)
@@ -226,7 +242,7 @@ class DfsFS(pyfuse3.Operations):
             return kept
         ino = self._real(inode)
         async with self._by_inode(ino):
-            return self._entry(await self.meta.call("getattr", ino=ino))
+            return self._entry(await self.meta.read("getattr", ino=ino))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._check_writable()
@@ -277,6 +293,9 @@ class DfsFS(pyfuse3.Operations):
                                             **self._ids(ctx)))
 
     async def mkdir(self, parent_inode, name, mode, ctx):
+        made = self._new_ahead(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx)
+        if made is not None:
+            return _entry(made, made.ino)
         return self._entry(await self._make("mkdir", parent_inode, name,
                                             mode=stat.S_IFDIR | stat.S_IMODE(mode),
                                             **self._ids(ctx)))
@@ -298,7 +317,8 @@ class DfsFS(pyfuse3.Operations):
         self.dirleases.removed(parent, name)
 
     async def unlink(self, parent_inode, name, ctx):
-        await self._remove("unlink", parent_inode, name)
+        if not self._unlink_ahead(parent_inode, name):
+            await self._remove("unlink", parent_inode, name)
 
     async def rmdir(self, parent_inode, name, ctx):
         await self._remove("rmdir", parent_inode, name)
@@ -306,6 +326,8 @@ class DfsFS(pyfuse3.Operations):
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self._check_writable()
         parent, newparent = self._real(parent_inode_old), self._real(parent_inode_new)
+        if self._rename_ahead(parent, name_old, newparent, name_new, flags):
+            return
         async with self._changing(names=((parent, name_old), (newparent, name_new))), _errno():
             self.dirleases.adding(newparent, name_new)
             self._note_dirs(await self.meta.mutate(
@@ -359,7 +381,10 @@ class DfsFS(pyfuse3.Operations):
         self.dirs.pop(fh, None)
 
     async def fsyncdir(self, fh, datasync):
-        """Every metadata change is durable before its reply."""
+        """Every metadata change is durable before its reply; changes made
+        ahead once the metaserver has them."""
+        if self.ahead is not None:
+            await self.ahead.settled()
 
     async def statfs(self, ctx):
         async with _errno():
@@ -472,6 +497,11 @@ class DfsFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
+        made = self._new_ahead(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        if made is not None:
+            opened, _ = self._open_file(made)
+            fh = self._handle(opened, writing=flags & os.O_ACCMODE != os.O_RDONLY)
+            return pyfuse3.FileInfo(fh=fh), _entry(made, made.ino)
         reply = await self._make("mknod", parent_inode, name,
                                  mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0,
                                  session=self.meta.session, **self._ids(ctx))
@@ -487,6 +517,92 @@ class DfsFS(pyfuse3.Operations):
         fh = self._handle(opened, writing=flags & os.O_ACCMODE != os.O_RDONLY)
         return pyfuse3.FileInfo(fh=fh), self._entry(reply)
 
+    def _ahead_lease(self, parent: int, name: bytes | None, new: bytes | None):
+        """The exclusive lease on `parent` if a change there may be made ahead
+        (changequeue.py): one to `name`, there by the lease, or to make `new`,
+        not there by the lease and a valid name."""
+        if self.ahead is None or not self.ahead.room():
+            return None
+        self._check_writable()
+        lease = self.dirleases.exclusive(parent)
+        if lease is None or (name is not None and name not in lease.names):
+            return None
+        if new is not None:
+            if new in lease.names:
+                return None
+            try:
+                check_name(new)
+            except DfsError:
+                return None
+        return lease
+
+    def _made_ahead(self, parent: int, names: tuple, lease, when: int) -> None:
+        """After a change made ahead in `parent`: what the mount keeps of its
+        names and attributes follows it (as `_changing` and the folder's
+        attributes in a reply would)."""
+        self.changes += 1
+        for name in names:
+            self.statahead.forget_name(parent, name)
+        # The kernel forgets the folder's attributes after a change and asks
+        # again: its new times, as the metaserver will have them.
+        lease.attr.mtime = lease.attr.ctime = when
+        self.dir_attrs.pop(parent, None)
+        self.dir_attrs[parent] = (dataclasses.replace(lease.attr), trio.current_time())
+
+    def _new_ahead(self, parent_inode: int, name: bytes, mode: int, ctx) -> Attr | None:
+        """A new file or folder made ahead, or None where it cannot be."""
+        parent = self._real(parent_inode)
+        lease = self._ahead_lease(parent, None, name)
+        if lease is None:
+            return None
+        attr = self.ahead.create(parent, name, mode, **self._ids(ctx))
+        if attr is None:
+            return None
+        self.dirleases.adding(parent, name)
+        if stat.S_ISDIR(mode):
+            lease.attr.nlink += 1
+        self._made_ahead(parent, (name,), lease, attr.ctime)
+        return attr
+
+    def _unlink_ahead(self, parent_inode: int, name: bytes) -> bool:
+        parent = self._real(parent_inode)
+        lease = self._ahead_lease(parent, name, None)
+        if lease is None:
+            return False
+        when = self.ahead.unlink(parent, name)
+        self.dirleases.removed(parent, name)
+        self._made_ahead(parent, (name,), lease, when)
+        return True
+
+    def _rename_ahead(self, parent: int, name: bytes, newparent: int, newname: bytes,
+                      flags: int) -> bool:
+        """Within one folder, to a name not there (a folder can then not end
+        up inside itself, nor a quota be crossed)."""
+        if parent != newparent or flags & ~RENAME_NOREPLACE:
+            return False
+        lease = self._ahead_lease(parent, name, newname)
+        if lease is None:
+            return False
+        when = self.ahead.rename(parent, name, newname)
+        self.dirleases.adding(parent, newname)
+        self.dirleases.removed(parent, name)
+        self._made_ahead(parent, (name, newname), lease, when)
+        return True
+
+    def _ahead_refused(self, change, exc: DfsError) -> None:
+        """A change made ahead was refused: the kernel forgets the names it
+        touched, and the lease keeps them (its names stay a superset)."""
+        self.dir_attrs.pop(change.parent, None)
+        for name in (change.name, change.newname):
+            if not name:
+                continue
+            self.dirleases.adding(change.parent, name)
+            try:
+                pyfuse3.invalidate_entry_async(self._kernel(change.parent), name)
+            except OSError as error:
+                log.warning("cannot drop a name from the kernel's cache", ino=change.parent,
+                            name=name.decode(errors="replace"), error=str(error))
+
     async def read(self, fh, off, size):
         opened = self.handles[fh]
         async with _errno():
@@ -498,9 +614,17 @@ class DfsFS(pyfuse3.Operations):
             return await opened.write(off, buf)
 
     async def flush(self, fh):
-        await self.fsync(fh, datasync=False)
+        await self._flush(fh, datasync=False)
 
     async def fsync(self, fh, datasync):
+        await self._flush(fh, datasync)
+        if self.ahead is not None:
+            # A file made ahead is durable once its create is.
+            await self.ahead.settled()
+            if self.ahead.failure(self.handles[fh].ino) is not None:
+                raise pyfuse3.FUSEError(errno.EIO)
+
+    async def _flush(self, fh, datasync):
         opened = self.handles[fh]
         if opened.flushed:
             return
@@ -521,7 +645,9 @@ class DfsFS(pyfuse3.Operations):
             if opened.handles == 0 and not opened.busy:
                 self._forget_file(opened)
             try:
-                await self.meta.call("release", ino=opened.ino, session=self.meta.session)
+                # A file made ahead and not sent yet is sent as not held instead.
+                if self.ahead is None or not self.ahead.closed(opened.ino):
+                    await self.meta.call("release", ino=opened.ino, session=self.meta.session)
             except DfsError as exc:
                 log.warning("release failed", ino=opened.ino, error=str(exc))
             finally:
@@ -541,7 +667,7 @@ class DfsFS(pyfuse3.Operations):
             await opened.record_quiet_sync()
 
     async def _readdir_page(self, ino: int, offset: int, limit: int) -> dict:
-        return await self.meta.call("readdir", ino=ino, offset=offset, limit=limit)
+        return await self.meta.read("readdir", ino=ino, offset=offset, limit=limit)
 
     def _forget_file(self, opened: OpenFile) -> None:
         del self.files[opened.ino]

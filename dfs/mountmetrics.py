@@ -85,6 +85,15 @@ def instrument(fs: DfsFS) -> Registry:
     registry.counted("dfs_fuse_dir_lease_answers_total", "Lookups of a name not there "
                      "answered from a folder lease, without asking the metaserver.",
                      lambda: fs.dirleases.answered)
+    if fs.ahead is not None:
+        ahead = fs.ahead
+        registry.counted("dfs_fuse_changes_made_ahead_total", "Changes to folders made "
+                         "without waiting for the metaserver (--async-dirops), by whether it "
+                         "then recorded them or refused them.", lambda: {
+                             ("recorded",): ahead.recorded, ("refused",): ahead.refused},
+                         ("outcome",))
+        registry.gauge("dfs_fuse_changes_made_ahead_pending", "Changes made ahead that the "
+                       "metaserver has not answered for yet.", lambda: ahead.made - ahead.done)
     for op in FUSE_OPS:
         setattr(fs, op, stats.timed(op, getattr(fs, op)))
     return registry

@@ -117,12 +117,15 @@ META = _ops(
     Op("session_renew", {"session": int}, idempotent=True),
     Op("session_close", {"session": int}, idempotent=True),
 
+    # `reader` (protocol 3): the session that asks. A request naming a folder
+    # another session holds an exclusive lease on waits until it is let go of
+    # (see dir_lease); the holder's own requests do not.
     # -> Attr of the child and "offset": where readdir lists it (the entries
     # after it are readdir's from that offset on)
-    Op("lookup", {"parent": int, "name": bytes}, idempotent=True),
+    Op("lookup", {"parent": int, "name": bytes, "reader": Opt(int)}, idempotent=True),
     # -> Attr; walks `path` (absolute, '/'-separated) from the root
     Op("resolve", {"path": bytes}, idempotent=True),
-    Op("getattr", {"ino": int}, idempotent=True),
+    Op("getattr", {"ino": int, "reader": Opt(int)}, idempotent=True),
     # Every change to the namespace may name the `writer`: the session it is
     # made for. A session whose fence (session_open) no longer holds is
     # refused with EROFS, as it is for chunk_write, reserve and commit.
@@ -158,16 +161,23 @@ META = _ops(
     # Entries after `offset` (0 = from the start), at most `limit`.
     # -> {"entries": [[name, Attr, next_offset], ...], "eof": bool}
     # Offsets are stable: an entry keeps its offset while it exists.
-    Op("readdir", {"ino": int, "offset": int, "limit": int}, idempotent=True),
+    Op("readdir", {"ino": int, "offset": int, "limit": int, "reader": Opt(int)},
+       idempotent=True),
     # Directory leases (metaserver/dirleases.py): while a session holds one on
     # a folder, a change by anyone else that adds a name to it is answered
     # only after the holder let go (or its lease ran out), so the holder may
     # answer by itself that a name is not there.
+    # An `exclusive` lease (protocol 3) is one no other session holds beside:
+    # its holder may change the folder before telling the metaserver
+    # (changes_ahead), and every request of another session naming the folder
+    # waits until the holder let go, having sent those changes. Refused (a
+    # shared lease instead) where a quota counts inodes.
     # -> {"names": [name, ...] in the folder now, "number": the grant's,
     #     "instance": the metaserver run's id, "lease": seconds it lasts past
-    #     each poll}; EFBIG if the folder has too many names to lease, EMFILE if
+    #     each poll, "exclusive": whether it is, and if so "attr": the folder's
+    #     Attr}; EFBIG if the folder has too many names to lease, EMFILE if
     #     the session holds too many leases.
-    Op("dir_lease", {"session": int, "ino": int}, idempotent=True),
+    Op("dir_lease", {"session": int, "ino": int, "exclusive": Opt(bool)}, idempotent=True),
     # Let go of the `released` [folder, number] pairs, renew the session's
     # other leases, and wait up to `wait` seconds (at most 1) for a recall.
     # -> {"recall": [[folder, number], ...] to let go of and release, "held":
@@ -175,6 +185,25 @@ META = _ops(
     #     recalled one is not renewed), "instance", "lease"}
     Op("dir_poll", {"session": int, "released": list, "wait": float}, idempotent=True,
        waits=True),
+    # `count` inode numbers (1..4096) for the session to give the files and
+    # folders it makes ahead: never handed out again, whether used or not.
+    # -> {"first": the first of them, "count"}
+    Op("inode_grant", {"session": int, "count": int}),
+    # Changes the session made ahead in folders it holds exclusive leases on,
+    # 1 to 1024 of them, each applied on its own, in order, all in one commit:
+    #   ["create", parent, name, mode, uid, gid, ino, time, hold]: a regular
+    #     file; `ino` from inode_grant, `time` (ns) its atime, mtime and ctime
+    #     and the folder's mtime, `hold`: the session holds it open (as
+    #     mknod's `session`)
+    #   ["mkdir", parent, name, mode, uid, gid, ino, time]: a folder
+    #   ["unlink", parent, name, time]
+    #   ["rename", parent, name, newname, time]: within the folder, to a name
+    #     not there (RENAME_NOREPLACE)
+    # With `token`, a retry is answered as the first try was.
+    # -> {"results": [[0, reply] or [errno, message], ...] in order}, where a
+    #    reply is the Attr of a new inode with "dirs", or {"dirs"}
+    Op("changes_ahead", {"session": int, "items": list, "token": Opt(bytes)},
+       idempotent=True),
     # Records that `session` holds the inode open once more, so an unlink keeps
     # its data until the matching `release`. The hold lives in the metaserver's
     # memory: after reconnecting, a client re-announces every inode it holds
@@ -361,6 +390,22 @@ META = _ops(
     # not recorded). With `repair` they are deleted. -> {"problems": [...]}
     Op("fsck_servers", {"repair": bool}, idempotent=True),
 )
+
+# The longest name in a folder, in bytes.
+NAME_MAX = 255
+# What a folder's size reads as.
+DIR_SIZE = 4096
+
+
+def check_name(name: bytes) -> None:
+    """EINVAL, EEXIST or ENAMETOOLONG unless `name` may name a new entry."""
+    if not name or b"/" in name or b"\0" in name:
+        raise DfsError(errno.EINVAL, f"invalid file name {name!r}")
+    if name in (b".", b".."):
+        raise DfsError(errno.EEXIST, f"{name.decode()} always exists")
+    if len(name) > NAME_MAX:
+        raise DfsError(errno.ENAMETOOLONG, f"name of {len(name)} bytes exceeds {NAME_MAX}")
+
 
 # rename's flags, as renameat2(2) numbers them.
 RENAME_NOREPLACE = 1

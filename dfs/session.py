@@ -4,7 +4,7 @@ open files alive, and request tokens that make retried mutations safe."""
 import errno
 import os
 import socket
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -14,6 +14,12 @@ from .ops import META
 from .rpc import Client
 
 log = logs.get_logger("client")
+
+# Requests that need not wait for the files this mount made ahead to reach the
+# metaserver (see MetaLink.ahead): none of them reads or changes a folder.
+UNORDERED = frozenset({"dir_poll", "dir_lease", "inode_grant", "session_renew"})
+# The protocol from which reads name their session (`reader`).
+READER_PROTOCOL = 3
 
 
 async def check_cluster(call, cluster: int | None, **where) -> int | None:
@@ -60,6 +66,12 @@ class MetaLink:
         # Called whenever a new connection replaces a lost one, before
         # anything is sent on it: what was promised on the old one is let go.
         self.reconnected: list[Callable[[], None]] = []
+        # With files made ahead (createqueue.py): awaited before every request
+        # but the UNORDERED ones, until the metaserver knows every file made
+        # before it; and, on a new connection, given `call` to send them
+        # before anything else names the session.
+        self.ahead: Callable[[str, dict], Awaitable[None]] | None = None
+        self.resend: Callable[[Callable], Awaitable[None]] | None = None
 
     def hold(self, ino: int) -> None:
         self.open_inodes[ino] = self.open_inodes.get(ino, 0) + 1
@@ -82,6 +94,8 @@ class MetaLink:
             await check_cluster(call, self.cluster, mountpoint=self.mountpoint)
         if not self.session:
             return
+        if self.resend is not None:
+            await self.resend(call)
         for ino, count in list(self.open_inodes.items()):
             try:
                 await call("open", ino=ino, session=self.session, count=count,
@@ -101,7 +115,16 @@ class MetaLink:
                 raise
 
     async def call(self, op: str, **args):
+        if self.ahead is not None and op not in UNORDERED:
+            await self.ahead(op, args)
         return await self.client.call(op, **args)
+
+    async def read(self, op: str, **args):
+        """A read naming a folder, made as this mount's session (`reader`):
+        its own exclusive folder leases are not recalled for it."""
+        if self.session and self.client.peer_protocol >= READER_PROTOCOL:
+            args["reader"] = self.session
+        return await self.call(op, **args)
 
     async def mutate(self, op: str, **args):
         """A mutation with a fresh token: a retry after a lost reply is answered
@@ -110,7 +133,7 @@ class MetaLink:
 
     async def change(self, op: str, **args):
         """A change to the namespace, made as this mount's session (`writer`)."""
-        return await self.client.call(op, writer=self.session or None, **args)
+        return await self.call(op, writer=self.session or None, **args)
 
     async def open_session(self) -> None:
         reply = await self.client.call("session_open", host=socket.gethostname(),

@@ -21,12 +21,23 @@ have run out), a change that adds a name waits.
 
 Each grant has its own number, so that a release or a recall of an old lease
 never touches a newer one on the same folder.
+
+An exclusive lease (asked for by a mount that creates files without waiting
+for the metaserver, dfs/createqueue.py) is one no other session holds a lease
+beside: before it is granted, the others are recalled and the changes others
+have in flight in the folder finish. Its holder may have created files there
+that the metaserver does not know yet, so any request of another session
+that names the folder (a lookup, a listing, its attributes, a change in it)
+waits until the holder has sent what it made and let go (`settle`), and
+requests that look at whole trees (a snapshot, a quota, an rmdir, a rename)
+wait for every exclusive lease (`settle_all`).
 """
 
 import errno
 import itertools
 import secrets
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -62,6 +73,7 @@ writer: ContextVar[tuple[int | None, set]] = ContextVar("dir_lease_writer",
 class Grant:
     number: int
     until: float
+    exclusive: bool = False
 
 
 @dataclass
@@ -86,20 +98,36 @@ class DirLeases:
         self.grace_until = 0.0
         self.unheard: set[int] = set()
         self._all_heard = trio.Event()
+        # Those of them that were handed inode numbers: they may have made
+        # files under exclusive leases that they send again once reconnected.
+        self.unheard_creators: set[int] = set()
+        self._creators_heard = trio.Event()
         self.recalls = 0
         self.expired = 0
+        # Exclusive grants held: while there are none, `settle` costs nothing.
+        self.exclusive = 0
+        # Folder -> requester -> changes in progress there (see `changing`).
+        self.in_flight: dict[int, dict[int | None, int]] = {}
+        # Where grant_exclusive waits for them to finish.
+        self._quieter = trio.lowlevel.ParkingLot()
 
-    def restored(self, sessions) -> None:
-        """`sessions` of the last run were restored: they may hold leases we never knew of."""
+    def restored(self, sessions, creators=()) -> None:
+        """`sessions` of the last run were restored: they may hold leases we
+        never knew of, and `creators` among them files made under those."""
         self.unheard = set(sessions)
+        self.unheard_creators = set(creators) & self.unheard
         self.grace_until = time.monotonic() + LEASE
 
     def heard(self, session: int) -> None:
-        """A request naming `session` came: it holds no lease from the last run."""
+        """A request naming `session` came: it holds no lease from the last
+        run (a mount sends the files it made under one before anything else)."""
         if session in self.unheard:
             self.unheard.discard(session)
             if not self.unheard:
                 self._all_heard.set()
+            self.unheard_creators.discard(session)
+            if not self.unheard_creators:
+                self._creators_heard.set()
 
     def count(self) -> int:
         return sum(len(holder.grants) for holder in self.holders.values())
@@ -119,16 +147,65 @@ class DirLeases:
             names.append(name)
         return names
 
-    def grant(self, session: int, folder: int) -> int:
+    def grant(self, session: int, folder: int, exclusive: bool = False) -> int:
         """Lease `folder` to `session`; the grant's number."""
         holder = self.holders.setdefault(session, Holder())
         if folder not in holder.grants and len(holder.grants) >= MAX_LEASES_PER_SESSION:
             raise DfsError(errno.EMFILE, f"session {session} holds {MAX_LEASES_PER_SESSION} "
                                          "directory leases; release one first")
         number = next(self._numbers)
-        holder.grants[folder] = Grant(number, time.monotonic() + LEASE)
+        old = holder.grants.get(folder)
+        self.exclusive += exclusive - (old is not None and old.exclusive)
+        holder.grants[folder] = Grant(number, time.monotonic() + LEASE, exclusive)
         self.by_folder.setdefault(folder, set()).add(session)
         return number
+
+    async def grant_exclusive(self, session: int, folder: int) -> int:
+        """Lease `folder` to `session` alone; the grant's number, once every
+        other session's lease on it is let go of and the changes others began
+        there have finished (the names read after this are all there are)."""
+        number = self.grant(session, folder, exclusive=True)
+        await self._recall_from({folder}, lambda holder, _: holder != session)
+        while any(requester != session for requester in self.in_flight.get(folder, ())):
+            await self._quieter.park()
+        return number
+
+    @contextmanager
+    def changing(self, requester: int | None, folders: set):
+        """Around a change by `requester` naming `folders`."""
+        for folder in folders:
+            counts = self.in_flight.setdefault(folder, {})
+            counts[requester] = counts.get(requester, 0) + 1
+        try:
+            yield
+        finally:
+            for folder in folders:
+                counts = self.in_flight[folder]
+                counts[requester] -= 1
+                if not counts[requester]:
+                    del counts[requester]
+                    if not counts:
+                        del self.in_flight[folder]
+            self._quieter.unpark_all()
+
+    async def settle(self, requester: int | None, folders: set) -> None:
+        """Before a request of `requester` that names `folders`: another
+        session's exclusive lease on one of them is let go of (its holder
+        sends the files it made there first) or has run out."""
+        if self.unheard_creators and time.monotonic() < self.grace_until:
+            with trio.move_on_after(self.grace_until - time.monotonic()):
+                await self._creators_heard.wait()
+        if self.exclusive:
+            await self._recall_from(folders, lambda holder, _: holder != requester,
+                                    exclusive_only=True)
+
+    async def settle_all(self, requester: int | None) -> None:
+        """`settle` for every folder: before a request that looks at a whole tree."""
+        if self.exclusive or self.unheard_creators:
+            folders = {folder for session, holder in self.holders.items()
+                       if session != requester
+                       for folder, grant in holder.grants.items() if grant.exclusive}
+            await self.settle(requester, folders)
 
     def release(self, session: int, released: list) -> None:
         """Let go of the [folder, number] pairs `released` (those still held)."""
@@ -181,8 +258,9 @@ class DirLeases:
         holder = self.holders.pop(session, None)
         if holder is None:
             return
-        for folder in holder.grants:
+        for folder, grant in holder.grants.items():
             self._unindex(session, folder)
+            self.exclusive -= grant.exclusive
         # Changes waiting for these leases see them gone.
         holder.grants.clear()
         self._wake_recallers()
@@ -194,16 +272,23 @@ class DirLeases:
             with trio.move_on_after(self.grace_until - time.monotonic()):
                 await self._all_heard.wait()
         exempt, named = writer.get()
+        await self._recall_from(
+            folders, lambda session, folder: not (session == exempt and folder in named))
+
+    async def _recall_from(self, folders, whose, exclusive_only: bool = False) -> None:
+        """Recall the leases on `folders` of the sessions `whose(session,
+        folder)` picks (only exclusive ones if `exclusive_only`) and wait
+        until each is let go of or has run out."""
         waiting: list[tuple[int, int, Holder, int]] = []
         for folder in folders:
             for session in self.by_folder.get(folder, ()):
-                if session == exempt and folder in named:
-                    continue
                 holder = self.holders[session]
-                number = holder.grants[folder].number
-                holder.recalled.add((folder, number))
+                grant = holder.grants[folder]
+                if not whose(session, folder) or exclusive_only and not grant.exclusive:
+                    continue
+                holder.recalled.add((folder, grant.number))
                 holder.wake.set()
-                waiting.append((session, folder, holder, number))
+                waiting.append((session, folder, holder, grant.number))
         if not waiting:
             return
         self.recalls += len(waiting)
@@ -229,7 +314,7 @@ class DirLeases:
                 await self._released.wait()
 
     def _drop(self, session: int, holder: Holder, folder: int) -> None:
-        del holder.grants[folder]
+        self.exclusive -= holder.grants.pop(folder).exclusive
         self._unindex(session, folder)
 
     def _unindex(self, session: int, folder: int) -> None:

@@ -10,7 +10,7 @@ import errno
 import stat
 
 from dfs.errors import DfsError
-from dfs.ops import RENAME_EXCHANGE, RENAME_NOREPLACE
+from dfs.ops import DIR_SIZE, NAME_MAX, RENAME_EXCHANGE, RENAME_NOREPLACE, check_name
 from dfs.records import Attr
 
 from . import chunktable, quotas, trash
@@ -19,27 +19,16 @@ from .quotas import ROOT_INO
 from .records import Dentry, Inode
 from .store import Tx
 
-NAME_MAX = 255
 XATTR_NAME_MAX = 255
 XATTR_VALUE_MAX = 64 * 1024
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
-DIR_SIZE = 4096
 # Entries per readdir reply at most, so a reply stays far below the frame limit.
 READDIR_MAX = 1024
 
 _NODE_TYPES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 _SETATTR_TYPES = {"mode": int, "uid": int, "gid": int, "size": int, "atime": int,
                   "mtime": int, "atime_now": bool, "mtime_now": bool}
-
-
-def check_name(name: bytes) -> None:
-    if not name or b"/" in name or b"\0" in name:
-        raise DfsError(errno.EINVAL, f"invalid file name {name!r}")
-    if name in (b".", b".."):
-        raise DfsError(errno.EEXIST, f"{name.decode()} always exists")
-    if len(name) > NAME_MAX:
-        raise DfsError(errno.ENAMETOOLONG, f"name of {len(name)} bytes exceeds {NAME_MAX}")
 
 
 def check_changes(changes: dict) -> None:
@@ -124,14 +113,18 @@ class Namespace:
 
     # --- creating -------------------------------------------------------------
     def create(self, tx: Tx, now: int, parent: int, name: bytes, mode: int, uid: int,
-               gid: int, rdev: int = 0, target: bytes = b"") -> Inode:
+               gid: int, rdev: int = 0, target: bytes = b"", ino: int = 0) -> Inode:
+        """A new inode named `name` in `parent`: number `ino` if given (one
+        handed out ahead, see service.inode_grant), else the next."""
         directory = tx.directory(parent)
         check_name(name)
         if tx.dentry(parent, name) is not None:
             raise DfsError(errno.EEXIST, f"{name!r} exists in directory {parent}")
+        if ino and tx.get_inode(ino) is not None:
+            raise DfsError(errno.EEXIST, f"inode {ino} exists")
         quotas.charge(tx, quotas.chain(tx, parent), 0, 1)
         is_dir = stat.S_ISDIR(mode)
-        inode = Inode(ino=tx.next_id("inode"), mode=mode, nlink=2 if is_dir else 1, uid=uid,
+        inode = Inode(ino=ino or tx.next_id("inode"), mode=mode, nlink=2 if is_dir else 1, uid=uid,
                       gid=gid, rdev=rdev, size=len(target), atime=now, mtime=now, ctime=now,
                       parent=parent, target=target, name=name,
                       replicas=directory.replicas)

@@ -11,7 +11,7 @@ import trio
 
 from dfs import logs, transit
 from dfs.errors import DfsError
-from dfs.ops import BLOCK_SIZE, META
+from dfs.ops import BLOCK_SIZE, META, RENAME_NOREPLACE
 from dfs.records import QuotaInfo
 from dfs.rpc import peer_host
 
@@ -40,7 +40,20 @@ STATFS_BSIZE = 4096
 MANY_FILES = 1 << 40
 # The operations a fenced session is refused (see fences.py): every change.
 CHANGES = ("setattr mknod mkdir symlink link unlink rmdir rename setxattr removexattr "
-           "chunk_write reserve commit").split()
+           "chunk_write reserve commit changes_ahead").split()
+# Operations that look at or change a whole tree (or a folder that some name
+# stands for): they wait for every other session's exclusive folder lease to be
+# let go of (dirleases.py), not only for those on the folders they name.
+TREE_OPS = "rmdir rename snapshot quota_set fence summary backup_take".split()
+# Inode numbers handed to a mount at once (inode_grant), and changes in one
+# changes_ahead, at most.
+MAX_INODE_GRANT = 4096
+MAX_AHEAD = 1024
+# The fields of each kind of changes_ahead item, after its kind.
+AHEAD_ITEMS = {"create": (int, bytes, int, int, int, int, int, bool),
+               "mkdir": (int, bytes, int, int, int, int, int),
+               "unlink": (int, bytes, int),
+               "rename": (int, bytes, bytes, int)}
 
 
 class MetaService:
@@ -91,7 +104,9 @@ class MetaService:
         for sid in restored:
             self.ctx.sessions.start(sid)
         if restored:
-            self.ctx.dirleases.restored(restored)
+            creators = self._read(lambda tx: [sid for sid in restored
+                                              if tx.inode_grant(sid) is not None])
+            self.ctx.dirleases.restored(restored, creators)
         log.info("restored sessions hold their files until they re-announce",
                  sessions=len(self.ctx.opens.restored), orphans=len(self.ctx.opens.orphans))
         self.cluster.load()
@@ -104,7 +119,7 @@ class MetaService:
                  "setxattr getxattr listxattr removexattr statfs quota_set quota_get "
                  "quota_list replicas_set replicas_get status fence snapshot backup_take "
                  "backup_list backup_read log_read log_copy log_copy_read dir_lease "
-                 "dir_poll").split()
+                 "dir_poll inode_grant changes_ahead").split()
         table = {name: getattr(self, name) for name in names}
         for name in ("chunk_read", "chunk_write", "reserve", "commit"):
             table[name] = getattr(self.data, name)
@@ -116,10 +131,14 @@ class MetaService:
         for name in ("session_list", "chunk_list", "summary"):
             table[name] = getattr(self.reports, name)
         for name, op in META.items():
-            if "session" in op.fields:
+            # A mount sends the files it made ahead before it re-announces.
+            if "session" in op.fields and name != "changes_ahead":
                 table[name] = self._speaking(table[name])
         for name in CHANGES:
             table[name] = self._fenced(table[name])
+        for name, op in META.items():
+            if name in TREE_OPS or {"parent", "newparent", "ino", "items"} & set(op.fields):
+                table[name] = self._settling(table[name], name in TREE_OPS)
         return table
 
     async def run_background(self) -> None:
@@ -217,6 +236,7 @@ class MetaService:
         def close(tx: Tx) -> None:
             self._drop_keeper(tx, kept, sid)
             tx.delete_session(sid)
+            tx.drop_inode_grant(sid)
 
         await self._write(close)
 
@@ -245,9 +265,28 @@ class MetaService:
                 self.ctx.dirleases.heard(session)
             # Its leases on the folders it names are its own business; not on
             # others it changes besides (the trash).
-            lease_writer.set((session, {args.get("parent"), args.get("newparent")}))
-            with self.ctx.fences.changing(session):
+            named = _named_folders(args, by_ino=False)
+            lease_writer.set((session, named))
+            with self.ctx.fences.changing(session), \
+                    self.ctx.dirleases.changing(session, named):
                 return await handler(**args)
+        return handle
+
+    def _settling(self, handler, tree: bool):
+        """`handler` for a request that names folders (or looks at trees):
+        it waits until no other session holds an exclusive lease on them
+        (dirleases.py). The requester is its `writer`, `reader` or `session`."""
+        async def handle(**args):
+            reader = args.pop("reader", None)
+            leases = self.ctx.dirleases
+            if leases.exclusive or leases.unheard_creators:
+                requester = next((args[key] for key in ("writer", "session")
+                                  if args.get(key) is not None), reader)
+                if tree:
+                    await leases.settle_all(requester)
+                else:
+                    await leases.settle(requester, _named_folders(args))
+            return await handler(**args)
         return handle
 
     async def _spoke(self, sid: int) -> None:
@@ -307,19 +346,42 @@ class MetaService:
         await self._write(lambda tx: tx.expire_replies(cutoff))
 
     # --- directory leases (dirleases.py) ---------------------------------------------
-    async def dir_lease(self, session: int, ino: int) -> dict:
+    async def dir_lease(self, session: int, ino: int, exclusive: bool | None) -> dict:
         self.ctx.sessions.check(session)
         leases = self.ctx.dirleases
+        exclusive = bool(exclusive) and self._read(lambda tx: _may_create_ahead(tx, ino))
         # Granted before the names are read, with no wait in between: a change
         # committed after the read is answered only once it recalled this grant.
-        number = leases.grant(session, ino)
+        if exclusive:
+            number = await leases.grant_exclusive(session, ino)
+        else:
+            number = leases.grant(session, ino)
+
+        def read(tx: Tx) -> dict:
+            reply = {"names": leases.names(tx, ino), "exclusive": exclusive}
+            if exclusive:
+                reply["attr"] = self.ns.attr(tx, tx.inode(ino))
+            return reply
+
         try:
-            names = self._read(lambda tx: leases.names(tx, ino))
+            reply = self._read(read)
         except DfsError:
             leases.release(session, [[ino, number]])
             raise
-        return {"names": names, "number": number, "instance": leases.instance,
-                "lease": LEASE}
+        return {**reply, "number": number, "instance": leases.instance, "lease": LEASE}
+
+    async def inode_grant(self, session: int, count: int) -> dict:
+        self.ctx.sessions.check(session)
+        if not 0 < count <= MAX_INODE_GRANT:
+            raise DfsError(errno.EINVAL, f"inode_grant: count is 1 to {MAX_INODE_GRANT}")
+
+        def grant(tx: Tx) -> int:
+            first = tx.next_id("inode", count)
+            held = tx.inode_grant(session)
+            tx.put_inode_grant(session, held[0] if held else first, first + count)
+            return first
+
+        return {"first": await self._write(grant), "count": count}
 
     async def dir_poll(self, session: int, released: list, wait: float) -> dict:
         self.ctx.sessions.check(session)
@@ -384,6 +446,55 @@ class MetaService:
             if stat.S_ISREG(attr["mode"]):
                 attr["granted"] = self.data.first_grant(attr["ino"], session)
         return attr
+
+    async def changes_ahead(self, session: int, items: list, token: bytes | None) -> dict:
+        """Changes a mount made ahead in folders it holds exclusive leases
+        on, each applied on its own (one failing fails alone), in order."""
+        self.ctx.sessions.check(session)
+        if not 0 < len(items) <= MAX_AHEAD:
+            raise DfsError(errno.EINVAL, f"changes_ahead: 1 to {MAX_AHEAD} items")
+        changes = [_ahead_item(item) for item in items]
+        tokens = [None] * len(changes) if token is None else [
+            token + index.to_bytes(2, "big") for index in range(len(changes))]
+        outcomes = await self.ctx.store.write_many(
+            [self._ahead(session, change) for change in changes], tokens)
+        results = []
+        for change, (reply, error) in zip(changes, outcomes):
+            if error is not None:
+                results.append([error.errno, error.message])
+                continue
+            if change[0] == "create" and change[-1]:
+                self.ctx.opens.ensure_held(reply["ino"], session)
+            results.append([0, reply])
+        return {"results": results}
+
+    def _ahead(self, session: int, change: tuple):
+        """The mutation of one changes_ahead item."""
+        kind, parent, name, *fields = change
+
+        def new_inode(tx: Tx) -> dict:
+            mode, uid, gid, ino, now, *hold = fields
+            granted = tx.inode_grant(session)
+            if granted is None or not granted[0] <= ino < granted[1]:
+                raise DfsError(errno.EINVAL, f"inode {ino} was not granted to session "
+                                             f"{session}")
+            kind_bits = stat.S_IFDIR if kind == "mkdir" else stat.S_IFREG
+            inode = self.ns.create(tx, now, parent, name, kind_bits | (mode & 0o7777), uid,
+                                   gid, ino=ino)
+            if hold and hold[0]:
+                self.ctx.opens.hold(inode.ino, session)
+            return self._with_dirs(tx, self.ns.attr(tx, inode))
+
+        def unlink(tx: Tx) -> dict:
+            return self._with_dirs(tx, self.ns.unlink(tx, fields[0], parent, name))
+
+        def rename(tx: Tx) -> dict:
+            newname, now = fields
+            return self._with_dirs(tx, self.ns.rename(tx, now, parent, name, parent, newname,
+                                                      RENAME_NOREPLACE))
+
+        return {"create": new_inode, "mkdir": new_inode, "unlink": unlink,
+                "rename": rename}[kind]
 
     async def mkdir(self, parent: int, name: bytes, mode: int, uid: int, gid: int,
                     token: bytes | None) -> dict:
@@ -644,3 +755,30 @@ class MetaService:
         self.changelog.heard(follower)
         return transit.with_crc(await trio.to_thread.run_sync(self.changelog.read_copy, name,
                                                               offset, length))
+
+
+def _named_folders(args: dict, by_ino: bool = True) -> set:
+    """The folders a request names: parent, newparent, those of changes_ahead's
+    items and (`by_ino`) its inode, which may be a folder."""
+    named = {args.get("parent"), args.get("newparent"), args.get("ino") if by_ino else None}
+    named.update(item[1] for item in args.get("items") or ()
+                 if isinstance(item, list) and len(item) > 1 and type(item[1]) is int)
+    named.discard(None)
+    return named
+
+
+def _ahead_item(item) -> tuple:
+    """One changes_ahead item, checked (see dfs/ops.py)."""
+    shape = AHEAD_ITEMS.get(item[0]) if isinstance(item, list) and item else None
+    if shape is None or len(item) != len(shape) + 1 or not all(
+            type(value) is kind for value, kind in zip(item[1:], shape)):
+        raise DfsError(errno.EINVAL, "changes_ahead: an item is one of " + "; ".join(
+            f"[{kind!r}, {', '.join(t.__name__ for t in shape)}]"
+            for kind, shape in AHEAD_ITEMS.items()))
+    return tuple(item)
+
+
+def _may_create_ahead(tx: Tx, folder: int) -> bool:
+    """Whether files may be made in `folder` before the metaserver hears of
+    them: not where a quota counts inodes (the count would be learned late)."""
+    return all(not tx.quota(ino).inodes_limit for ino in quotas.chain(tx, folder))

@@ -63,6 +63,9 @@ LOG_HISTORY = "log_history"
 # Made with the database and kept through restores: chunk servers remember it,
 # and refuse a database that is not their cluster's (cluster.py).
 CLUSTER_ID = "cluster_id"
+# Beside the counters: the inode numbers a session was handed to create files
+# with before the metaserver hears of them (service.inode_grant).
+INODE_GRANT = b"inode_grant:%d"
 DB_INDEX = {name: index for index, name in enumerate(DATABASES)}
 
 # A record is cut into parts of about this size, each sent whole, stored
@@ -349,6 +352,17 @@ class Tx:
     def delete_session(self, sid: int) -> None:
         self._delete("sessions", u64(sid))
 
+    def inode_grant(self, sid: int) -> tuple[int, int] | None:
+        """[first, end) of the inode numbers handed to session `sid` (inode_grant)."""
+        raw = self._get("counters", INODE_GRANT % sid)
+        return U64x2.unpack(raw) if raw else None
+
+    def put_inode_grant(self, sid: int, first: int, end: int) -> None:
+        self._put("counters", INODE_GRANT % sid, u64x2(first, end))
+
+    def drop_inode_grant(self, sid: int) -> None:
+        self._delete("counters", INODE_GRANT % sid)
+
     def all_sessions(self):
         for key, value in self.scan("sessions"):
             yield read_u64(key), unpack(SessionRecord, value)
@@ -546,18 +560,30 @@ class Store:
         With a token, a mutation already applied under it returns the same
         reply (or raises the same error) without running again.
         """
-        if token is not None and not 0 < len(token) <= MAX_TOKEN:
-            raise DfsError(errno.EINVAL, f"a request token is 1 to {MAX_TOKEN} bytes")
+        [(result, error)] = await self.write_many([fn], [token])
+        if error is not None:
+            raise error
+        return result
+
+    async def write_many(self, fns: list[Callable[[Tx], object]],
+                         tokens: list[bytes | None]) -> list[tuple[object, DfsError | None]]:
+        """`write` of each of `fns` (with the token beside it), queued
+        together so that they share a commit; (result, error) of each."""
+        for token in tokens:
+            if token is not None and not 0 < len(token) <= MAX_TOKEN:
+                raise DfsError(errno.EINVAL, f"a request token is 1 to {MAX_TOKEN} bytes")
         if self._stopping:
             raise DfsError(errno.ESHUTDOWN, "the metaserver is shutting down")
-        job = _Job(fn, token)
-        self._queue.put(job)
-        await job.done.wait()
-        if job.named and self.on_named is not None:
-            await self.on_named(job.named)
-        if job.error is not None:
-            raise job.error
-        return job.result
+        jobs = [_Job(fn, token) for fn, token in zip(fns, tokens)]
+        for job in jobs:
+            self._queue.put(job)
+        named: set[int] = set()
+        for job in jobs:
+            await job.done.wait()
+            named |= job.named
+        if named and self.on_named is not None:
+            await self.on_named(named)
+        return [(job.result, job.error) for job in jobs]
 
     async def batches_started_done(self) -> None:
         """Wait until every batch the writer has started by now has finished."""

@@ -27,7 +27,7 @@ async def handlers(ref: ClusterRef, chunkio: ChunkIO | None = None, **options):
                 yield fs
             finally:
                 with trio.CancelScope(shield=True):
-                    await fs.page_feed.close()
+                    await fs.close()
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):

@@ -9,11 +9,13 @@ rounds (each writes a new set of files, fsyncs and reads them back verifying
 every block) until the time is up, then stops the chaos, remounts (so nothing
 comes from the page cache) and verifies every file of every finished round
 once more, and checks that the metalogger's copy of the metadata equals the
-metaserver's database item by item. Meanwhile a second mount makes files one
-by one in folders of their own, and the first looks each name up before it is
-made (so it leases the folder: dfs/dirleases.py) and right after. It prints a
-summary and exits 0 only with zero verify errors, zero fio errors, zero lost
-files, that copy equal and no name missed.
+metaserver's database item by item. Meanwhile a second mount, with
+--async-dirops, makes files in folders of their own, BURST at a time (so it
+makes them ahead: dfs/changequeue.py), and the first looks up the first name
+of each burst before it is made (so it leases the folder too:
+dfs/dirleases.py) and every name right after. It prints a summary and exits 0
+only with zero verify errors, zero fio errors, zero lost files, that copy
+equal and no name missed.
 Everything is torn down at the end, also on
 failure or Ctrl-C; --keep leaves the folder (logs) behind.
 """
@@ -49,8 +51,10 @@ JOBS = 2
 # the last replica of anything, then pauses this long between faults.
 CHAOS_PAUSE = (4.0, 8.0)
 HEAL_TIMEOUT = 90.0
-# Files the second mount makes in one folder before it starts another.
+# Files the second mount makes in one folder before it starts another, and
+# in a row before the first mount looks for them.
 NAMES_PER_FOLDER = 1000
+BURST = 100
 
 
 @dataclass
@@ -130,9 +134,10 @@ class Metalogger:
 
 
 class Names(threading.Thread):
-    """The second mount (`maker`) makes files one by one; the first (`seer`)
-    looks each name up before it is made and must find it right after. A
-    create that fails (it may, while the chaos runs) is counted apart."""
+    """The second mount (`maker`) makes files BURST at a time; the first
+    (`seer`) looks up the first of each burst before it is made and must find
+    every one right after. A create that fails (it may, while the chaos
+    runs) is counted apart."""
 
     def __init__(self, seer: Path, maker: Path, summary: Summary):
         super().__init__(name="names", daemon=True)
@@ -144,25 +149,34 @@ class Names(threading.Thread):
         made, folders = 0, set()
         while not self.halt.is_set():
             folder = f"names{made // NAMES_PER_FOLDER}"
-            name = f"{folder}/n{made}"
-            made += 1
+            burst = [f"{folder}/n{made + i}" for i in range(BURST)]
+            made += BURST
             try:
                 if folder not in folders:
                     os.makedirs(self.maker / folder, exist_ok=True)
                     folders.add(folder)
-                os.path.exists(self.seer / name)
-                (self.maker / name).touch(exist_ok=False)
+                os.path.exists(self.seer / burst[0])
+            except OSError as exc:
+                self._failed(folder, exc)
+                continue
+            done = []
+            for name in burst:
+                try:
+                    (self.maker / name).touch(exist_ok=False)
+                except OSError as exc:
+                    self._failed(name, exc)
+                    continue
                 self.summary.names_made += 1
-                os.lstat(self.seer / name)
-            except FileNotFoundError as exc:
-                if exc.filename == str(self.seer / name):
+                done.append(name)
+            for name in done:
+                try:
+                    os.lstat(self.seer / name)
+                except FileNotFoundError:
                     self.summary.names_missed += 1
                     self.summary.failures.append(f"{name}, made by the second mount, not "
                                                  "found by the first")
-                else:
+                except OSError as exc:
                     self._failed(name, exc)
-            except OSError as exc:
-                self._failed(name, exc)
 
     def _failed(self, name: str, exc: OSError) -> None:
         self.summary.names_failed += 1
@@ -245,8 +259,9 @@ def soak(minutes: float, folder: Path, seed: int) -> Summary:
     second = folder / "mnt2"
     second.mkdir()
     try:
-        subprocess.run([dfs, "mount", "--data-dir", str(local.dir), "--log-file",
-                        str(folder / "mnt2.log"), str(second)], check=True, capture_output=True)
+        subprocess.run([dfs, "mount", "--data-dir", str(local.dir), "--async-dirops",
+                        "--log-file", str(folder / "mnt2.log"), str(second)], check=True,
+                       capture_output=True)
         names = Names(mount, second, summary)
         names.start()
         chaos = Chaos(local, logger, summary, seed)
