@@ -325,7 +325,8 @@ META = _ops(
     # holds open), "reserving" (files under a byte quota it holds room for),
     # "reserved" (that room beyond their sizes, counted as used), "fence":
     # [directory ino, epoch] or None, "restored" (from before the
-    # metaserver's restart and silent since), "folder_leases" (dir_lease)}]}
+    # metaserver's restart and silent since), "folder_leases" (dir_lease),
+    # "exclusive_leases" (those of them exclusive)}]}
     Op("session_list", {}, idempotent=True),
     # A file's chunks from index `start` on, at most `limit` (1..4096)
     # -> {"chunks": [{"index", "chunk", "version", "wanted" (copies),

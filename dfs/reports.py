@@ -131,6 +131,9 @@ def format_sessions(listed: list[dict]) -> str:
         # Absent from a metaserver older than folder leases.
         leases = (f", {s['folder_leases']} folder lease(s)" if s.get("folder_leases")
                   else "")
+        if s.get("exclusive_leases"):
+            leases += (f" ({s['exclusive_leases']} exclusive: others looking there wait "
+                       "for this mount's changes)")
         lines.append(f"  {s['open']} file(s) open{room}{leases}{fence}; {state}")
     lines.append(f"{len(listed)} session(s)")
     return "\n".join(lines)

@@ -132,9 +132,12 @@ class DirLeases:
     def count(self) -> int:
         return sum(len(holder.grants) for holder in self.holders.values())
 
-    def held_by(self, session: int) -> int:
+    def held_by(self, session: int) -> tuple[int, int]:
+        """The leases `session` holds, and how many of them are exclusive."""
         holder = self.holders.get(session)
-        return len(holder.grants) if holder is not None else 0
+        if holder is None:
+            return 0, 0
+        return len(holder.grants), sum(grant.exclusive for grant in holder.grants.values())
 
     def names(self, tx, folder: int) -> list[bytes]:
         """The names in `folder`, for a grant; EFBIG if too many to lease."""

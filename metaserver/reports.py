@@ -37,13 +37,15 @@ class Reports:
         for sid, record in sessions:
             deadline = self.ctx.sessions.deadlines.get(sid)
             files, nbytes = reserved.get(sid, (0, 0))
+            leases, exclusive = self.ctx.dirleases.held_by(sid)
             listed.append({
                 "session": sid, "host": record.host, "mountpoint": record.mountpoint,
                 "pid": record.pid, "opened": record.opened,
                 "expires": None if deadline is None else max(0.0, deadline - now),
                 "open": open_files.get(sid, 0), "reserving": files, "reserved": nbytes,
                 "fence": [record.fence_ino, record.fence_epoch] if record.fence_ino else None,
-                "restored": sid in restored, "folder_leases": self.ctx.dirleases.held_by(sid)})
+                "restored": sid in restored, "folder_leases": leases,
+                "exclusive_leases": exclusive})
         return {"sessions": listed}
 
     async def chunk_list(self, ino: int, start: int, limit: int) -> dict:

@@ -7,7 +7,6 @@ import errno
 import os
 import signal
 import threading
-from contextlib import contextmanager
 
 import pyfuse3
 import pytest
@@ -16,28 +15,22 @@ import trio
 from dfs.fs import ATTR_TIMEOUT
 from faults import kill_server, processes_mentioning, restart_server, wait_for
 from inprocess import handlers
-from test_metrics import free_port, scrape
+from test_dirleases import watched_and_other, watched_mount
+from test_reports import sessions
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@contextmanager
 def _ahead_mount(cluster):
-    """A mount of `cluster` that makes changes ahead, serving its metrics;
+    """A mount of `cluster` that makes changes ahead: a context manager that
     yields (path, scrape function)."""
-    port = free_port()
-    path = cluster.mount("/", "--async-dirops", "--metrics-listen", f"127.0.0.1:{port}")
-    try:
-        yield path, lambda: scrape(port)
-    finally:
-        cluster.unmount(path)
+    return watched_mount(cluster, "--async-dirops")
 
 
 @pytest.fixture
 def maker_and_other(shared_cluster, mnt):
-    with _ahead_mount(shared_cluster) as (maker, metrics), \
-            shared_cluster.extra_mount() as other:
-        yield maker / mnt.name, metrics, other / mnt.name
+    with watched_and_other(shared_cluster, mnt, "--async-dirops") as mounts:
+        yield mounts
 
 
 def _made_ahead(metrics) -> float:
@@ -81,6 +74,16 @@ def test_folders_renames_and_removals_made_ahead_are_seen_elsewhere(maker_and_ot
     assert os.stat(maker).st_nlink == 2 + 30
     (maker / "moved-dir" / "inside").write_bytes(b"in")
     assert (other / "moved-dir" / "inside").read_bytes() == b"in"
+
+
+def test_dfs_sessions_shows_the_exclusive_leases(shared_cluster, maker_and_other):
+    maker, _, _ = maker_and_other
+    for i in range(20):
+        _create(maker / f"f{i}")
+    mine = [s for s in sessions(shared_cluster) if s["mountpoint"] == str(maker.parent)]
+    assert [(s["folder_leases"], s["exclusive_leases"]) for s in mine] == [(1, 1)]
+    assert "1 folder lease(s) (1 exclusive" in shared_cluster.dfs(
+        "sessions", *shared_cluster.cli_args).stdout
 
 
 def test_each_file_made_ahead_is_found_by_name_elsewhere(maker_and_other):

@@ -22,21 +22,30 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @contextmanager
-def _watched_mount(cluster):
-    """A mount of `cluster` serving its metrics; yields (path, scrape function)."""
+def watched_mount(cluster, *options: str):
+    """A mount of `cluster` with `options`, serving its metrics; yields (path,
+    scrape function)."""
     port = free_port()
-    path = cluster.mount("/", "--metrics-listen", f"127.0.0.1:{port}")
+    path = cluster.mount("/", *options, "--metrics-listen", f"127.0.0.1:{port}")
     try:
         yield path, lambda: scrape(port)
     finally:
         cluster.unmount(path)
 
 
+@contextmanager
+def watched_and_other(cluster, mnt, *options: str):
+    """A watched mount with `options` and a plain one of `cluster`; yields the
+    folder `mnt` in the first, the first's metrics, and `mnt` in the other."""
+    with watched_mount(cluster, *options) as (first, metrics), \
+            cluster.extra_mount() as other:
+        yield first / mnt.name, metrics, other / mnt.name
+
+
 @pytest.fixture
 def holder_and_other(shared_cluster, mnt):
-    with _watched_mount(shared_cluster) as (holder, metrics), \
-            shared_cluster.extra_mount() as other:
-        yield holder / mnt.name, metrics, other / mnt.name
+    with watched_and_other(shared_cluster, mnt) as mounts:
+        yield mounts
 
 
 def _lease(folder, metrics) -> None:
@@ -176,7 +185,7 @@ def test_misses_far_apart_take_no_lease(shared_cluster, mnt):
 
 @pytest.mark.timeout(180)
 def test_leases_of_a_metaserver_killed_are_not_trusted(cluster):
-    with _watched_mount(cluster) as (holder, metrics), cluster.extra_mount() as other:
+    with watched_mount(cluster) as (holder, metrics), cluster.extra_mount() as other:
         os.mkdir(holder / "d")
         _lease(holder / "d", metrics)
         kill_server(cluster.local, "meta")
