@@ -769,7 +769,8 @@ def _named_folders(args: dict, by_ino: bool = True) -> set:
 
 def _ahead_item(item) -> tuple:
     """One changes_ahead item, checked (see dfs/ops.py)."""
-    shape = AHEAD_ITEMS.get(item[0]) if isinstance(item, list) and item else None
+    shape = (AHEAD_ITEMS.get(item[0]) if isinstance(item, list) and item
+             and type(item[0]) is str else None)
     if shape is None or len(item) != len(shape) + 1 or not all(
             type(value) is kind for value, kind in zip(item[1:], shape)):
         raise DfsError(errno.EINVAL, "changes_ahead: an item is one of " + "; ".join(

@@ -75,6 +75,7 @@ def test_changes_ahead_refuses_what_it_must_and_applies_the_rest(meta):
             == errno.EINVAL
         for bad in ([], [[folder, b"n"]], [_item(folder, b"n", first)[:-1] + [1]],
                     [["unlink", folder, b"n"]], [["chmod", folder, b"n", 0]], [[]],
+                    [[["unlink"], folder, b"n", 0]], [7],
                     [_item(folder, b"n", first + 4)] * 1025):
             assert await error_of(c.call("changes_ahead", session=session, items=bad)) \
                 == errno.EINVAL
