@@ -54,6 +54,12 @@ LEASE = 3.0
 # The longest a poll waits for a recall before answering with none; well
 # inside LEASE, so that a holder renews in time.
 POLL_WAIT = 1.0
+# After a restart, how long requests naming folders wait for a restored
+# session that may have changes made ahead to send again (see `restored`):
+# longer than LEASE, since a change missed then is not only a name looked up
+# once more but one another mount does not see; a live mount reconnects
+# within a second or two.
+CREATOR_GRACE = 10.0
 # The most a poll may ask to wait (it waits POLL_WAIT at most regardless).
 MAX_WAIT = 60.0
 # A folder is not leased if its names would take more than this of a mount's
@@ -102,6 +108,7 @@ class DirLeases:
         # files under exclusive leases that they send again once reconnected.
         self.unheard_creators: set[int] = set()
         self._creators_heard = trio.Event()
+        self.creators_until = 0.0
         self.recalls = 0
         self.expired = 0
         # Exclusive grants held: while there are none, `settle` costs nothing.
@@ -117,6 +124,7 @@ class DirLeases:
         self.unheard = set(sessions)
         self.unheard_creators = set(creators) & self.unheard
         self.grace_until = time.monotonic() + LEASE
+        self.creators_until = time.monotonic() + CREATOR_GRACE
 
     def heard(self, session: int) -> None:
         """A request naming `session` came: it holds no lease from the last
@@ -191,12 +199,14 @@ class DirLeases:
                         del self.in_flight[folder]
             self._quieter.unpark_all()
 
-    async def settle(self, requester: int | None, folders: set) -> None:
+    async def settle(self, requester: int | None, folders: set, resent: bool = False) -> None:
         """Before a request of `requester` that names `folders`: another
         session's exclusive lease on one of them is let go of (its holder
-        sends the files it made there first) or has run out."""
-        if self.unheard_creators and time.monotonic() < self.grace_until:
-            with trio.move_on_after(self.grace_until - time.monotonic()):
+        sends the files it made there first) or has run out. Unless the
+        request is such changes `resent`, after a restart it first waits for
+        every restored session that may have some (CREATOR_GRACE at most)."""
+        if not resent and self.unheard_creators and time.monotonic() < self.creators_until:
+            with trio.move_on_after(self.creators_until - time.monotonic()):
                 await self._creators_heard.wait()
         if self.exclusive:
             await self._recall_from(folders, lambda holder, _: holder != requester,

@@ -261,7 +261,9 @@ class MetaService:
         async def handle(**args):
             writer = args.pop("writer", None)
             session = writer if writer is not None else args.get("session")
-            if session is not None:
+            # Changes made ahead come first on a new connection, maybe in
+            # several requests: what follows them shows the session heard.
+            if session is not None and "items" not in args:
                 self.ctx.dirleases.heard(session)
             # Its leases on the folders it names are its own business; not on
             # others it changes besides (the trash).
@@ -285,7 +287,7 @@ class MetaService:
                 if tree:
                     await leases.settle_all(requester)
                 else:
-                    await leases.settle(requester, _named_folders(args))
+                    await leases.settle(requester, _named_folders(args), "items" in args)
             return await handler(**args)
         return handle
 

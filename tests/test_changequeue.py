@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from dfs.fs import ATTR_TIMEOUT
-from faults import kill_server, processes_mentioning, restart_server, wait_for
+from faults import kill_server, processes_mentioning, restart_server, signal_server, wait_for
 from inprocess import handlers
 from test_dirleases import watched_and_other, watched_mount
 from test_reports import sessions
@@ -170,6 +170,44 @@ def test_no_file_made_ahead_is_lost_to_a_metaserver_restart(cluster):
         found = set(os.listdir(other / "d"))
         assert set(made) <= found, f"lost: {sorted(set(made) - found)[:10]}"
         assert metrics()['dfs_fuse_changes_made_ahead_total{outcome="refused"}'] == 0
+
+
+@pytest.mark.timeout(180)
+def test_others_see_changes_made_ahead_of_a_metaserver_restart_at_once(cluster):
+    """Files made ahead while the metaserver is down, or before it died without
+    having them, are there for another mount's first look after the restart:
+    the maker sends them again before anything else on its new connection, and
+    the restarted metaserver holds others' requests naming folders until then."""
+    os.mkdir(cluster.mnt / "d")
+    folder = os.stat(cluster.mnt / "d").st_ino
+    names = [b"f%d" % i for i in range(40)]
+
+    async def body():
+        async with handlers(cluster.ref, async_dirops=True) as fs:
+            ctx = _Caller()
+            for i in range(3):
+                with pytest.raises(pyfuse3.FUSEError):
+                    await fs.lookup(folder, b"missing-%d" % i, None)
+            assert fs.dirleases.exclusive(folder) is not None, "no exclusive lease"
+            info, _ = await fs.create(folder, b"first", 0o644, os.O_WRONLY, ctx)
+            await fs.release(info.fh)
+            await fs.ahead.settled()
+            with trio.fail_after(10):
+                while not fs.ahead.inodes:
+                    await trio.sleep(0.01)
+            signal_server(cluster.local, "meta", signal.SIGSTOP)
+            for name in names:
+                info, _ = await fs.create(folder, name, 0o644, os.O_WRONLY, ctx)
+                await fs.release(info.fh)
+            assert fs.ahead.made - fs.ahead.done == len(names), "not all made ahead"
+            await trio.to_thread.run_sync(kill_server, cluster.local, "meta")
+            await trio.to_thread.run_sync(restart_server, cluster.local, "meta")
+            listing = await trio.to_thread.run_sync(os.listdir, cluster.mnt / "d")
+            assert sorted(listing) == sorted(n.decode() for n in [b"first", *names])
+            await fs.ahead.settled()
+            assert fs.ahead.refused == 0
+
+    trio.run(body)
 
 
 def test_a_refused_file_made_ahead_fails_its_fsync(shared_cluster, mnt):
