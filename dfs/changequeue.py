@@ -127,7 +127,8 @@ class ChangeQueue:
         self.inodes: list[list[int]] = []
         self.inodes_of = 0
         self.granting = False
-        self.failed: OrderedDict[int, int] = OrderedDict()
+        # New inodes whose create was refused (the latest FAILED_MEMORY).
+        self.failed: OrderedDict[int, None] = OrderedDict()
         self.recorded = 0
         self.refused = 0
         meta.ahead = self.before
@@ -217,9 +218,9 @@ class ChangeQueue:
             self._waited.set()
             await self._progress.wait()
 
-    def failure(self, ino: int) -> int | None:
-        """The errno of the refused create of inode `ino`, if it was refused."""
-        return self.failed.get(ino)
+    def refused_create(self, ino: int) -> bool:
+        """Whether the metaserver refused the create of inode `ino` (lately)."""
+        return ino in self.failed
 
     # ---- sending ---------------------------------------------------------------
 
@@ -269,7 +270,7 @@ class ChangeQueue:
                   parent=change.parent, name=change.name.decode(errors="replace"),
                   ino=change.attr.ino if change.attr else None, error=exc.message)
         if change.attr is not None:
-            self.failed[change.attr.ino] = errno.EIO
+            self.failed[change.attr.ino] = None
             while len(self.failed) > FAILED_MEMORY:
                 self.failed.popitem(last=False)
         self.on_failed(change, exc)

@@ -497,25 +497,28 @@ class DfsFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
-        made = self._new_ahead(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
-        if made is not None:
-            opened, _ = self._open_file(made)
-            fh = self._handle(opened, writing=flags & os.O_ACCMODE != os.O_RDONLY)
-            return pyfuse3.FileInfo(fh=fh), _entry(made, made.ino)
-        reply = await self._make("mknod", parent_inode, name,
-                                 mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0,
-                                 session=self.meta.session, **self._ids(ctx))
-        # Counted only now: a re-announce cannot name an inode not yet known,
-        # and the metaserver holds it from the creating transaction on.
-        self.meta.hold(reply["ino"])
+        attr = self._new_ahead(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        if attr is not None:
+            # Held once the metaserver has it (changequeue.py); the first
+            # write asks for room under quotas.
+            entry, granted = _entry(attr, attr.ino), 0
+        else:
+            reply = await self._make("mknod", parent_inode, name,
+                                     mode=stat.S_IFREG | stat.S_IMODE(mode), rdev=0,
+                                     session=self.meta.session, **self._ids(ctx))
+            # Counted only now: a re-announce cannot name an inode not yet known,
+            # and the metaserver holds it from the creating transaction on.
+            self.meta.hold(reply["ino"])
+            attr, entry = Attr.from_wire(reply), self._entry(reply)
+            # From a metaserver older than first grants, 0: the first write asks.
+            granted = reply.get("granted", 0)
         # A file this mount just made has no capability to drop: the kernel's
         # lookup of one before the first write need not go to the metaserver.
-        self.no_capability[reply["ino"]] = trio.current_time() + ATTR_TIMEOUT
-        opened, _ = self._open_file(Attr.from_wire(reply))
-        # From a metaserver older than first grants, 0: the first write asks.
-        opened.granted_end = max(opened.granted_end, reply.get("granted", 0))
+        self.no_capability[attr.ino] = trio.current_time() + ATTR_TIMEOUT
+        opened, _ = self._open_file(attr)
+        opened.granted_end = max(opened.granted_end, granted)
         fh = self._handle(opened, writing=flags & os.O_ACCMODE != os.O_RDONLY)
-        return pyfuse3.FileInfo(fh=fh), self._entry(reply)
+        return pyfuse3.FileInfo(fh=fh), entry
 
     def _ahead_lease(self, parent: int, name: bytes | None, new: bytes | None):
         """The exclusive lease on `parent` if a change there may be made ahead
@@ -621,7 +624,7 @@ class DfsFS(pyfuse3.Operations):
         if self.ahead is not None:
             # A file made ahead is durable once its create is.
             await self.ahead.settled()
-            if self.ahead.failure(self.handles[fh].ino) is not None:
+            if self.ahead.refused_create(self.handles[fh].ino):
                 raise pyfuse3.FUSEError(errno.EIO)
 
     async def _flush(self, fh, datasync):

@@ -235,6 +235,8 @@ def test_a_refused_file_made_ahead_fails_its_fsync(shared_cluster, mnt):
             lease.names.discard(b"taken")
             info, entry = await fs.create(folder, b"taken", 0o644, os.O_WRONLY, ctx)
             assert entry.st_ino in fs.ahead.pending
+            # Its first write asks the metaserver for no capability to drop.
+            assert entry.st_ino in fs.no_capability
             with pytest.raises(pyfuse3.FUSEError) as failed:
                 await fs.fsync(info.fh, False)
             assert failed.value.errno == errno.EIO
